@@ -1,0 +1,108 @@
+"""Entry-point logic shared by the scripts in scripts/: parse, call the library, print a short summary."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, parse_args
+from zephyr.errors import UsageError
+from zephyr.tasks import get_task
+
+EMBEDDED = "embedded"
+
+
+def entry_point(main):
+    """Run ``main``; bad input becomes one ``error:`` line on stderr and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+        try:
+            return main(argv)
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+def _print_metrics(path: Path, metrics: dict) -> None:
+    keys = [k for k in ("accuracy", "macro_f1", "invalid_rate", "rouge1", "rouge2", "rougeL", "rougeLsum",
+                        "n_examples", "n_errors", "examples_per_s") if k in metrics]
+    print(json.dumps({"metrics": str(path), **{k: metrics[k] for k in keys}}))
+
+
+def _check_task(data_args: DataArguments, task_name: str) -> None:
+    if data_args.task != task_name:
+        raise UsageError(f"--task: this script is for {task_name}; use the {data_args.task} script instead")
+
+
+def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
+    """Fine-tune (and with ``--do_eval True`` evaluate) one run; returns its directory."""
+    from zephyr.evaluation import evaluate, load_test
+    from zephyr.prompting import PromptBuilder
+    from zephyr.training import train
+
+    task = get_task(task_name)
+    data_args, model_args, train_args, eval_args = parse_args(
+        (DataArguments, ModelArguments, TrainArguments, EvalArguments), argv,
+        defaults={"task": task_name, **task.defaults, **(defaults or {})})
+    _check_task(data_args, task_name)
+    run = train(data_args, model_args, train_args)
+    print(json.dumps({"run_dir": str(run.run_dir)}))
+    if train_args.do_eval:
+        test, examples = load_test(task, data_args, run.labels)
+        builder = PromptBuilder(task, run.tokenizer, data_args.prompt_format, run.labels)
+        out_dir = Path(eval_args.eval_output_dir or run.run_dir)
+        metrics = evaluate(task, run.model, run.tokenizer, builder, test, examples, eval_args, out_dir)
+        _print_metrics(out_dir / "metrics.json", metrics)
+    return run.run_dir
+
+
+def inference(task_name: str, argv=None) -> dict:
+    from zephyr.evaluation import evaluate_run
+
+    data_args, eval_args = parse_args((DataArguments, EvalArguments), argv, defaults={"task": task_name})
+    metrics = evaluate_run(data_args, eval_args, task_name)
+    _print_metrics(Path(eval_args.eval_output_dir or eval_args.run_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def baseline(argv=None) -> dict:
+    from zephyr.evaluation import run_baseline
+
+    data_args, model_args, eval_args = parse_args((DataArguments, ModelArguments, EvalArguments), argv)
+    metrics = run_baseline(data_args, model_args, eval_args)
+    _print_metrics(Path("metrics.json"), metrics)
+    return metrics
+
+
+# Small, fast settings for the embedded default; every one can be overridden by a flag.
+QUICKSTART_DEFAULTS = dict(
+    model_name_or_path=EMBEDDED, output_root="runs/quickstart", quantization="4bit", lora_targets="all",
+    lora_r=16, learning_rate=2e-3, num_train_epochs=4.0, per_device_train_batch_size=8,
+    gradient_accumulation_steps=1, max_length=128, gradient_checkpointing=False, optim="adamw_torch",
+    logging_steps=5, do_eval=True, eval_batch_size=20)
+
+
+def quickstart(argv=None) -> Path:
+    """Train and evaluate offline: tiny Mistral + Zephyr tokenizer + generated data unless told otherwise."""
+    from zephyr.embedded import build_tiny_model, write_synthetic_data
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    probe, _ = parse_args((DataArguments, ModelArguments, TrainArguments, EvalArguments), argv,
+                          defaults=QUICKSTART_DEFAULTS)[:2], None
+    data_args, model_args = probe
+    root = Path(QUICKSTART_DEFAULTS["output_root"] if "--output_root" not in argv
+                else argv[argv.index("--output_root") + 1])
+    extra = {}
+    if model_args.model_name_or_path == EMBEDDED:
+        extra["model_name_or_path"] = str(build_tiny_model(root / "embedded-tiny-mistral"))
+    if data_args.data_dir is None and not data_args.train_file:
+        extra["data_dir"] = str(write_synthetic_data(root / "data"))
+    return finetune(data_args.task, argv, defaults={**QUICKSTART_DEFAULTS, **extra})

@@ -1,0 +1,209 @@
+"""One dataclass per concern, parsed from CLI flags and an optional YAML/JSON config file.
+
+A config file is turned into ``--key value`` flags placed before the real CLI flags, so both go through the
+same typed argparse conversion (``lora_r: abc`` fails like ``--lora_r abc``) and CLI flags override the file.
+Unknown keys in the file and unknown flags are errors; ``--flag False`` is False.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from zephyr.errors import UsageError
+
+DATA_DIR_ENV = "ZEPHYR_DATA_DIR"
+TARGET_PRESETS = {
+    # The study's default adapters: query and value projections only.
+    "attention": ["q_proj", "v_proj"],
+    # "Full module tuning" (add --lora_lm_head True for the study's lm_head too).
+    "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
+def _check(condition: bool, flag: str, message: str) -> None:
+    if not condition:
+        raise UsageError(f"--{flag}: {message}")
+
+
+@dataclass
+class DataArguments:
+    task: str = field(default="newsgroups", metadata={"help": "newsgroups or samsum"})
+    data_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": f"Local data root holding <task>/train.* and <task>/test.* (env {DATA_DIR_ENV}); "
+                  "unset: the hub dataset"})
+    train_file: Optional[str] = field(default=None, metadata={"help": "Explicit training file (overrides data_dir)"})
+    test_file: Optional[str] = field(default=None, metadata={"help": "Explicit test file (overrides data_dir)"})
+    train_fraction: float = field(
+        default=1.0, metadata={"help": "Stratified, nested fraction of training rows in (0, 1]; 1.0 = all rows"})
+    data_seed: int = field(default=42, metadata={"help": "Seed of the training-fraction selection and few-shot picks"})
+    max_test_rows: Optional[int] = field(default=None, metadata={"help": "Score only the first N test rows"})
+    prompt_format: str = field(default="original", metadata={"help": "original (### Sentence:... ### Class:) or chat"})
+    max_length: int = field(
+        default=512, metadata={"help": "Training sequence length; inputs are shortened so the answer always fits"})
+
+    def __post_init__(self):
+        from zephyr.tasks import TASKS
+
+        _check(self.task in TASKS, "task", f"unknown task {self.task!r} (choose from {', '.join(TASKS)})")
+        if self.data_dir is None:
+            self.data_dir = os.environ.get(DATA_DIR_ENV) or None
+        _check(not math.isnan(self.train_fraction) and 0 < self.train_fraction <= 1, "train_fraction",
+               f"must be in (0, 1], got {self.train_fraction}")
+        _check(self.max_test_rows is None or self.max_test_rows > 0, "max_test_rows",
+               f"must be positive, got {self.max_test_rows}")
+        _check(self.prompt_format in ("original", "chat"), "prompt_format",
+               f"unknown format {self.prompt_format!r} (choose original or chat)")
+        _check(self.max_length >= 16, "max_length", f"must be at least 16, got {self.max_length}")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="HuggingFaceH4/zephyr-7b-beta", metadata={"help": "Hub id, local checkpoint directory or .gguf file"})
+    quantization: str = field(default="4bit", metadata={"help": "4bit (NF4, double quant, bf16 compute) or none"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    lora_targets: str = field(
+        default="attention",
+        metadata={"help": "attention (q_proj,v_proj), all (q,k,v,o,gate,up,down) or a comma-separated module list"})
+    lora_lm_head: bool = field(default=False, metadata={"help": "Also adapt lm_head (the study's full tuning)"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2"})
+    model_cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where GGUF files are converted to checkpoints (default ~/.cache/zephyr-suite)"})
+
+    def __post_init__(self):
+        _check(self.quantization in ("4bit", "none"), "quantization",
+               f"unknown value {self.quantization!r} (choose 4bit or none)")
+        _check(self.lora_r > 0, "lora_r", f"must be positive, got {self.lora_r}")
+        _check(self.lora_alpha > 0, "lora_alpha", f"must be positive, got {self.lora_alpha}")
+        _check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        self.target_modules()  # validates the preset
+
+    def target_modules(self) -> list[str]:
+        if self.lora_targets in TARGET_PRESETS:
+            modules = list(TARGET_PRESETS[self.lora_targets])
+        else:
+            modules = [m.strip() for m in self.lora_targets.split(",") if m.strip()]
+            _check(bool(modules) and all(m.replace("_", "").replace(".", "").isalnum() for m in modules),
+                   "lora_targets", f"unknown preset {self.lora_targets!r} "
+                   f"(choose {', '.join(TARGET_PRESETS)} or a comma-separated module list)")
+        if self.lora_lm_head and "lm_head" not in modules:
+            modules.append("lm_head")
+        return modules
+
+
+@dataclass
+class TrainArguments:
+    output_root: str = field(default="runs", metadata={"help": "Run directories are created under this folder"})
+    run_name: Optional[str] = field(default=None, metadata={"help": "Run directory name (default: from the settings)"})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Epochs (5 for classification, 1 for SAMSum)"})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use epochs)"})
+    learning_rate: float = field(default=2e-4)
+    lr_scheduler_type: str = field(default="constant_with_warmup")
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps used for warmup"})
+    per_device_train_batch_size: int = field(default=4)
+    gradient_accumulation_steps: int = field(default=2)
+    max_grad_norm: float = field(default=0.3)
+    optim: str = field(default="adamw_torch_fused", metadata={"help": "Any transformers optimizer name, e.g. "
+                                                                        "paged_adamw_32bit (the study's)"})
+    gradient_checkpointing: bool = field(default=True)
+    neftune_alpha: Optional[float] = field(default=None, metadata={"help": "NEFTune noise alpha (the study used 5)"})
+    loss: str = field(default="completion", metadata={"help": "completion (answer tokens + EOS) or full (whole text)"})
+    packing: bool = field(default=False, metadata={"help": "Pack examples into max_length rows (padding-free)"})
+    seed: int = field(default=42)
+    logging_steps: int = field(default=10)
+    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: only the final adapter)"})
+    do_eval: bool = field(default=False, metadata={"help": "Evaluate on the test split right after training"})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a finished run directory of the same name"})
+
+    def __post_init__(self):
+        _check(self.num_train_epochs > 0, "num_train_epochs", f"must be positive, got {self.num_train_epochs}")
+        _check(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.per_device_train_batch_size > 0, "per_device_train_batch_size", "must be positive")
+        _check(self.gradient_accumulation_steps > 0, "gradient_accumulation_steps", "must be positive")
+        _check(self.loss in ("completion", "full"), "loss", f"unknown value {self.loss!r} (choose completion or full)")
+        _check(self.neftune_alpha is None or self.neftune_alpha > 0, "neftune_alpha",
+               f"must be positive, got {self.neftune_alpha}")
+        _check(self.save_steps >= 0, "save_steps", f"must be >= 0, got {self.save_steps}")
+        _check(self.logging_steps > 0, "logging_steps", f"must be positive, got {self.logging_steps}")
+
+
+@dataclass
+class EvalArguments:
+    run_dir: Optional[str] = field(default=None, metadata={"help": "Fine-tuned run directory to evaluate"})
+    eval_output_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where predictions.jsonl and metrics.json go (default: the run directory)"})
+    eval_batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call (halved on OOM)"})
+    max_new_tokens: Optional[int] = field(default=None, metadata={"help": "Default: 20 classification, 100 SAMSum"})
+    eval_method: str = field(default="generate", metadata={"help": "generate, or loglik (classification only)"})
+    num_shots: int = field(default=0, metadata={"help": "Few-shot examples in baseline prompts (0: zero-shot)"})
+    max_prompt_tokens: Optional[int] = field(
+        default=None, metadata={"help": "Prompt budget (default: model context minus max_new_tokens)"})
+
+    def __post_init__(self):
+        _check(self.eval_batch_size > 0, "eval_batch_size", f"must be positive, got {self.eval_batch_size}")
+        _check(self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens", "must be positive")
+        _check(self.eval_method in ("generate", "loglik"), "eval_method",
+               f"unknown value {self.eval_method!r} (choose generate or loglik)")
+        _check(self.num_shots >= 0, "num_shots", f"must be >= 0, got {self.num_shots}")
+
+
+def _config_to_flags(path: str, allowed: set[str]) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--config: {path}: file not found")
+    try:
+        with open(file, encoding="utf-8") as handle:
+            data = json.load(handle) if file.suffix == ".json" else yaml.safe_load(handle)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path}: cannot parse config ({str(err).splitlines()[0]})") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: config must be a mapping of argument names to values")
+    flags = []
+    for key, value in data.items():
+        if key not in allowed:
+            raise UsageError(f"{path}: unknown key {key!r}")
+        if value is not None:
+            flags += [f"--{key}", str(value)]
+    return flags
+
+
+def parse_args(dataclass_types: tuple, argv: list[str] | None = None, defaults: dict | None = None,
+               description: str | None = None):
+    """Parse CLI flags (and ``--config FILE``) into instances of ``dataclass_types``."""
+    import argparse
+
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument("--config", default=None)
+    known, argv = config_parser.parse_known_args(argv)
+    parser = HfArgumentParser(dataclass_types, description=description)
+    parser.add_argument("--config", default=None, help="YAML or JSON file of argument values; CLI flags win")
+    allowed = {f.name for cls in dataclass_types for f in fields(cls)}
+    if defaults:
+        parser.set_defaults(**{k: v for k, v in defaults.items() if k in allowed})
+    if known.config:
+        argv = _config_to_flags(known.config, allowed) + argv
+    *instances, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        raise UsageError(f"unknown argument(s): {' '.join(remaining)}")
+    return tuple(obj for obj in instances if type(obj) in dataclass_types)
+
+
+def to_dict(*instances) -> dict:
+    """Resolved arguments, grouped by dataclass, for config.json."""
+    return {type(obj).__name__: asdict(obj) for obj in instances}

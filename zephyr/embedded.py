@@ -1,0 +1,118 @@
+"""The offline embedded default: Zephyr's real tokenizer, a tiny random Mistral model and generated data.
+
+The tokenizer is Mistral-7B-v0.1's sentencepiece model, shipped in the ``mistral-common`` package and used
+unchanged by Zephyr-7B-beta, plus Zephyr's chat template and ``pad = </s>``. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import prompts
+from zephyr.io import atomic_write_jsonl
+
+TOKENIZER_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"
+
+# A tiny Mistral: the architecture of Zephyr-7B-beta at a size that trains in seconds on a CPU.
+TINY_MISTRAL = dict(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                    bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False, sliding_window=None)
+
+
+def sentencepiece_model_path() -> Path:
+    """Mistral-7B-v0.1's tokenizer.model, from mistral-common, checked against its known sha256."""
+    import mistral_common
+
+    path = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    if digest != TOKENIZER_SHA256:
+        raise RuntimeError(f"{path}: expected Mistral's tokenizer.model (sha256 {TOKENIZER_SHA256[:12]}...), "
+                           f"found {digest and digest[:12]}; reinstall mistral-common==1.13.1")
+    return path
+
+
+def build_zephyr_tokenizer(out_dir: str | Path):
+    """Save Zephyr-7B-beta's tokenizer (BOS added, EOS = pad = </s>, Zephyr chat template) to ``out_dir``."""
+    from transformers import LlamaTokenizer
+
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory() as scratch:
+        # from_pretrained on a directory holding tokenizer.model: the vocab_file= constructor silently gives a
+        # 3-token vocabulary in transformers 5.
+        shutil.copy(sentencepiece_model_path(), Path(scratch) / "tokenizer.model")
+        tokenizer = LlamaTokenizer.from_pretrained(scratch, add_bos_token=True, add_eos_token=False,
+                                                  legacy=True, padding_side="left")
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.chat_template = prompts.ZEPHYR_CHAT_TEMPLATE
+    tokenizer.model_max_length = TINY_MISTRAL["max_position_embeddings"]
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """A randomly initialised tiny Mistral checkpoint with the Zephyr tokenizer, saved once into ``out_dir``."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file() and (out_dir / "tokenizer_config.json").is_file():
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        torch.manual_seed(seed)
+        MistralForCausalLM(MistralConfig(**TINY_MISTRAL)).save_pretrained(staging)
+        build_zephyr_tokenizer(staging)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+# -- generated data ---------------------------------------------------------------------------------
+TOPICS = {
+    "sci.space": ["rocket", "orbit", "launch", "satellite", "moon", "shuttle"],
+    "rec.autos": ["engine", "brakes", "sedan", "dealer", "tires", "mileage"],
+    "comp.graphics": ["pixel", "render", "polygon", "shader", "bitmap", "texture"],
+    "talk.politics.guns": ["rifle", "firearm", "pistol", "holster", "permit", "ammo"],
+}
+FILLER = ("i think the new one is really good but we should ask about it before next week since "
+          "people say that this was not what they expected from such a thing anyway").split()
+NAMES = ["Anna", "Ben", "Carla", "Dev", "Eve", "Farid", "Gina", "Hugo"]
+PLACES = ["cafe", "station", "library", "park", "office", "gym"]
+TIMES = ["5 pm", "noon", "8 am", "7 pm", "10 am", "3 pm"]
+
+
+def _post(rng: random.Random, keywords: list[str]) -> str:
+    words = rng.sample(FILLER, 10) + rng.sample(keywords, 3)
+    rng.shuffle(words)
+    return " ".join(words).capitalize() + "."
+
+
+def _dialogue(rng: random.Random) -> dict:
+    a, b = rng.sample(NAMES, 2)
+    place, time = rng.choice(PLACES), rng.choice(TIMES)
+    dialogue = (f"{a}: Hi {b}, shall we meet at the {place}?\r\n{b}: Sure, what time?\r\n"
+                f"{a}: Let's say {time}.\r\n{b}: Great, see you then.")
+    return {"dialogue": dialogue, "summary": f"{a} and {b} will meet at the {place} at {time}."}
+
+
+def write_synthetic_data(root: str | Path, seed: int = 0, train_rows: int = 160, test_rows: int = 40) -> Path:
+    """A small learnable dataset in the suite's local layout: <root>/newsgroups/*.jsonl, <root>/samsum/*.jsonl."""
+    rng = random.Random(seed)
+    root = Path(root)
+    for split, rows in (("train", train_rows), ("test", test_rows)):
+        labels = [label for _ in range(rows // len(TOPICS) + 1) for label in TOPICS][:rows]
+        rng.shuffle(labels)
+        atomic_write_jsonl(root / "newsgroups" / f"{split}.jsonl",
+                           [{"id": f"{split}-{i}", "text": _post(rng, TOPICS[label]), "label": label}
+                            for i, label in enumerate(labels)])
+        atomic_write_jsonl(root / "samsum" / f"{split}.jsonl",
+                           [{"id": f"{split}-{i}", **_dialogue(rng)} for i in range(rows)])
+    return root

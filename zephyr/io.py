@@ -1,0 +1,103 @@
+"""Reading data files and writing results atomically (write to a temporary file, then rename)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from zephyr.errors import UsageError
+
+DATA_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a JSON object, naming the file in the error if it is missing or corrupt."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: file not found") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a .jsonl, .json (array, or {"data": [...]}), .csv or .parquet file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: data file not found")
+    suffix = path.suffix.lower()
+    if suffix not in DATA_EXTENSIONS:
+        raise UsageError(f"{path}: unsupported data file type {suffix!r} (use one of {', '.join(DATA_EXTENSIONS)})")
+    if path.stat().st_size == 0:
+        raise UsageError(f"{path}: data file is empty")
+    if suffix == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise UsageError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise UsageError(f"{path}: line {number} is not a JSON object")
+                rows.append(row)
+    elif suffix == ".json":
+        data = read_json(path)
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+            raise UsageError(f"{path}: expected a JSON array of objects")
+        rows = data
+    elif suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as err:  # pyarrow raises several types for corrupt files
+            raise UsageError(f"{path}: cannot read parquet ({err})") from None
+    if not rows:
+        raise UsageError(f"{path}: data file has no rows")
+    return rows
+
+
+def is_missing(value) -> bool:
+    """True for None, NaN and blank strings: the values a loader drops and counts."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()

@@ -1,0 +1,163 @@
+"""Model and tokenizer loading, and the pure config factories (quantization, LoRA)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from zephyr.config import ModelArguments
+from zephyr.errors import UsageError
+
+FLAG = "--model_name_or_path"
+
+
+# -- pure factories ---------------------------------------------------------------------------------
+def compute_dtype(device: str | None = None) -> torch.dtype:
+    """bf16 on GPUs that support it, else float32 (CPU matmuls in bf16 are slow and tests want exactness)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def build_bnb_config(model_args: ModelArguments, dtype: torch.dtype | None = None):
+    """4-bit NF4 with double quantization (the study's QLoRA setting), or None for ``--quantization none``."""
+    if model_args.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype or compute_dtype())
+
+
+def build_lora_config(model_args: ModelArguments):
+    from peft import LoraConfig
+
+    return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                      target_modules=model_args.target_modules(), bias="none", task_type="CAUSAL_LM")
+
+
+# -- checkpoint resolution --------------------------------------------------------------------------
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or os.sep == "\\" and "\\" in name
+
+
+def resolve_model_path(name: str, cache_dir: str | None = None) -> str:
+    """A local checkpoint directory or hub id; a .gguf file is converted once into a checkpoint directory."""
+    path = Path(name).expanduser()
+    if name.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise UsageError(f"{FLAG}: {name}: GGUF file not found")
+        return str(convert_gguf(path, cache_dir))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{FLAG}: {name}: directory has no config.json (not a transformers checkpoint)")
+        return str(path)
+    if path.exists():
+        raise UsageError(f"{FLAG}: {name}: is a file; give a checkpoint directory, a .gguf file or a hub id")
+    if _looks_local(name):
+        raise UsageError(f"{FLAG}: {name}: no such directory")
+    return name
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("ZEPHYR_CACHE", Path.home() / ".cache" / "zephyr-suite"))
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_gguf(path: Path, cache_dir: str | None = None) -> Path:
+    """Dequantize a GGUF file into a plain checkpoint (once; cached by content hash).
+
+    A model loaded from GGUF refuses ``save_pretrained`` and 4-bit re-quantization, so a plain model is
+    rebuilt from its config, given the loaded weights, and saved as an ordinary bf16 checkpoint.
+    """
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise UsageError(f"{FLAG}: {path}: reading GGUF files needs the 'gguf' package (pip install gguf==0.19.0)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = Path(cache_dir or _default_cache()) / "gguf" / f"{path.stem}-{_file_digest(path)[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.tie_weights()
+    plain = plain.to(torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+# -- loading ----------------------------------------------------------------------------------------
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{FLAG}: {path}: cannot load a tokenizer ({str(err).splitlines()[0][:200]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def device_map():
+    """Whole model on this process's GPU (one GPU per process also under ``accelerate launch``)."""
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))}
+    return None
+
+
+def load_model(model_args: ModelArguments, path: str | None = None):
+    """The base causal LM, quantized to 4-bit NF4 unless ``--quantization none``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    path = path or resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{FLAG}: {path}: cannot load a model config ({str(err).splitlines()[0][:200]})") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UsageError(f"{FLAG}: {path}: a {config.model_type!r} checkpoint is not a causal language model")
+    dtype = compute_dtype()
+    quantization = build_bnb_config(model_args, dtype)
+    if quantization is not None:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UsageError("--quantization 4bit: bitsandbytes is not installed "
+                             "(pip install bitsandbytes==0.50.2, or pass --quantization none)") from None
+    return AutoModelForCausalLM.from_pretrained(
+        path, config=config, quantization_config=quantization, dtype=dtype,
+        attn_implementation=model_args.attn_implementation, device_map=device_map())
+
+
+def context_length(model) -> int:
+    config = model.config
+    return int(getattr(config, "max_position_embeddings", None) or 2048)

@@ -1,0 +1,127 @@
+"""Turn examples into token ids for training and inference, within a token budget.
+
+Training and inference share this code, so a fine-tuned model is evaluated on exactly the prompt tokens it
+was trained on. When a prompt (plus, in training, the answer) exceeds its budget, the example's *input text*
+is cut at the token level, keeping its beginning: the instruction, the answer cue and the answer survive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import prompts
+from zephyr.data import Example
+from zephyr.tasks.base import Task
+
+_MAX_FIT_ATTEMPTS = 6
+
+
+@dataclass
+class EncodedPrompt:
+    ids: list[int]
+    truncated: bool
+
+
+class PromptBuilder:
+    """Renders one task's prompts in one format (``original`` or ``chat``), optionally with few-shot examples."""
+
+    def __init__(self, task: Task, tokenizer, prompt_format: str, labels: list[str] | None = None,
+                 shots: list[Example] = (), shot_max_tokens: int = 256):
+        self.task, self.tokenizer, self.prompt_format = task, tokenizer, prompt_format
+        self.labels = labels or []
+        self.shots = [(self._head(s.text, shot_max_tokens), s.target) for s in shots]
+
+    def fit_shots(self, budget: int) -> None:
+        """Drop few-shot examples (last first) until the prompt without its query text takes at most half of
+        ``budget`` tokens, leaving the other half for the query."""
+        while self.shots and len(self.encode(self.prompt_text(""))) > budget // 2:
+            self.shots.pop()
+
+    # -- text ---------------------------------------------------------------------------------------
+    def _messages(self, text: str, shots) -> list[dict]:
+        return self.task.chat_messages(text, self.labels, shots)
+
+    def _render(self, messages: list[dict], generation_prompt: bool) -> str:
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=generation_prompt)
+        return prompts.plain_conversation(messages)
+
+    def prompt_text(self, text: str, shots=None) -> str:
+        if self.prompt_format == "original":
+            return self.task.original_prompt(text)
+        return self._render(self._messages(text, self.shots if shots is None else shots), True)
+
+    def answer_text(self, prompt: str, text: str, target: str) -> str:
+        """What follows the prompt in a full training sequence, up to the end of the answer (EOS excluded)."""
+        if self.prompt_format == "original" or not self.tokenizer.chat_template:
+            return self.task.original_answer(target) if self.prompt_format == "original" else target
+        messages = self._messages(text, self.shots) + [{"role": "assistant", "content": target}]
+        full = self._render(messages, False)
+        if not full.startswith(prompt) or target not in full[len(prompt):]:
+            return target
+        tail = full[len(prompt):]
+        return tail[: tail.index(target) + len(target)]
+
+    # -- tokens -------------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Tokenize a rendered string, adding BOS unless the chat template already wrote it."""
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and text.startswith(bos))
+        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+    def _head(self, text: str, max_tokens: int) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens])
+
+    def answer_ids(self, prompt_ids: list[int], prompt: str, answer: str) -> list[int]:
+        """Answer tokens as they appear after the prompt in the joint tokenization, then EOS."""
+        full = self.encode(prompt + answer)
+        if full[: len(prompt_ids)] == prompt_ids:
+            ids = full[len(prompt_ids):]
+        else:  # a merge across the boundary: fall back to the answer tokenized alone
+            ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        return ids if ids and ids[-1] == eos else ids + [eos]
+
+    def _fit(self, text: str, budget: int, answer_target: str | None):
+        """Shorten ``text`` until prompt (+ answer) fits ``budget`` tokens; returns the final pieces."""
+        current, truncated = text, False
+        for attempt in range(_MAX_FIT_ATTEMPTS):
+            prompt = self.prompt_text(current)
+            prompt_ids = self.encode(prompt)
+            answer_ids = []
+            if answer_target is not None:
+                answer_ids = self.answer_ids(prompt_ids, prompt, self.answer_text(prompt, current, answer_target))
+            excess = len(prompt_ids) + len(answer_ids) - budget
+            if excess <= 0:
+                return prompt_ids, answer_ids, truncated
+            text_ids = self.tokenizer(current, add_special_tokens=False)["input_ids"]
+            keep = max(0, len(text_ids) - excess - attempt)  # decode/re-encode can drift a token or two
+            truncated = True
+            if keep == 0 and not current:
+                break
+            current = self.tokenizer.decode(text_ids[:keep]) if keep else ""
+        # Only the instruction or the answer itself is too long: cut the sequence, keeping the answer's start.
+        if answer_target is None:
+            return prompt_ids[:budget], [], True
+        ids = (prompt_ids + answer_ids)[:budget]
+        return ids[: len(prompt_ids)], ids[len(prompt_ids):], True
+
+    def encode_prompt(self, text: str, budget: int) -> EncodedPrompt:
+        prompt_ids, _, truncated = self._fit(text, budget, None)
+        return EncodedPrompt(prompt_ids, truncated)
+
+    def encode_training(self, example: Example, max_length: int) -> dict:
+        """``input_ids`` and ``completion_mask`` (1 on answer tokens and EOS), as TRL's SFTTrainer takes them."""
+        prompt_ids, answer_ids, truncated = self._fit(example.text, max_length, example.target)
+        return {"input_ids": prompt_ids + answer_ids,
+                "completion_mask": [0] * len(prompt_ids) + [1] * len(answer_ids),
+                "truncated": truncated}
+
+    def label_ids(self, reference_text: str) -> list[list[int]]:
+        """Token ids (EOS included) of every label, as they follow a prompt built from ``reference_text``."""
+        prompt = self.prompt_text(reference_text)
+        prompt_ids = self.encode(prompt)
+        return [self.answer_ids(prompt_ids, prompt, self.answer_text(prompt, reference_text, label))
+                for label in self.labels]

@@ -1,0 +1,127 @@
+"""A task owns its data sources, prompt rendering and scoring; the rest of the suite is task-agnostic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import prompts
+from zephyr.data import Example, select_fraction
+from zephyr.errors import UsageError
+from zephyr.io import DATA_EXTENSIONS, is_missing, read_rows
+
+
+@dataclass
+class LoadedSplit:
+    examples: list[Example]
+    source: str
+    dropped: int = 0  # rows whose input or target was missing or empty
+    notes: list[str] = field(default_factory=list)
+
+
+class Task:
+    name: str
+    hub_id: str
+    hub_splits: dict[str, str]
+    file_stems: dict[str, tuple[str, ...]]  # local file names (without extension) per split
+    input_field: str
+    target_field: str
+    is_classification: bool = False
+    max_new_tokens: int
+    defaults: dict  # argument defaults of this task's entry scripts (the study's settings)
+
+    # -- data ---------------------------------------------------------------------------------------
+    def source(self, split: str, data_dir: str | None, explicit_file: str | None) -> str:
+        """A local file path, or ``hub:<id>:<split>``."""
+        if explicit_file:
+            return explicit_file
+        if not data_dir:
+            return f"hub:{self.hub_id}:{self.hub_splits[split]}"
+        root = Path(data_dir)
+        if not root.is_dir():
+            raise UsageError(f"--data_dir: {data_dir}: directory not found")
+        for folder in (root / self.name, root):
+            for stem in self.file_stems[split]:
+                for ext in DATA_EXTENSIONS:
+                    if (folder / f"{stem}{ext}").is_file():
+                        return str(folder / f"{stem}{ext}")
+        looked = ", ".join(f"{s}{e}" for s in self.file_stems[split] for e in DATA_EXTENSIONS)
+        raise UsageError(f"--data_dir: no {split} file for {self.name} in {root / self.name} (looked for {looked})")
+
+    def read_source(self, source: str) -> list[dict]:
+        if not source.startswith("hub:"):
+            return read_rows(source)
+        _, hub_id, split = source.split(":", 2)
+        try:
+            from datasets import load_dataset
+
+            return list(load_dataset(hub_id, split=split))
+        except Exception as err:
+            raise UsageError(f"cannot load hub dataset {hub_id} ({type(err).__name__}: {str(err)[:200]}); "
+                             "use --data_dir or --train_file/--test_file for local files") from None
+
+    def load_split(self, split: str, data_dir: str | None = None, explicit_file: str | None = None) -> LoadedSplit:
+        source = self.source(split, data_dir, explicit_file)
+        rows = self.read_source(source)
+        for column in (self.input_field, self.target_field):
+            if column not in rows[0]:
+                raise UsageError(f"{source}: missing column {column!r} (found {', '.join(map(str, rows[0]))})")
+        examples, dropped = [], 0
+        for number, row in enumerate(rows):
+            text, target = row.get(self.input_field), row.get(self.target_field)
+            if is_missing(text) or is_missing(target):
+                dropped += 1
+                continue
+            for column, value in ((self.input_field, text), (self.target_field, target)):
+                if not isinstance(value, str):
+                    raise UsageError(f"{source}: row {number}: column {column!r} must be a string, "
+                                     f"got {type(value).__name__} {value!r}")
+            row_id = row.get("id")
+            examples.append(Example(id=str(number if is_missing(row_id) else row_id), text=text,
+                                    target=self.clean_target(target)))
+        if not examples:
+            raise UsageError(f"{source}: no usable rows ({dropped} had an empty {self.input_field} or "
+                             f"{self.target_field})")
+        return LoadedSplit(examples, source, dropped)
+
+    def clean_target(self, target: str) -> str:
+        return target.strip()
+
+    def select_train(self, examples: list[Example], fraction: float, seed: int) -> list[Example]:
+        key = (lambda e: e.target) if self.is_classification else None
+        return select_fraction(examples, fraction, seed, key)
+
+    def labels(self, train_examples: list[Example]) -> list[str]:
+        return []
+
+    # -- prompts ------------------------------------------------------------------------------------
+    def original_prompt(self, text: str) -> str:
+        return prompts.original_prompt(self.name, text)
+
+    def original_answer(self, target: str) -> str:
+        return prompts.original_answer(self.name, target)
+
+    def chat_messages(self, text: str, labels: list[str], shots=()) -> list[dict]:
+        return prompts.chat_messages(self.name, text, labels, shots)
+
+    def pick_shots(self, train_examples: list[Example], k: int, seed: int) -> list[Example]:
+        """k training examples, deterministic for the seed; classification prefers distinct labels."""
+        import random
+
+        if k == 0:
+            return []
+        pool = sorted(train_examples, key=lambda e: (len(e.text), e.id))[: max(8 * k, 64)]
+        random.Random(seed).shuffle(pool)
+        chosen, seen = [], set()
+        for example in pool:
+            if self.is_classification and example.target in seen:
+                continue
+            chosen.append(example)
+            seen.add(example.target)
+            if len(chosen) == k:
+                break
+        return chosen
+
+    # -- scoring ------------------------------------------------------------------------------------
+    def score(self, references: list[str], predictions: list[str | None], labels: list[str]) -> dict:
+        raise NotImplementedError

@@ -1,0 +1,24 @@
+"""20 Newsgroups: 20-way topic classification, scored by exact label match (or label log-likelihood)."""
+
+from __future__ import annotations
+
+from zephyr.metrics import classification_metrics
+from zephyr.tasks.base import Task
+
+
+class Newsgroups(Task):
+    name = "newsgroups"
+    hub_id = "rungalileo/20_Newsgroups_Fixed"
+    hub_splits = {"train": "train", "test": "test"}
+    file_stems = {"train": ("train",), "test": ("test",)}
+    input_field = "text"
+    target_field = "label"
+    is_classification = True
+    max_new_tokens = 20
+    defaults = {"lora_r": 8, "num_train_epochs": 5.0}
+
+    def labels(self, train_examples):
+        return sorted({e.target for e in train_examples})
+
+    def score(self, references, predictions, labels):
+        return classification_metrics(references, predictions, labels)

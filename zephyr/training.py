@@ -1,0 +1,209 @@
+"""QLoRA fine-tuning with TRL's SFTTrainer into a self-describing run directory.
+
+Layout of ``<output_root>/<run_name>/``:
+  config.json         resolved arguments, data report, library versions, git commit, device
+  train_log.jsonl     one row per logging step: loss, learning rate, tokens/s, peak memory
+  train_metrics.json  runtime, tokens/s, peak memory, final loss (written last: the run is complete)
+  adapter/            LoRA adapter and tokenizer (PeftModel.from_pretrained loads it)
+  predictions.jsonl, metrics.json   after evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zephyr.config import DataArguments, ModelArguments, TrainArguments, to_dict
+from zephyr.errors import UsageError
+from zephyr.io import atomic_write_json
+from zephyr.modeling import build_lora_config, compute_dtype, load_model, load_tokenizer, resolve_model_path
+from zephyr.prompting import PromptBuilder
+from zephyr.runinfo import run_name, write_config
+from zephyr.tasks import Task, get_task
+
+log = logging.getLogger(__name__)
+ADAPTER_DIR = "adapter"
+TRAIN_METRICS = "train_metrics.json"
+
+
+def peak_memory_gib() -> dict:
+    if torch.cuda.is_available():
+        return {"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+                "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+    return {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+def _train_log_callback():
+    from transformers import TrainerCallback
+
+    class TrainLogCallback(TrainerCallback):
+        """Appends loss, tokens/s and peak memory to ``train_log.jsonl`` at every logging step."""
+
+        def __init__(self, path: Path):
+            self.path, self.start = path, None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+            self.tokens_at_start = state.num_input_tokens_seen
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            elapsed = time.perf_counter() - self.start
+            tokens = state.num_input_tokens_seen - self.tokens_at_start
+            row = {"step": state.global_step, "epoch": state.epoch, **(logs or {}),
+                   "tokens_seen": state.num_input_tokens_seen, "elapsed_s": round(elapsed, 3),
+                   "tokens_per_s": round(tokens / elapsed, 1) if elapsed else None, **peak_memory_gib()}
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+    return TrainLogCallback
+
+
+def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_dir: Path, bf16: bool):
+    """The SFTConfig for one run: the study's optimisation settings plus completion-only loss and EOS."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=train_args.num_train_epochs,
+        max_steps=train_args.max_steps,
+        learning_rate=train_args.learning_rate,
+        lr_scheduler_type=train_args.lr_scheduler_type,
+        warmup_steps=train_args.warmup_ratio,  # a value below 1 is a ratio of the total steps
+        per_device_train_batch_size=train_args.per_device_train_batch_size,
+        gradient_accumulation_steps=train_args.gradient_accumulation_steps,
+        max_grad_norm=train_args.max_grad_norm,
+        optim=train_args.optim,
+        gradient_checkpointing=train_args.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        neftune_noise_alpha=train_args.neftune_alpha,
+        completion_only_loss=train_args.loss == "completion",
+        max_length=data_args.max_length,
+        packing=train_args.packing,
+        seed=train_args.seed,
+        data_seed=data_args.data_seed,
+        logging_steps=train_args.logging_steps,
+        save_strategy="steps" if train_args.save_steps else "no",
+        save_steps=train_args.save_steps or 500,
+        report_to="none",
+        bf16=bf16,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+    )
+
+
+def build_training_dataset(builder: PromptBuilder, examples, max_length: int):
+    from datasets import Dataset
+
+    encoded = [builder.encode_training(example, max_length) for example in examples]
+    truncated = sum(row.pop("truncated") for row in encoded)
+    return Dataset.from_list(encoded), truncated
+
+
+def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if (run_dir / TRAIN_METRICS).is_file():
+        if not overwrite:
+            raise UsageError(f"{run_dir}: a finished run is already there; pass --overwrite True to replace it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "train_log.jsonl").unlink(missing_ok=True)
+
+
+class _EffectiveLoraHead:
+    """Read-only view of a LoRA-adapted lm_head whose ``weight`` is W + scale * B @ A (differentiable in A, B)."""
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    @property
+    def weight(self):
+        weight = self.layer.base_layer.weight
+        for name in self.layer.active_adapters:
+            if name in self.layer.lora_A:
+                weight = weight + self.layer.get_delta_weight(name).to(weight.dtype)
+        return weight
+
+    @property
+    def bias(self):
+        return self.layer.base_layer.bias
+
+
+def expose_lm_head_adapter(model):
+    """Make TRL's fused loss see an lm_head adapter; returns a function that undoes it.
+
+    SFTTrainer computes log-probabilities from ``lm_head.weight`` in chunks, never calling the module, so a
+    LoRA adapter on lm_head (the study's full tuning) would get no gradient; TRL refuses it for that reason.
+    Exposing the effective weight lets it train. LoRA dropout does not apply to lm_head on this path.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    base = model.get_base_model()
+    head = base.get_output_embeddings()
+    if not isinstance(head, BaseTunerLayer):
+        return lambda: None
+    view = _EffectiveLoraHead(head)
+    base.get_output_embeddings = lambda: view
+    return lambda: base.__dict__.pop("get_output_embeddings", None)
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    task: Task
+    model: object
+    tokenizer: object
+    train_examples: list
+    labels: list[str]
+
+
+def train(data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments) -> TrainedRun:
+    from peft import get_peft_model
+    from trl import SFTTrainer
+
+    task = get_task(data_args.task)
+    run_dir = Path(train_args.output_root) / (train_args.run_name or run_name(data_args, model_args, train_args))
+    model_path = resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir)
+    loaded = task.load_split("train", data_args.data_dir, data_args.train_file)
+    examples = task.select_train(loaded.examples, data_args.train_fraction, data_args.data_seed)
+    labels = task.labels(loaded.examples)
+    tokenizer = load_tokenizer(model_path)
+    builder = PromptBuilder(task, tokenizer, data_args.prompt_format, labels)
+    dataset, truncated = build_training_dataset(builder, examples, data_args.max_length)
+    _prepare_run_dir(run_dir, train_args.overwrite)
+    data_report = {"train_source": loaded.source, "train_rows_loaded": len(loaded.examples),
+                   "train_rows_dropped_empty": loaded.dropped, "train_rows_used": len(examples),
+                   "train_rows_truncated": truncated, "labels": labels}
+    log.info("training on %d of %d rows (%d dropped as empty, %d shortened to %d tokens)", len(examples),
+             len(loaded.examples), loaded.dropped, truncated, data_args.max_length)
+    write_config(run_dir / "config.json", to_dict(data_args, model_args, train_args), kind="finetune",
+                 model_path=model_path, data=data_report)
+
+    model = get_peft_model(load_model(model_args, model_path), build_lora_config(model_args))
+    restore_lm_head = expose_lm_head_adapter(model)
+    bf16 = compute_dtype() == torch.bfloat16
+    trainer = SFTTrainer(model=model, args=build_sft_config(train_args, data_args, run_dir, bf16),
+                         train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[_train_log_callback()(run_dir / "train_log.jsonl")])
+    result = trainer.train()
+    restore_lm_head()
+    trainer.model.save_pretrained(run_dir / ADAPTER_DIR)
+    tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    runtime = result.metrics["train_runtime"]
+    atomic_write_json(run_dir / TRAIN_METRICS, {
+        "train_runtime_s": runtime, "train_steps": trainer.state.global_step,
+        "train_tokens": trainer.state.num_input_tokens_seen,
+        "tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else None,
+        "train_loss": result.training_loss, "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        **peak_memory_gib()})
+    return TrainedRun(run_dir, task, trainer.model, tokenizer, loaded.examples, labels)
