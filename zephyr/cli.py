@@ -59,7 +59,8 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
         test, examples = load_test(task, data_args, run.labels)
         builder = PromptBuilder(task, run.tokenizer, data_args.prompt_format, run.labels)
         out_dir = Path(eval_args.eval_output_dir or run.run_dir)
-        metrics = evaluate(task, run.model, run.tokenizer, builder, test, examples, eval_args, out_dir)
+        metrics = evaluate(task, run.model, run.tokenizer, builder, test, examples, eval_args, out_dir,
+                           data_args.max_length)
         _print_metrics(out_dir / "metrics.json", metrics)
     return run.run_dir
 

@@ -36,10 +36,15 @@ def load_test(task: Task, data_args: DataArguments, labels: list[str]):
 
 
 def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, examples, eval_args: EvalArguments,
-             out_dir: Path) -> dict:
-    """Score ``examples`` and write ``predictions.jsonl`` and ``metrics.json`` into ``out_dir``."""
+             out_dir: Path, trained_max_length: int | None = None) -> dict:
+    """Score ``examples`` and write ``predictions.jsonl`` and ``metrics.json`` into ``out_dir``.
+
+    Prompt budget: ``--max_prompt_tokens`` if given; otherwise the model's context minus the new tokens, and
+    for a fine-tuned model at most its training ``max_length`` (it never saw longer inputs).
+    """
     max_new_tokens = eval_args.max_new_tokens or task.max_new_tokens
-    budget = eval_args.max_prompt_tokens or context_length(model) - max_new_tokens
+    budget = eval_args.max_prompt_tokens or min(context_length(model) - max_new_tokens,
+                                                trained_max_length or context_length(model))
     builder.fit_shots(budget)
     encoded = [builder.encode_prompt(e.text, budget) for e in examples]
     prompt_ids = [e.ids for e in encoded]
@@ -105,7 +110,7 @@ def evaluate_run(data_args: DataArguments, eval_args: EvalArguments, task_name: 
     model = PeftModel.from_pretrained(load_model(model_args, config.get("model_path")), adapter)
     builder = PromptBuilder(task, tokenizer, data_args.prompt_format, labels)
     out_dir = Path(eval_args.eval_output_dir or run_dir)
-    return evaluate(task, model, tokenizer, builder, test, examples, eval_args, out_dir)
+    return evaluate(task, model, tokenizer, builder, test, examples, eval_args, out_dir, data_args.max_length)
 
 
 def baseline_name(data_args: DataArguments, model_args: ModelArguments, eval_args: EvalArguments) -> str:
