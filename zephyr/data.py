@@ -1,8 +1,9 @@
 """Training-fraction selection: exact, stratified, deterministic and nested.
 
-Every row gets a sort key ``(rank within its class + u) / class size`` with ``u`` uniform in [0, 1) and the
-within-class ranks shuffled by the seed. Sorting all rows by that key interleaves the classes in proportion
-to their sizes, so any prefix is stratified to within one row per class. A fraction f takes the first
+Every row gets a sort key ``(rank within its class + 0.5) / class size``, the within-class ranks shuffled by
+the seed (ties between classes broken by the seed too). Sorting all rows by that key interleaves the classes
+in proportion to their sizes, so any prefix is stratified to within one row per class, and a class whose
+share is at least half a row gets one. A fraction f takes the first
 ``round(f * n)`` rows of that one ordering, which makes smaller fractions exact subsets of larger ones.
 """
 
@@ -35,9 +36,9 @@ def stratified_order(rows: Sequence[Row], seed: int, key: Callable[[Row], str] |
         members = groups[label]
         rng.shuffle(members)
         for rank, index in enumerate(members):
-            keyed.append(((rank + rng.random()) / len(members), index))
+            keyed.append(((rank + 0.5) / len(members), rng.random(), index))
     keyed.sort()
-    return [index for _, index in keyed]
+    return [index for *_, index in keyed]
 
 
 def select_fraction(rows: Sequence[Row], fraction: float, seed: int,

@@ -33,8 +33,8 @@ def run_batched(items: Sequence, batch_size: int, fn: Callable[[list], list]) ->
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            if size > 1:
-                size = max(1, size // 2)
+            if len(chunk) > 1:
+                size = max(1, len(chunk) // 2)
                 log.warning("out of memory at batch size %d; retrying with %d", len(chunk), size)
                 continue
             errors[chunk[0]] = f"out of memory on a single {len(items[chunk[0]])}-token prompt"

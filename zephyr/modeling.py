@@ -102,6 +102,10 @@ def convert_gguf(path: Path, cache_dir: str | None = None) -> Path:
     plain.tie_weights()
     plain = plain.to(torch.bfloat16)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    # transformers' GGUF tokenizer conversion can set EOS to the BOS token (SmolLM2: <|im_start|>); the model's
+    # own config names the token that ends its turns.
+    if config.eos_token_id is not None and tokenizer.eos_token_id != config.eos_token_id:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(config.eos_token_id)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         plain.save_pretrained(staging)

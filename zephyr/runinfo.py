@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
@@ -57,15 +58,16 @@ def versions() -> dict:
 
 
 def git_commit() -> str | None:
+    """HEAD of the suite's checkout (``-dirty`` if modified); ``ZEPHYR_GIT_COMMIT`` where .git is absent."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("ZEPHYR_GIT_COMMIT")
     if commit.returncode != 0:
-        return None
+        return os.environ.get("ZEPHYR_GIT_COMMIT")
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 

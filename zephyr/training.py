@@ -194,7 +194,8 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
                          callbacks=[_train_log_callback()(run_dir / "train_log.jsonl")])
     result = trainer.train()
     restore_lm_head()
-    trainer.model.save_pretrained(run_dir / ADAPTER_DIR)
+    # The base lm_head is frozen: save only LoRA weights even when lm_head carries an adapter.
+    trainer.model.save_pretrained(run_dir / ADAPTER_DIR, save_embedding_layers=False)
     tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     runtime = result.metrics["train_runtime"]

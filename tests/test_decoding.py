@@ -1,0 +1,120 @@
+"""Decoding, label scoring, metrics and the tokenizer, against independent references."""
+
+import pytest
+import torch
+
+from zephyr.generation import greedy_generate, score_labels
+from zephyr.metrics import classification_metrics, normalize_label, rouge_metrics
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+PROMPTS = ["The rocket reached a stable orbit", "Brakes", "Which shader renders this polygon best, and why not?",
+           "A: hi\nB: hello there, how are you doing today my friend"]
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny_model, tokenizer):
+    ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    batched, errors = greedy_generate(tiny_model, tokenizer, ids, max_new_tokens=12, batch_size=4)
+    single = [greedy_generate(tiny_model, tokenizer, [i], max_new_tokens=12, batch_size=1)[0][0] for i in ids]
+    assert errors == [None] * 4 and batched == single
+    assert all(text for text in batched), batched
+
+
+def test_generation_stops_at_eos_on_the_token_level(tiny_model, tokenizer, monkeypatch):
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    with torch.no_grad():
+        free = tiny_model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, pad_token_id=2)
+    new_tokens = free[0, len(ids):].tolist()
+    stop_at = next(i for i, tok in enumerate(new_tokens) if i >= 2 and tok not in new_tokens[:i])
+    monkeypatch.setattr(tiny_model.generation_config, "eos_token_id", new_tokens[stop_at])
+    texts, _ = greedy_generate(tiny_model, tokenizer, [ids], max_new_tokens=8, batch_size=1)
+    assert texts[0] == tokenizer.decode(new_tokens[:stop_at], skip_special_tokens=True).strip()
+
+
+def test_label_scoring_with_shared_cache_equals_full_sequence_scoring(tiny_model, tokenizer):
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    labels = [tokenizer(l, add_special_tokens=False)["input_ids"] + [2] for l in ["sci.space", "rec.autos", "x"]]
+    picks, errors = score_labels(tiny_model, prompts, labels, pad_id=2, batch_size=3)
+    expected = []
+    with torch.no_grad():
+        for prompt in prompts:
+            scores = []
+            for label in labels:
+                logits = tiny_model(torch.tensor([prompt + label])).logits[0].log_softmax(-1)
+                scores.append(sum(logits[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(label)))
+            expected.append(max(range(len(labels)), key=scores.__getitem__))
+    assert errors == [None] * len(prompts) and picks == expected
+
+
+def test_out_of_memory_halves_the_batch_then_records_an_error():
+    from zephyr.generation import run_batched
+
+    calls = []
+
+    def fn(batch):
+        calls.append(len(batch))
+        if len(batch) > 1 or batch[0] == [9] * 5:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return [len(batch[0])]
+
+    results, errors = run_batched([[1], [9] * 5, [1, 2]], batch_size=4, fn=fn)
+    assert results == [1, None, 2]
+    assert errors[1].startswith("out of memory") and errors[0] is None and errors[2] is None
+    assert calls == [3, 1, 2, 1, 1]  # halve to 1, error row; the rest restart at full size and halve
+
+
+def test_classification_metrics_match_hand_computation():
+    labels = ["a", "b", "c"]
+    m = classification_metrics(["a", "a", "b", "c"], ["A.", "b", "banana", None], labels)
+    # a: tp1 fn1 ; b: fp1 fn1 ; c: fn1. micro P=1/2, R=1/4 ; macro P=(1+0+0)/3, R=(.5+0+0)/3, F1=(2/3)/3
+    assert m["accuracy"] == pytest.approx(25.0)
+    assert m["micro_precision"] == pytest.approx(50.0) and m["micro_recall"] == pytest.approx(25.0)
+    assert m["micro_f1"] == pytest.approx(100 * 2 * 0.5 * 0.25 / 0.75)
+    assert m["macro_precision"] == pytest.approx(100 / 3) and m["macro_recall"] == pytest.approx(50 / 3)
+    assert m["macro_f1"] == pytest.approx(100 * (2 / 3) / 3)
+    assert (m["invalid_rate"], m["n_invalid"], m["n_errors"]) == (50.0, 2, 1)
+
+
+def test_label_normalization():
+    assert normalize_label('  "Sci.Space."\nbecause rockets') == "sci.space"
+    assert normalize_label("**comp.graphics**") == "comp.graphics"
+    assert normalize_label(None) == ""
+
+
+def test_rouge_matches_hand_computation():
+    m = rouge_metrics(["the cat sat on the mat", "hello world"], ["the cat sat", None])
+    # pair 1: unigram P=3/3 R=3/6 -> F=2/3 ; bigram P=2/2 R=2/5 -> F=4/7 ; pair 2 (error row) scores 0
+    assert m["rouge1"] == pytest.approx(100 * (2 / 3) / 2)
+    assert m["rouge2"] == pytest.approx(100 * (4 / 7) / 2)
+    assert m["rougeL"] == pytest.approx(100 * (2 / 3) / 2)
+    assert (m["n_errors"], m["n_examples"]) == (1, 2)
+    assert rouge_metrics(["Amanda runs"], ["amanda running"])["rouge1"] == pytest.approx(100.0)  # stemming
+
+
+ORDINARY = ["Hello world! The quick brown fox jumps over the lazy dog.",
+            "Amanda: I baked cookies. Do you want some?\r\nJerry: Sure!",
+            "In 1969, Apollo 11 landed on the Moon; it cost $25.4 billion (about 150% over budget).",
+            "Café naïve résumé — “quotes” and emoji 🚀 too.", "### Sentence:GPUs are fast ### Class:comp.graphics"]
+
+
+def test_tokenizer_ids_equal_sentencepiece(tokenizer):
+    import sentencepiece as spm
+
+    from zephyr.embedded import sentencepiece_model_path
+
+    sp = spm.SentencePieceProcessor(model_file=str(sentencepiece_model_path()))
+    assert len(tokenizer) == 32000 and tokenizer.pad_token == tokenizer.eos_token == "</s>"
+    for text in ORDINARY:
+        assert tokenizer(text)["input_ids"] == [sp.bos_id()] + sp.encode(text), text
+
+
+def test_zephyr_chat_template(tokenizer):
+    text = tokenizer.apply_chat_template([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
+                                         tokenize=False, add_generation_prompt=True)
+    assert text == "<|system|>\nS</s>\n<|user|>\nU</s>\n<|assistant|>\n"
