@@ -1,0 +1,71 @@
+"""The documented commands, run as a user would (subprocesses, hub forced offline)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO, requires_shared, shared_dir
+
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def run(script, *args, check=True):
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / script), *map(str, args)], cwd=REPO,
+                            env=OFFLINE, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_train_then_inference_writes_metrics_and_predictions(tiny_model_dir, synthetic_data, tmp_path):
+    run("zephyr_classification.py", "--model_name_or_path", tiny_model_dir, "--data_dir", synthetic_data,
+        "--output_root", tmp_path, "--run_name", "smoke", "--max_steps", 3, "--max_length", 96,
+        "--gradient_checkpointing", "False", "--logging_steps", 1)
+    run_dir = tmp_path / "smoke"
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["arguments"]["ModelArguments"]["lora_r"] == 8  # the classification default
+    assert config["arguments"]["TrainArguments"]["num_train_epochs"] == 5.0
+    assert config["data"]["train_rows_used"] == 48 and config["device"]["type"] == "cpu"
+    run("zephyr_classification_inference.py", "--run_dir", run_dir, "--data_dir", synthetic_data,
+        "--max_test_rows", 6, "--eval_batch_size", 4)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["n_examples"] == len(rows) == 6 and 0 <= metrics["accuracy"] <= 100
+    assert {"id", "reference", "prediction", "error"} <= set(rows[0])
+    loglik = tmp_path / "loglik"
+    run("zephyr_classification_inference.py", "--run_dir", run_dir, "--data_dir", synthetic_data,
+        "--max_test_rows", 6, "--eval_method", "loglik", "--eval_output_dir", loglik)
+    assert json.loads((loglik / "metrics.json").read_text())["invalid_rate"] == 0.0  # always a valid label
+
+
+def test_embedded_default_writes_metrics(tmp_path):
+    run("quickstart.py", "--task", "samsum", "--output_root", tmp_path, "--num_train_epochs", 1, "--max_test_rows", 8)
+    [metrics_file] = tmp_path.glob("samsum_*/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["n_examples"] == 8 and "rouge1" in metrics and "rougeLsum" in metrics
+
+
+def test_bad_input_is_one_line_naming_the_flag(tmp_path):
+    result = run("zephyr_summarization.py", "--lora_r", 0, "--output_root", tmp_path, check=False)
+    assert result.returncode == 2 and result.stderr.strip() == "error: --lora_r: must be positive, got 0"
+    result = run("zephyr_summarization_inference.py", "--run_dir", tmp_path, check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: --run_dir: {tmp_path}: no adapter (adapter/adapter_config.json); did training finish?"]
+    result = run("zephyr_classification.py", "--model_name_or_path", tmp_path / "nope", check=False)
+    assert result.returncode == 2 and f"--model_name_or_path: {tmp_path / 'nope'}: no such directory" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@requires_shared
+def test_smollm2_gguf_summarizes_four_samsum_dialogues(tmp_path):
+    gguf = shared_dir() / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    out = tmp_path / "baseline"
+    run("zephyr_baseline_inference.py", "--task", "samsum", "--model_name_or_path", gguf,
+        "--data_dir", shared_dir() / "data", "--max_test_rows", 4, "--quantization", "none",
+        "--max_new_tokens", 48, "--eval_output_dir", out, "--model_cache_dir", tmp_path / "cache")
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(rows) == 4 and all(r["prediction"] and r["error"] is None for r in rows), rows
+    assert metrics["n_examples"] == 4 and 5 < metrics["rouge1"] <= 100 and metrics["rouge2"] >= 0
