@@ -133,9 +133,9 @@ def run_baseline(data_args: DataArguments, model_args: ModelArguments, eval_args
     test, examples = load_test(task, data_args, labels)
     out_dir = Path(eval_args.eval_output_dir or Path(output_root) / baseline_name(data_args, model_args, eval_args))
     tokenizer = load_tokenizer(model_path)
+    model = load_model(model_args, model_path)
     write_config(out_dir / "config.json", to_dict(data_args, model_args, eval_args), kind="baseline",
                  model_path=model_path, data={"labels": labels, "shot_ids": [s.id for s in shots]})
-    model = load_model(model_args, model_path)
     builder = PromptBuilder(task, tokenizer, "chat", labels, shots)
     return evaluate(task, model, tokenizer, builder, test, examples, eval_args, out_dir)
 

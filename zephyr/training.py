@@ -177,6 +177,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     tokenizer = load_tokenizer(model_path)
     builder = PromptBuilder(task, tokenizer, data_args.prompt_format, labels)
     dataset, truncated = build_training_dataset(builder, examples, data_args.max_length)
+    base_model = load_model(model_args, model_path)  # fails on a bad checkpoint before anything is written
     _prepare_run_dir(run_dir, train_args.overwrite)
     data_report = {"train_source": loaded.source, "train_rows_loaded": len(loaded.examples),
                    "train_rows_dropped_empty": loaded.dropped, "train_rows_used": len(examples),
@@ -186,7 +187,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     write_config(run_dir / "config.json", to_dict(data_args, model_args, train_args), kind="finetune",
                  model_path=model_path, data=data_report)
 
-    model = get_peft_model(load_model(model_args, model_path), build_lora_config(model_args))
+    model = get_peft_model(base_model, build_lora_config(model_args))
     restore_lm_head = expose_lm_head_adapter(model)
     bf16 = compute_dtype() == torch.bfloat16
     trainer = SFTTrainer(model=model, args=build_sft_config(train_args, data_args, run_dir, bf16),
