@@ -1,0 +1,45 @@
+"""Prompt rendering: formats, deterministic few-shot picks, and fitting the context."""
+
+from zephyr.data import Example
+from zephyr.prompting import PromptBuilder
+from zephyr.tasks import get_task
+
+TRAIN = [Example(str(i), f"post number {i} about topic {i % 4} " * (1 + i % 3), f"label{i % 4}") for i in range(40)]
+
+
+def test_few_shot_examples_are_deterministic_and_distinct_labels():
+    task = get_task("newsgroups")
+    picks = task.pick_shots(TRAIN, 3, seed=1)
+    assert [e.id for e in picks] == [e.id for e in task.pick_shots(TRAIN, 3, seed=1)]
+    assert len({e.target for e in picks}) == 3
+    assert [e.id for e in picks] != [e.id for e in task.pick_shots(TRAIN, 3, seed=2)]
+
+
+def test_few_shot_prompt_holds_the_shots_and_fits_its_budget(tokenizer):
+    task = get_task("newsgroups")
+    shots = task.pick_shots(TRAIN, 3, seed=0)
+    builder = PromptBuilder(task, tokenizer, "chat", sorted({e.target for e in TRAIN}), shots)
+    prompt = builder.prompt_text("the query post")
+    assert all(s.text.strip() in prompt for s in shots) and prompt.count("<|assistant|>") == 4
+    long_query = "very long post " * 400
+    encoded = builder.encode_prompt(long_query, budget=300)
+    assert encoded.truncated and len(encoded.ids) <= 300
+    lengths = [len(builder.encode(builder.prompt_text("", builder.shots[:k]))) for k in range(4)]
+    builder.fit_shots(budget=2 * lengths[1])  # shots may take at most half the budget: only one fits
+    assert len(builder.shots) == 1 and lengths[2] > lengths[1]
+
+
+def test_original_format_is_the_study_template(tokenizer):
+    builder = PromptBuilder(get_task("samsum"), tokenizer, "original")
+    assert builder.prompt_text("A: hi") == "### Dialogue:A: hi ### Summary:"
+    assert PromptBuilder(get_task("newsgroups"), tokenizer, "original").prompt_text("x") == "### Sentence:x ### Class:"
+
+
+def test_zero_shot_prompt_without_chat_template_uses_plain_turns(tokenizer):
+    import copy
+
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    builder = PromptBuilder(get_task("samsum"), plain, "chat")
+    text = builder.prompt_text("A: hi")
+    assert text.startswith("You are a helpful assistant") and "Dialogue:\nA: hi" in text
