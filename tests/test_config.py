@@ -44,12 +44,12 @@ def test_unknown_config_key_names_the_file_and_key(tmp_path):
 def test_wrong_type_in_config_is_an_error(tmp_path):
     config = tmp_path / "run.json"
     config.write_text('{"lora_r": "eight"}')
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match=f"argument --lora_r/--lora-r: invalid int value: 'eight' .*{config}"):
         parse_args(ALL, ["--config", str(config)])
 
 
 def test_unknown_flag_is_an_error():
-    with pytest.raises((UsageError, SystemExit)):
+    with pytest.raises(UsageError, match="unknown argument"):
         parse_args(ALL, ["--lora_rank", "4"])
 
 

@@ -74,7 +74,7 @@ def test_prompt_tokens_are_masked_and_eos_is_labelled(tokenizer, tmp_path, promp
     dataset, _ = build_training_dataset(builder, examples, max_length=128)
     data, _, train_args = _args("unused", "unused", tmp_path)
     model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL))
-    trainer = SFTTrainer(model=model, args=build_sft_config(train_args, data, tmp_path, bf16=False),
+    trainer = SFTTrainer(model=model, args=build_sft_config(train_args, data, tmp_path),
                          train_dataset=dataset, processing_class=tokenizer)
     for row, example in zip(trainer.train_dataset, examples):
         labels, ids = row["labels"], row["input_ids"]

@@ -53,10 +53,12 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
         (DataArguments, ModelArguments, TrainArguments, EvalArguments), argv,
         defaults={"task": task_name, **task.defaults, **(defaults or {})})
     _check_task(data_args, task_name)
+    if train_args.do_eval:  # a bad test file must fail before hours of training, not after
+        train_labels = task.labels(task.load_split("train", data_args.data_dir, data_args.train_file).examples)
+        test, examples = load_test(task, data_args, train_labels)
     run = train(data_args, model_args, train_args)
     print(json.dumps({"run_dir": str(run.run_dir)}))
     if train_args.do_eval:
-        test, examples = load_test(task, data_args, run.labels)
         builder = PromptBuilder(task, run.tokenizer, data_args.prompt_format, run.labels)
         out_dir = Path(eval_args.eval_output_dir or run.run_dir)
         metrics = evaluate(task, run.model, run.tokenizer, builder, test, examples, eval_args, out_dir,

@@ -77,6 +77,8 @@ class ModelArguments:
         default="attention",
         metadata={"help": "attention (q_proj,v_proj), all (q,k,v,o,gate,up,down) or a comma-separated module list"})
     lora_lm_head: bool = field(default=False, metadata={"help": "Also adapt lm_head (the study's full tuning)"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the GPU has it, else fp32), bf16, fp16 "
+                                                         "or fp32: weights and 4-bit compute dtype"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2"})
     model_cache_dir: Optional[str] = field(
         default=None, metadata={"help": "Where GGUF files are converted to checkpoints (default ~/.cache/zephyr-suite)"})
@@ -84,6 +86,8 @@ class ModelArguments:
     def __post_init__(self):
         _check(self.quantization in ("4bit", "none"), "quantization",
                f"unknown value {self.quantization!r} (choose 4bit or none)")
+        _check(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype",
+               f"unknown value {self.dtype!r} (choose auto, bf16, fp16 or fp32)")
         _check(self.lora_r > 0, "lora_r", f"must be positive, got {self.lora_r}")
         _check(self.lora_alpha > 0, "lora_alpha", f"must be positive, got {self.lora_alpha}")
         _check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
@@ -122,7 +126,8 @@ class TrainArguments:
     packing: bool = field(default=False, metadata={"help": "Pack examples into max_length rows (padding-free)"})
     seed: int = field(default=42)
     logging_steps: int = field(default=10)
-    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: only the final adapter)"})
+    save_steps: int = field(default=200, metadata={"help": "Checkpoint every N optimizer steps, so a killed run "
+                                                           "resumes when rerun (0: no checkpoints)"})
     do_eval: bool = field(default=False, metadata={"help": "Evaluate on the test split right after training"})
     overwrite: bool = field(default=False, metadata={"help": "Replace a finished run directory of the same name"})
 
@@ -193,6 +198,11 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None, defaults: 
     known, argv = config_parser.parse_known_args(argv)
     parser = HfArgumentParser(dataclass_types, description=description)
     parser.add_argument("--config", default=None, help="YAML or JSON file of argument values; CLI flags win")
+
+    def one_line_error(message):
+        raise UsageError(message + (f" (values from {known.config} included)" if known.config else ""))
+
+    parser.error = one_line_error
     allowed = {f.name for cls in dataclass_types for f in fields(cls)}
     if defaults:
         parser.set_defaults(**{k: v for k, v in defaults.items() if k in allowed})

@@ -17,12 +17,17 @@ FLAG = "--model_name_or_path"
 
 
 # -- pure factories ---------------------------------------------------------------------------------
-def compute_dtype(device: str | None = None) -> torch.dtype:
-    """bf16 on GPUs that support it, else float32 (CPU matmuls in bf16 are slow and tests want exactness)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def compute_dtype(requested: str = "auto") -> torch.dtype:
+    """``auto``: bf16 on GPUs that support it, else float32 (CPU bf16 matmuls are slow; tests want exactness)."""
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if requested == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"--dtype bf16: {torch.cuda.get_device_name()} has no bf16 support; use --dtype fp16")
+    return DTYPES[requested]
 
 
 def build_bnb_config(model_args: ModelArguments, dtype: torch.dtype | None = None):
@@ -32,7 +37,7 @@ def build_bnb_config(model_args: ModelArguments, dtype: torch.dtype | None = Non
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype or compute_dtype())
+                              bnb_4bit_compute_dtype=dtype or compute_dtype(model_args.dtype))
 
 
 def build_lora_config(model_args: ModelArguments):
@@ -149,7 +154,7 @@ def load_model(model_args: ModelArguments, path: str | None = None):
         raise UsageError(f"{FLAG}: {path}: cannot load a model config ({str(err).splitlines()[0][:200]})") from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise UsageError(f"{FLAG}: {path}: a {config.model_type!r} checkpoint is not a causal language model")
-    dtype = compute_dtype()
+    dtype = compute_dtype(model_args.dtype)
     quantization = build_bnb_config(model_args, dtype)
     if quantization is not None:
         try:

@@ -10,6 +10,7 @@ Layout of ``<output_root>/<run_name>/``:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import resource
@@ -22,7 +23,7 @@ import torch
 
 from zephyr.config import DataArguments, ModelArguments, TrainArguments, to_dict
 from zephyr.errors import UsageError
-from zephyr.io import atomic_write_json
+from zephyr.io import atomic_write_json, atomic_write_text, read_json
 from zephyr.modeling import build_lora_config, compute_dtype, load_model, load_tokenizer, resolve_model_path
 from zephyr.prompting import PromptBuilder
 from zephyr.runinfo import run_name, write_config
@@ -67,7 +68,8 @@ def _train_log_callback():
     return TrainLogCallback
 
 
-def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_dir: Path, bf16: bool):
+def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_dir: Path,
+                     dtype: torch.dtype = torch.float32):
     """The SFTConfig for one run: the study's optimisation settings plus completion-only loss and EOS."""
     from trl import SFTConfig
 
@@ -93,8 +95,10 @@ def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_d
         logging_steps=train_args.logging_steps,
         save_strategy="steps" if train_args.save_steps else "no",
         save_steps=train_args.save_steps or 500,
+        save_total_limit=2,
         report_to="none",
-        bf16=bf16,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
     )
@@ -108,13 +112,71 @@ def build_training_dataset(builder: PromptBuilder, examples, max_length: int):
     return Dataset.from_list(encoded), truncated
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+# Arguments that may change between an interrupted run and its resumption without changing its result.
+_RESUMABLE_DIFFERENCES = {"overwrite", "do_eval", "logging_steps", "save_steps"}
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Exclusive lock on a run (a file beside it, released by the OS even on kill -9)."""
+    import fcntl
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = run_dir.parent / f".{run_dir.name}.lock"
+    with open(lock_path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{run_dir}: another process is writing this run (lock {lock_path})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (trainer_state.json is written last)."""
+    complete = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _flatten(arguments: dict) -> dict:
+    return {k: v for group in arguments.values() for k, v in group.items() if k not in _RESUMABLE_DIFFERENCES}
+
+
+def prepare_run_dir(run_dir: Path, arguments: dict, overwrite: bool) -> Path | None:
+    """Create, replace or resume ``run_dir``; returns the checkpoint to resume from, if any."""
     if (run_dir / TRAIN_METRICS).is_file():
         if not overwrite:
             raise UsageError(f"{run_dir}: a finished run is already there; pass --overwrite True to replace it")
         shutil.rmtree(run_dir)
+    elif (run_dir / "config.json").is_file() and overwrite:
+        shutil.rmtree(run_dir)
+    elif (run_dir / "config.json").is_file():
+        previous = _flatten(read_json(run_dir / "config.json").get("arguments", {}))
+        current = _flatten(arguments)
+        changed = sorted(k for k in current if previous.get(k, current[k]) != current[k])
+        if changed:
+            raise UsageError(f"{run_dir}: holds an unfinished run with other settings (--{changed[0]} "
+                             f"{previous[changed[0]]!r}, now {current[changed[0]]!r}); pass --overwrite True "
+                             "to start over")
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is not None:
+            _trim_log(run_dir / "train_log.jsonl", int(checkpoint.name.split("-")[1]))
+            return checkpoint
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        raise UsageError(f"{run_dir}: exists and is not a run directory of this suite; "
+                         "choose another --run_name or --output_root")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "train_log.jsonl").unlink(missing_ok=True)
+    return None
+
+
+def _trim_log(path: Path, last_step: int) -> None:
+    """Drop log rows written after the checkpoint being resumed: they are logged again."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
+        atomic_write_text(path, "".join(row + "\n" for row in rows))
 
 
 class _EffectiveLoraHead:
@@ -178,34 +240,39 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     builder = PromptBuilder(task, tokenizer, data_args.prompt_format, labels)
     dataset, truncated = build_training_dataset(builder, examples, data_args.max_length)
     base_model = load_model(model_args, model_path)  # fails on a bad checkpoint before anything is written
-    _prepare_run_dir(run_dir, train_args.overwrite)
-    data_report = {"train_source": loaded.source, "train_rows_loaded": len(loaded.examples),
-                   "train_rows_dropped_empty": loaded.dropped, "train_rows_used": len(examples),
-                   "train_rows_truncated": truncated, "labels": labels}
-    log.info("training on %d of %d rows (%d dropped as empty, %d shortened to %d tokens)", len(examples),
-             len(loaded.examples), loaded.dropped, truncated, data_args.max_length)
-    write_config(run_dir / "config.json", to_dict(data_args, model_args, train_args), kind="finetune",
-                 model_path=model_path, data=data_report)
+    arguments = to_dict(data_args, model_args, train_args)
+    with run_lock(run_dir):
+        resume_from = prepare_run_dir(run_dir, arguments, train_args.overwrite)
+        data_report = {"train_source": loaded.source, "train_rows_loaded": len(loaded.examples),
+                       "train_rows_dropped_empty": loaded.dropped, "train_rows_used": len(examples),
+                       "train_rows_truncated": truncated, "labels": labels}
+        log.info("training on %d of %d rows (%d dropped as empty, %d shortened to %d tokens)%s", len(examples),
+                 len(loaded.examples), loaded.dropped, truncated, data_args.max_length,
+                 f"; resuming from {resume_from}" if resume_from else "")
+        write_config(run_dir / "config.json", arguments, kind="finetune", model_path=model_path,
+                     data=data_report, resumed_from=str(resume_from) if resume_from else None)
 
-    model = get_peft_model(base_model, build_lora_config(model_args))
-    restore_lm_head = expose_lm_head_adapter(model)
-    bf16 = compute_dtype() == torch.bfloat16
-    trainer = SFTTrainer(model=model, args=build_sft_config(train_args, data_args, run_dir, bf16),
-                         train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[_train_log_callback()(run_dir / "train_log.jsonl")])
-    result = trainer.train()
-    restore_lm_head()
-    # The base lm_head is frozen: save only LoRA weights even when lm_head carries an adapter.
-    trainer.model.save_pretrained(run_dir / ADAPTER_DIR, save_embedding_layers=False)
-    tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
-    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    runtime = result.metrics["train_runtime"]
-    atomic_write_json(run_dir / TRAIN_METRICS, {
-        "train_runtime_s": runtime, "train_steps": trainer.state.global_step,
-        "train_tokens": trainer.state.num_input_tokens_seen,
-        "tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else None,
-        "train_loss": result.training_loss, "first_logged_loss": losses[0] if losses else None,
-        "last_logged_loss": losses[-1] if losses else None,
-        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        **peak_memory_gib()})
+        model = get_peft_model(base_model, build_lora_config(model_args))
+        restore_lm_head = expose_lm_head_adapter(model)
+        dtype = compute_dtype(model_args.dtype)
+        trainer = SFTTrainer(model=model, args=build_sft_config(train_args, data_args, run_dir, dtype),
+                             train_dataset=dataset, processing_class=tokenizer,
+                             callbacks=[_train_log_callback()(run_dir / "train_log.jsonl")])
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        restore_lm_head()
+        # The base lm_head is frozen: save only LoRA weights even when lm_head carries an adapter.
+        trainer.model.save_pretrained(run_dir / ADAPTER_DIR, save_embedding_layers=False)
+        tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
+        losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+        runtime = result.metrics["train_runtime"]
+        atomic_write_json(run_dir / TRAIN_METRICS, {
+            "train_runtime_s": runtime, "train_steps": trainer.state.global_step,
+            "train_tokens": trainer.state.num_input_tokens_seen,
+            "tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else None,
+            "train_loss": result.training_loss, "first_logged_loss": losses[0] if losses else None,
+            "last_logged_loss": losses[-1] if losses else None,
+            "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+            "resumed_from_step": int(resume_from.name.split("-")[1]) if resume_from else None,
+            **peak_memory_gib()})
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is complete: free the disk
     return TrainedRun(run_dir, task, trainer.model, tokenizer, loaded.examples, labels)
