@@ -44,7 +44,7 @@ def _check_task(data_args: DataArguments, task_name: str) -> None:
 
 def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
     """Fine-tune (and with ``--do_eval True`` evaluate) one run; returns its directory."""
-    from zephyr.evaluation import evaluate, load_test
+    from zephyr.evaluation import check_eval_method, evaluate, load_test
     from zephyr.prompting import PromptBuilder
     from zephyr.training import train
 
@@ -54,6 +54,7 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
         defaults={"task": task_name, **task.defaults, **(defaults or {})})
     _check_task(data_args, task_name)
     if train_args.do_eval:  # a bad test file must fail before hours of training, not after
+        check_eval_method(task, eval_args)
         train_labels = task.labels(task.load_split("train", data_args.data_dir, data_args.train_file).examples)
         test, examples = load_test(task, data_args, train_labels)
     run = train(data_args, model_args, train_args)

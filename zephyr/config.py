@@ -193,10 +193,11 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None, defaults: 
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     config_parser.add_argument("--config", default=None)
     known, argv = config_parser.parse_known_args(argv)
-    parser = HfArgumentParser(dataclass_types, description=description)
+    # No prefix abbreviations: a typo such as --learning_rat must be an error, not --learning_rate.
+    parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML or JSON file of argument values; CLI flags win")
 
     def one_line_error(message):

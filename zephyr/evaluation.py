@@ -24,6 +24,11 @@ from zephyr.training import ADAPTER_DIR, peak_memory_gib
 log = logging.getLogger(__name__)
 
 
+def check_eval_method(task: Task, eval_args: EvalArguments) -> None:
+    if eval_args.eval_method == "loglik" and not task.is_classification:
+        raise UsageError(f"--eval_method: loglik needs a classification task, not {task.name}")
+
+
 def load_test(task: Task, data_args: DataArguments, labels: list[str]):
     test = task.load_split("test", data_args.data_dir, data_args.test_file)
     examples = test.examples[: data_args.max_test_rows] if data_args.max_test_rows else test.examples
@@ -51,8 +56,6 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     model.eval()
     start = time.perf_counter()
     if eval_args.eval_method == "loglik":
-        if not task.is_classification:
-            raise UsageError(f"--eval_method: loglik needs a classification task, not {task.name}")
         picks, errors = score_labels(model, prompt_ids, builder.label_ids(examples[0].text),
                                      tokenizer.pad_token_id, eval_args.eval_batch_size)
         predictions = [builder.labels[p] if p is not None else None for p in picks]
@@ -104,6 +107,7 @@ def evaluate_run(data_args: DataArguments, eval_args: EvalArguments, task_name: 
     data_args = replace(trained_data, data_dir=data_args.data_dir, test_file=data_args.test_file,
                         max_test_rows=data_args.max_test_rows)
     task = get_task(data_args.task)
+    check_eval_method(task, eval_args)
     labels = config.get("data", {}).get("labels", [])
     test, examples = load_test(task, data_args, labels)
     tokenizer = load_tokenizer(str(adapter))
@@ -125,6 +129,7 @@ def run_baseline(data_args: DataArguments, model_args: ModelArguments, eval_args
                  output_root: str = "runs/baselines") -> dict:
     """Zero-shot (``--num_shots 0``) or few-shot evaluation of the base model, chat-formatted."""
     task = get_task(data_args.task)
+    check_eval_method(task, eval_args)
     model_path = resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir)
     needs_train = task.is_classification or eval_args.num_shots > 0
     train = task.load_split("train", data_args.data_dir, data_args.train_file) if needs_train else None

@@ -144,14 +144,19 @@ def _flatten(arguments: dict) -> dict:
     return {k: v for group in arguments.values() for k, v in group.items() if k not in _RESUMABLE_DIFFERENCES}
 
 
-def prepare_run_dir(run_dir: Path, arguments: dict, overwrite: bool) -> Path | None:
-    """Create, replace or resume ``run_dir``; returns the checkpoint to resume from, if any."""
+def prepare_run_dir(run_dir: Path, arguments: dict, overwrite: bool, dry_run: bool = False) -> Path | None:
+    """Create, replace or resume ``run_dir``; returns the checkpoint to resume from, if any.
+
+    With ``dry_run`` it only raises on what would be refused, touching nothing.
+    """
     if (run_dir / TRAIN_METRICS).is_file():
         if not overwrite:
             raise UsageError(f"{run_dir}: a finished run is already there; pass --overwrite True to replace it")
-        shutil.rmtree(run_dir)
+        if not dry_run:
+            shutil.rmtree(run_dir)
     elif (run_dir / "config.json").is_file() and overwrite:
-        shutil.rmtree(run_dir)
+        if not dry_run:
+            shutil.rmtree(run_dir)
     elif (run_dir / "config.json").is_file():
         previous = _flatten(read_json(run_dir / "config.json").get("arguments", {}))
         current = _flatten(arguments)
@@ -161,12 +166,14 @@ def prepare_run_dir(run_dir: Path, arguments: dict, overwrite: bool) -> Path | N
                              f"{previous[changed[0]]!r}, now {current[changed[0]]!r}); pass --overwrite True "
                              "to start over")
         checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is not None:
+        if checkpoint is not None and not dry_run:
             _trim_log(run_dir / "train_log.jsonl", int(checkpoint.name.split("-")[1]))
             return checkpoint
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         raise UsageError(f"{run_dir}: exists and is not a run directory of this suite; "
                          "choose another --run_name or --output_root")
+    if dry_run:
+        return None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "train_log.jsonl").unlink(missing_ok=True)
     return None
@@ -228,6 +235,7 @@ class TrainedRun:
 
 def train(data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments) -> TrainedRun:
     from peft import get_peft_model
+    from transformers import set_seed
     from trl import SFTTrainer
 
     task = get_task(data_args.task)
@@ -239,8 +247,9 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     tokenizer = load_tokenizer(model_path)
     builder = PromptBuilder(task, tokenizer, data_args.prompt_format, labels)
     dataset, truncated = build_training_dataset(builder, examples, data_args.max_length)
-    base_model = load_model(model_args, model_path)  # fails on a bad checkpoint before anything is written
     arguments = to_dict(data_args, model_args, train_args)
+    prepare_run_dir(run_dir, arguments, train_args.overwrite, dry_run=True)  # refuse before the slow part
+    base_model = load_model(model_args, model_path)  # fails on a bad checkpoint before anything is written
     with run_lock(run_dir):
         resume_from = prepare_run_dir(run_dir, arguments, train_args.overwrite)
         data_report = {"train_source": loaded.source, "train_rows_loaded": len(loaded.examples),
@@ -252,6 +261,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
         write_config(run_dir / "config.json", arguments, kind="finetune", model_path=model_path,
                      data=data_report, resumed_from=str(resume_from) if resume_from else None)
 
+        set_seed(train_args.seed)  # LoRA's A matrices are drawn here, before the Trainer seeds anything
         model = get_peft_model(base_model, build_lora_config(model_args))
         restore_lm_head = expose_lm_head_adapter(model)
         dtype = compute_dtype(model_args.dtype)
