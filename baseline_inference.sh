@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Zero-shot and few-shot baselines of the base model on both tasks. Resumable.
+#
+# Environment variables (or the same names as flags, e.g. --tasks samsum --shots "0 3" --dry_run):
+#   TASKS="newsgroups samsum"   SHOTS="0 3" (0 = zero-shot)   METHOD=generate (or loglik, classification only)
+#   MODEL, DATA_DIR, OUT_ROOT=runs/sweeps, GPUS, MAX_TEST_ROWS, EXTRA_ARGS, DRY_RUN=1: as in sample_ablate.sh
+# Example: DATA_DIR=../shared/data MAX_TEST_ROWS=200 bash baseline_inference.sh
+source "$(dirname "$0")/scripts/sweep_common.sh"
+KNOWN_VARS="$COMMON_VARS TASKS SHOTS METHOD"
+TASKS=${TASKS:-newsgroups samsum}
+SHOTS=${SHOTS:-0 3}
+METHOD=${METHOD:-generate}
+parse_flags "$@"
+mapfile -t data < <(data_flags)
+for task in $TASKS; do
+  for shots in $SHOTS; do
+    name="${task}_$(model_short)_baseline_${shots}shot_${METHOD}"
+    # shellcheck disable=SC2086
+    add_job "$name" "$PYTHON" "$REPO/scripts/zephyr_baseline_inference.py" --task "$task" --model_name_or_path "$MODEL" \
+      "${data[@]}" --num_shots "$shots" --eval_method "$METHOD" --eval_output_dir "$OUT_ROOT/$name" \
+      ${MAX_TEST_ROWS:+--max_test_rows "$MAX_TEST_ROWS"} $EXTRA_ARGS
+  done
+done
+run_jobs

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Training-fraction ablation: each fraction x {base, NEFTune, all-module LoRA, NEFTune + all-module}, each run
+# fine-tuned, then evaluated on the test split. Resumable: runs with a metrics.json are skipped.
+#
+# Environment variables (or the same names as flags, e.g. --task samsum --gpus 0,1 --dry_run):
+#   TASK=newsgroups            newsgroups or samsum
+#   FRACTIONS="0.025 0.05 0.1 0.25 0.5 1.0"
+#   VARIANTS="base neftune all neftune_all"   all = q,k,v,o,gate,up,down + lm_head; NEFTune alpha 5
+#   EPOCHS=                    default: the task's (5 classification, 1 SAMSum)
+#   MODEL=HuggingFaceH4/zephyr-7b-beta   hub id, checkpoint directory or .gguf
+#   DATA_DIR=$ZEPHYR_DATA_DIR  local data root (unset: hub datasets)
+#   OUT_ROOT=runs/sweeps       run directories, and sweep.csv with one row per run
+#   GPUS=                      e.g. 0,1: one run per GPU at a time; empty: one run at a time
+#   MAX_TEST_ROWS=             score only the first N test rows
+#   EXTRA_ARGS=                more flags for every run, e.g. "--eval_batch_size 64"
+#   DRY_RUN=1                  print the commands, run nothing
+# Example: DATA_DIR=../shared/data GPUS=0,1 bash sample_ablate.sh
+source "$(dirname "$0")/scripts/sweep_common.sh"
+KNOWN_VARS="$COMMON_VARS TASK FRACTIONS VARIANTS EPOCHS"
+TASK=${TASK:-newsgroups}
+FRACTIONS=${FRACTIONS:-0.025 0.05 0.1 0.25 0.5 1.0}
+VARIANTS=${VARIANTS:-base neftune all neftune_all}
+EPOCHS=${EPOCHS:-}
+parse_flags "$@"
+case $TASK in
+  newsgroups) script=$REPO/scripts/zephyr_classification.py ;;
+  samsum) script=$REPO/scripts/zephyr_summarization.py ;;
+  *) echo "error: TASK: unknown task '$TASK' (choose newsgroups or samsum)" >&2; exit 2 ;;
+esac
+mapfile -t data < <(data_flags)
+for fraction in $FRACTIONS; do
+  for variant in $VARIANTS; do
+    case $variant in
+      base) variant_flags=() ;;
+      neftune) variant_flags=(--neftune_alpha 5) ;;
+      all) variant_flags=(--lora_targets all --lora_lm_head True) ;;
+      neftune_all) variant_flags=(--lora_targets all --lora_lm_head True --neftune_alpha 5) ;;
+      *) echo "error: VARIANTS: unknown variant '$variant' (base, neftune, all, neftune_all)" >&2; exit 2 ;;
+    esac
+    name="${TASK}_$(model_short)_frac${fraction}_${variant}"
+    # shellcheck disable=SC2086  # EXTRA_ARGS is a list of flags
+    add_job "$name" "$PYTHON" "$script" --model_name_or_path "$MODEL" "${data[@]}" --output_root "$OUT_ROOT" \
+      --run_name "$name" --train_fraction "$fraction" "${variant_flags[@]}" ${EPOCHS:+--num_train_epochs "$EPOCHS"} \
+      ${MAX_TEST_ROWS:+--max_test_rows "$MAX_TEST_ROWS"} --do_eval True $EXTRA_ARGS
+  done
+done
+run_jobs

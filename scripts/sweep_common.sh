@@ -1,0 +1,57 @@
+# Shared by sample_ablate.sh, run_lora.sh and baseline_inference.sh (sourced, not run).
+# Every variable in KNOWN_VARS can be set in the environment or as a flag: --out_root x, --gpus=0,1, --dry_run.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+COMMON_VARS="MODEL DATA_DIR OUT_ROOT GPUS DRY_RUN PYTHON MAX_TEST_ROWS EXTRA_ARGS"
+MODEL=${MODEL:-HuggingFaceH4/zephyr-7b-beta}
+DATA_DIR=${DATA_DIR:-${ZEPHYR_DATA_DIR:-}}
+OUT_ROOT=${OUT_ROOT:-runs/sweeps}
+GPUS=${GPUS:-}
+DRY_RUN=${DRY_RUN:-0}
+PYTHON=${PYTHON:-python}
+MAX_TEST_ROWS=${MAX_TEST_ROWS:-}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+JOBS_FILE=$(mktemp)
+trap 'rm -f "$JOBS_FILE"' EXIT
+
+set_var() {  # set_var flag-name value
+  local name
+  name=$(printf '%s' "$1" | tr 'a-z-' 'A-Z_')
+  case " $KNOWN_VARS " in
+    *" $name "*) printf -v "$name" '%s' "$2" ;;
+    *) echo "error: unknown flag --$1 (known: $(printf '%s' "$KNOWN_VARS" | tr 'A-Z_' 'a-z_'))" >&2; exit 2 ;;
+  esac
+}
+
+parse_flags() {
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --dry_run|--dry-run) DRY_RUN=1; shift ;;
+      --*=*) flag=${1#--}; set_var "${flag%%=*}" "${flag#*=}"; shift ;;
+      --*) [ $# -ge 2 ] || { echo "error: flag $1 needs a value" >&2; exit 2; }; set_var "${1#--}" "$2"; shift 2 ;;
+      *) echo "error: unexpected argument '$1' (flags look like --name value)" >&2; exit 2 ;;
+    esac
+  done
+}
+
+model_short() {  # the name the suite gives a model in run names
+  local name=${MODEL%/}
+  name=${name##*/}
+  printf '%s' "${name%.gguf}"
+}
+
+data_flags() { [ -z "$DATA_DIR" ] || printf -- '--data_dir\n%s\n' "$DATA_DIR"; }
+
+add_job() {  # add_job RUN_NAME COMMAND...: one line "<run_dir>\t<quoted command>" of the job file
+  local run_dir="$OUT_ROOT/$1"
+  shift
+  local quoted
+  quoted=$(printf '%q ' "$@")
+  printf '%s\t%s\n' "$run_dir" "$quoted" >> "$JOBS_FILE"
+}
+
+run_jobs() {
+  local dry=()
+  [ "$DRY_RUN" = 1 ] && dry=(--dry_run)
+  "$PYTHON" -m zephyr.sweep --jobs "$JOBS_FILE" --csv "$OUT_ROOT/sweep.csv" --gpus "$GPUS" "${dry[@]}"
+}

@@ -1,0 +1,188 @@
+"""Sweeps: DRY_RUN, skip/resume, one run per GPU, failures, kills, and table generation. No GPU needed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from zephyr.results import collect, write_tables
+from zephyr.sweep import Job, assign_gpus, run_sweep
+
+FAKE_JOB = '''
+import json, os, sys, time
+run_dir, sleep, code = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+with open(os.path.join(os.path.dirname(run_dir), "events.log"), "a") as log:
+    log.write(f"start {os.path.basename(run_dir)} {os.environ.get('CUDA_VISIBLE_DEVICES')} {time.time()}\\n")
+print("working on", run_dir)
+time.sleep(sleep)
+if code:
+    print("Traceback: something broke", file=sys.stderr)
+    sys.exit(code)
+os.makedirs(run_dir, exist_ok=True)
+json.dump({"kind": "finetune", "arguments": {"DataArguments": {"task": "samsum", "train_fraction": 0.1},
+           "ModelArguments": {"model_name_or_path": "m", "lora_targets": "attention"},
+           "TrainArguments": {"num_train_epochs": 1}}}, open(os.path.join(run_dir, "config.json"), "w"))
+json.dump({"rouge1": 40.0, "rouge2": 15.0}, open(os.path.join(run_dir, "metrics.json"), "w"))
+with open(os.path.join(os.path.dirname(run_dir), "events.log"), "a") as log:
+    log.write(f"end {os.path.basename(run_dir)} {os.environ.get('CUDA_VISIBLE_DEVICES')} {time.time()}\\n")
+'''
+
+
+def fake_jobs(tmp_path: Path, n: int, sleep: float = 0.3, fail: set[int] = frozenset()) -> list[Job]:
+    script = tmp_path / "fake_job.py"
+    script.write_text(FAKE_JOB)
+    root = tmp_path / "runs"
+    root.mkdir(exist_ok=True)
+    return [Job(root / f"job{i}", [sys.executable, str(script), str(root / f"job{i}"), str(sleep),
+                                   "1" if i in fail else "0"]) for i in range(n)]
+
+
+def events(tmp_path: Path) -> list[tuple[str, str, str, float]]:
+    path = tmp_path / "runs" / "events.log"
+    return [tuple(line.split()[:3]) + (float(line.split()[3]),) for line in path.read_text().splitlines()]
+
+
+def sweep_script(name: str, env: dict, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / name), *flags], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable, **env}, timeout=120)
+
+
+def test_dry_run_prints_the_ablation_grid(tmp_path):
+    result = sweep_script("sample_ablate.sh", {"DRY_RUN": "1", "OUT_ROOT": str(tmp_path), "DATA_DIR": "/data",
+                                               "GPUS": "0,1", "MODEL": "/models/tiny"})
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and len(lines) == 24, result.stderr
+    assert all(line.startswith(f"CUDA_VISIBLE_DEVICES={i % 2} ") for i, line in enumerate(lines))
+    assert "--run_name newsgroups_tiny_frac0.025_base --train_fraction 0.025 --do_eval True" in lines[0]
+    assert "--train_fraction 1.0 --lora_targets all --lora_lm_head True --neftune_alpha 5 --do_eval True" in lines[-1]
+    assert all("--data_dir /data" in line and "--model_name_or_path /models/tiny" in line for line in lines)
+    assert not list(tmp_path.iterdir()), "a dry run writes nothing"
+
+
+def test_dry_run_of_the_lora_grid_and_baselines(tmp_path):
+    lora = sweep_script("run_lora.sh", {"OUT_ROOT": str(tmp_path)}, "--dry_run", "--ranks", "4 8", "--epochs_list", "2")
+    lines = lora.stdout.splitlines()
+    assert len(lines) == 2 * 3 * 2  # ranks x dropouts x NEFTune
+    assert "--num_train_epochs 2 --lora_r 8 --lora_dropout 0.5 --neftune_alpha 5" in lines[-1]
+    base = sweep_script("baseline_inference.sh", {"OUT_ROOT": str(tmp_path), "DRY_RUN": "1"})
+    assert [l.split("--num_shots ")[1].split()[0] for l in base.stdout.splitlines()] == ["0", "3", "0", "3"]
+    bad = sweep_script("run_lora.sh", {}, "--rank", "4")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown flag --rank")
+
+
+def test_complete_runs_are_skipped(tmp_path):
+    for name in ("newsgroups_tiny_frac0.025_base", "newsgroups_tiny_frac0.5_all"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text("{}")
+    (tmp_path / "newsgroups_tiny_frac0.05_base").mkdir()  # started, not complete: runs again
+    result = sweep_script("sample_ablate.sh", {"DRY_RUN": "1", "OUT_ROOT": str(tmp_path), "MODEL": "tiny"})
+    skipped = [l for l in result.stdout.splitlines() if l.startswith("skip (complete)")]
+    commands = [l for l in result.stdout.splitlines() if not l.startswith("skip")]
+    assert len(skipped) == 2 and len(commands) == 22
+    assert any("frac0.05_base " in c for c in commands)
+
+
+def test_gpu_assignment_round_robin():
+    jobs = [Job(Path(f"r{i}"), ["true"]) for i in range(5)]
+    assert [gpu for _, gpu in assign_gpus(jobs, ["2", "3"])] == ["2", "3", "2", "3", "2"]
+    assert [gpu for _, gpu in assign_gpus(jobs, [])] == [None] * 5
+
+
+def test_runs_share_out_gpus_one_at_a_time_and_failures_are_recorded(tmp_path, capsys):
+    jobs = fake_jobs(tmp_path, 5, sleep=0.4, fail={3})
+    code = run_sweep(jobs, ["0", "1"], tmp_path / "runs" / "sweep.csv")
+    output = capsys.readouterr().out
+    assert code == 1
+    assert "sweep: 4 ran, 0 skipped, 1 failed" in output
+    assert f"FAILED {jobs[3].run_dir} (exit code 1" in output and "Traceback: something broke" in output
+    log = (jobs[3].run_dir / "sweep.log").read_text()
+    assert log.startswith("$ CUDA_VISIBLE_DEVICES=") and "working on" in log
+    seen = events(tmp_path)
+    for gpu in ("0", "1"):
+        spans = sorted((t, kind) for kind, _, g, t in seen if g == gpu)
+        kinds = [kind for _, kind in spans]
+        assert kinds and all(a != b or a == "end" for a, b in zip(kinds, kinds[1:])), f"two runs on GPU {gpu}"
+    assert {g for _, _, g, _ in seen} == {"0", "1"}
+    rows = list(csv.DictReader((tmp_path / "runs" / "sweep.csv").open()))
+    assert sorted(r["status"] for r in rows) == ["failed", "ok", "ok", "ok", "ok"]
+    assert {r["rouge1"] for r in rows if r["status"] == "ok"} == {"40.0"}
+
+
+def test_killed_sweep_restarts_with_only_the_missing_runs(tmp_path):
+    jobs = fake_jobs(tmp_path, 3, sleep=1.5)
+    job_file = tmp_path / "jobs.tsv"
+    import shlex
+
+    job_file.write_text("".join(f"{j.run_dir}\t{shlex.join(j.command)}\n" for j in jobs))
+    argv = [sys.executable, "-m", "zephyr.sweep", "--jobs", str(job_file), "--csv", str(tmp_path / "s.csv")]
+    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (jobs[0].run_dir / "metrics.json").is_file():
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)  # the second job has started
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(2)  # long enough for an orphaned second job to have finished, had it survived
+    assert not (jobs[1].run_dir / "metrics.json").exists(), "the killed sweep's child kept running"
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "sweep: 2 ran, 1 skipped, 0 failed" in result.stdout
+    starts = [name for kind, name, _, _ in events(tmp_path) if kind == "start"]
+    assert starts.count("job0") == 1 and starts.count("job2") == 1
+    assert all((j.run_dir / "metrics.json").is_file() for j in jobs)
+
+
+def _fake_run(root: Path, name: str, kind: str, task: str, metrics: dict, **args):
+    run = root / name
+    run.mkdir(parents=True)
+    data = {"task": task, "train_fraction": args.get("fraction", 1.0)}
+    model = {"model_name_or_path": args.get("model", "HuggingFaceH4/zephyr-7b-beta"),
+             "lora_targets": "all" if args.get("all_modules") else "attention",
+             "lora_lm_head": bool(args.get("all_modules")), "lora_r": 8}
+    train = {"neftune_alpha": 5.0 if args.get("neftune") else None, "num_train_epochs": 2}
+    config = {"kind": kind, "arguments": {"DataArguments": data, "ModelArguments": model},
+              "data": {"train_rows_used": args.get("rows")}}
+    if kind == "finetune":
+        config["arguments"]["TrainArguments"] = train
+    else:
+        config["arguments"]["EvalArguments"] = {"num_shots": args.get("shots", 0)}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_tables_from_fake_runs_show_missing_cells_as_missing(tmp_path):
+    root = tmp_path / "runs"
+    _fake_run(root, "n1", "finetune", "newsgroups", {"accuracy": 50.0}, fraction=0.1, rows=1101)
+    _fake_run(root, "n2", "finetune", "newsgroups", {"accuracy": 55.5}, fraction=0.1, rows=1101, neftune=True)
+    _fake_run(root, "n3", "finetune", "newsgroups", {"accuracy": 0.0}, fraction=1.0, rows=11014, all_modules=True)
+    _fake_run(root, "s0", "baseline", "samsum", {"rouge1": 30.0, "rouge2": 9.0}, shots=0)
+    _fake_run(root, "s1", "finetune", "samsum", {"rouge1": 45.0, "rouge2": 20.0})
+    written = write_tables(collect([root]), tmp_path / "out", protocol="fake runs")
+    table1 = list(csv.DictReader(written["table1_newsgroups_accuracy"].open()))
+    assert [r["train_rows"] for r in table1] == ["1101", "11014"]
+    assert (table1[0]["base"], table1[0]["NEFTune"], table1[0]["all-module"]) == ("50.0", "55.5", "")
+    assert table1[1]["all-module"] == "0.0"  # a real zero stays a zero
+    markdown = written["markdown"].read_text()
+    assert "| 0.1 | 1101 | 50.00 | 55.50 | — | — |" in markdown and "| 1 | 11014 | — | — | 0.00 | — |" in markdown
+    assert "| few-shot | — | — | — |" in markdown and "| zero-shot | zephyr-7b-beta | 30.00 | 9.00 |" in markdown
+    assert written["accuracy_plot"].stat().st_size > 1000 and written["rouge_plot"].stat().st_size > 1000
+
+
+def test_table_script_names_a_corrupt_metrics_file(tmp_path):
+    _fake_run(tmp_path / "runs", "bad", "finetune", "samsum", {})
+    (tmp_path / "runs" / "bad" / "metrics.json").write_text('{"rouge1": 4')
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), "--runs",
+                             str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    assert result.stderr.strip() == f"error: {tmp_path}/runs/bad/metrics.json: not valid JSON (Expecting ',' " \
+                                    "delimiter at line 1)"

@@ -1,0 +1,199 @@
+"""Run directories -> one summary row each -> the study's tables (Markdown, CSV) and plots (PNG).
+
+A missing cell is shown as "—" in Markdown and left empty in CSV, never as 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from zephyr.errors import UsageError
+from zephyr.io import atomic_write_text, read_json
+
+VARIANTS = ["base", "NEFTune", "all-module", "NEFTune + all-module"]
+METRIC_COLUMNS = ["accuracy", "macro_f1", "invalid_rate", "rouge1", "rouge2", "rougeL", "rougeLsum", "n_examples",
+                  "n_errors", "examples_per_s"]
+ROW_COLUMNS = ["run", "kind", "task", "model", "variant", "train_fraction", "train_rows", "lora_r", "lora_dropout",
+               "epochs", "lora_targets", "lora_lm_head", "neftune_alpha", "num_shots", "tokens_per_s",
+               "peak_gpu_memory_gib", *METRIC_COLUMNS]
+MISSING = "—"
+
+
+def variant_of(model_args: dict, train_args: dict) -> str:
+    all_modules = model_args.get("lora_targets") == "all" and model_args.get("lora_lm_head")
+    neftune = bool(train_args.get("neftune_alpha"))
+    return VARIANTS[2 * bool(all_modules) + neftune]
+
+
+def summarize_run(run_dir: str | Path) -> dict | None:
+    """One row for a finished run (fine-tune or baseline); None if it has no metrics.json yet."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").is_file():
+        return None
+    metrics = read_json(run_dir / "metrics.json")
+    config = read_json(run_dir / "config.json")
+    if not isinstance(metrics, dict) or "arguments" not in config:
+        raise UsageError(f"{run_dir}: metrics.json or config.json is not from this suite")
+    args = config["arguments"]
+    data, model = args.get("DataArguments", {}), args.get("ModelArguments", {})
+    train, evaluation = args.get("TrainArguments", {}), args.get("EvalArguments", {})
+    from zephyr.runinfo import model_short_name
+
+    row = {"run": run_dir.name, "kind": config.get("kind"), "task": data.get("task"),
+           "model": model_short_name(model.get("model_name_or_path", "")), "num_shots": evaluation.get("num_shots")}
+    if config.get("kind") == "finetune":
+        train_metrics = read_json(run_dir / "train_metrics.json") if (run_dir / "train_metrics.json").is_file() else {}
+        row.update(variant=variant_of(model, train), train_fraction=data.get("train_fraction"),
+                   train_rows=config.get("data", {}).get("train_rows_used"), lora_r=model.get("lora_r"),
+                   lora_dropout=model.get("lora_dropout"), epochs=train.get("num_train_epochs"),
+                   lora_targets=model.get("lora_targets"), lora_lm_head=model.get("lora_lm_head"),
+                   neftune_alpha=train.get("neftune_alpha"), tokens_per_s=train_metrics.get("tokens_per_s"),
+                   peak_gpu_memory_gib=train_metrics.get("peak_gpu_memory_gib"))
+    else:
+        row["variant"] = "few-shot" if evaluation.get("num_shots") else "zero-shot"
+    row.update({k: metrics.get(k) for k in METRIC_COLUMNS})
+    return {k: row.get(k) for k in ROW_COLUMNS}
+
+
+def collect(roots: list[str | Path]) -> list[dict]:
+    """Summaries of every finished run below ``roots`` (a run directory holds metrics.json)."""
+    rows = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise UsageError(f"--runs: {root}: directory not found")
+        for metrics in sorted(root.rglob("metrics.json")):
+            rows.append(summarize_run(metrics.parent))
+    return rows
+
+
+def to_csv(rows: list[dict], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    return buffer.getvalue()
+
+
+def _fmt(value) -> str:
+    return MISSING if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def to_markdown(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _latest(rows: list[dict]) -> dict:
+    """One row per cell: if several runs fill a cell, the last listed wins (reported by the caller)."""
+    return rows[-1] if rows else {}
+
+
+def table1(rows: list[dict]) -> list[dict]:
+    """Newsgroups accuracy: one row per training-row count, one column per variant."""
+    runs = [r for r in rows if r["task"] == "newsgroups" and r["kind"] == "finetune"]
+    out = []
+    for fraction in sorted({r["train_fraction"] for r in runs}):
+        at = [r for r in runs if r["train_fraction"] == fraction]
+        row = {"train_fraction": f"{fraction:g}", "train_rows": max(r["train_rows"] or 0 for r in at)}
+        for variant in VARIANTS:
+            row[variant] = _latest([r for r in at if r["variant"] == variant]).get("accuracy")
+        out.append(row)
+    return out
+
+
+def table2(rows: list[dict]) -> list[dict]:
+    """SAMSum ROUGE-1/2 for zero-shot, few-shot and the four fine-tuned variants."""
+    runs = [r for r in rows if r["task"] == "samsum"]
+    out = []
+    for setting in ["zero-shot", "few-shot", *VARIANTS]:
+        cell = _latest([r for r in runs if r["variant"] == setting])
+        out.append({"setting": setting, "model": cell.get("model"), "rouge1": cell.get("rouge1"),
+                    "rouge2": cell.get("rouge2")})
+    return out
+
+
+def table3(rows: list[dict]) -> list[dict]:
+    """SAMSum ROUGE-1/2 by model: zero-shot, few-shot and the base fine-tuned variant."""
+    runs = [r for r in rows if r["task"] == "samsum"]
+    out = []
+    for model in sorted({r["model"] for r in runs}):
+        row = {"model": model}
+        for setting in ("zero-shot", "few-shot", "base"):
+            cell = _latest([r for r in runs if r["model"] == model and r["variant"] == setting])
+            label = "fine-tuned" if setting == "base" else setting
+            row[f"{label} ROUGE-1"], row[f"{label} ROUGE-2"] = cell.get("rouge1"), cell.get("rouge2")
+        out.append(row)
+    return out
+
+
+def plot_accuracy(table: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant in VARIANTS:
+        points = [(r["train_rows"], r[variant]) for r in table if r[variant] is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=variant)
+    ax.set_xscale("log")
+    ax.set_xlabel("training rows")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("20 Newsgroups: accuracy by training rows")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_rouge(table: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [r for r in table if r["rouge1"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = range(len(present))
+    ax.bar([i - 0.2 for i in x], [r["rouge1"] for r in present], width=0.4, label="ROUGE-1")
+    ax.bar([i + 0.2 for i in x], [r["rouge2"] for r in present], width=0.4, label="ROUGE-2")
+    ax.set_xticks(list(x), [r["setting"] for r in present], rotation=20, ha="right")
+    ax.set_ylabel("F-measure x100")
+    ax.set_title("SAMSum: ROUGE by setting")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_tables(rows: list[dict], out_dir: str | Path, protocol: str = "") -> dict[str, Path]:
+    """Write tables 1-3 (Markdown + CSV), runs.csv, and the plots into ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {"table1_newsgroups_accuracy": table1(rows), "table2_samsum_rouge": table2(rows),
+              "table3_samsum_rouge_by_model": table3(rows)}
+    written, markdown = {}, [f"# Result tables\n\n{protocol}\n" if protocol else "# Result tables\n"]
+    titles = {"table1_newsgroups_accuracy": "Table 1: 20 Newsgroups accuracy (%) by training rows",
+              "table2_samsum_rouge": "Table 2: SAMSum ROUGE-1/ROUGE-2 (x100) by setting",
+              "table3_samsum_rouge_by_model": "Table 3: SAMSum ROUGE-1/ROUGE-2 (x100) by model"}
+    for name, table in tables.items():
+        columns = list(table[0]) if table else ["(no runs)"]
+        atomic_write_text(out / f"{name}.csv", to_csv(table, columns))
+        markdown.append(f"\n## {titles[name]}\n\n" + (to_markdown(table, columns) if table else "No runs.\n"))
+        written[name] = out / f"{name}.csv"
+    atomic_write_text(out / "runs.csv", to_csv(rows, ROW_COLUMNS))
+    atomic_write_text(out / "tables.md", "".join(markdown))
+    written["markdown"] = out / "tables.md"
+    if any(r[v] is not None for r in tables["table1_newsgroups_accuracy"] for v in VARIANTS):
+        plot_accuracy(tables["table1_newsgroups_accuracy"], out / "table1_accuracy.png")
+        written["accuracy_plot"] = out / "table1_accuracy.png"
+    if any(r["rouge1"] is not None for r in tables["table2_samsum_rouge"]):
+        plot_rouge(tables["table2_samsum_rouge"], out / "table2_rouge.png")
+        written["rouge_plot"] = out / "table2_rouge.png"
+    return written

@@ -1,0 +1,179 @@
+"""Run a list of jobs resumably, one per GPU, and append a CSV row per finished run.
+
+A job file has one job per line: ``<run_dir>\\t<shell-quoted command>``. A job whose ``<run_dir>/metrics.json``
+exists is skipped, so a killed sweep started again runs only what is missing. Each job's stdout and stderr
+go to ``<run_dir>/sweep.log``. A failed job is reported with the last line of its log; the others go on,
+and the exit status is 1 if any job failed.
+
+    python -m zephyr.sweep --jobs jobs.tsv --csv runs/sweep.csv --gpus 0,1 [--dry_run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty, Queue
+
+from zephyr.errors import UsageError
+from zephyr.io import atomic_write_text
+from zephyr.results import ROW_COLUMNS, summarize_run, to_csv
+
+CSV_COLUMNS = ["status", "wall_s", *ROW_COLUMNS]
+
+
+@dataclass
+class Job:
+    run_dir: Path
+    command: list[str]
+
+    def done(self) -> bool:
+        return (self.run_dir / "metrics.json").is_file()
+
+
+def read_jobs(path: str | Path) -> list[Job]:
+    jobs = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        run_dir, sep, command = line.partition("\t")
+        if not sep or not command.strip():
+            raise UsageError(f"{path}: line {number}: expected '<run_dir><TAB><command>'")
+        jobs.append(Job(Path(run_dir), shlex.split(command)))
+    return jobs
+
+
+def assign_gpus(jobs: list[Job], gpus: list[str]) -> list[tuple[Job, str | None]]:
+    """The order jobs start in, each with the GPU it would get if run one after another per GPU slot.
+
+    The real schedule hands a job to whichever GPU frees first; this round-robin view is what --dry_run
+    prints and what the scheduler starts with.
+    """
+    if not gpus:
+        return [(job, None) for job in jobs]
+    return [(job, gpus[i % len(gpus)]) for i, job in enumerate(jobs)]
+
+
+def command_line(job: Job, gpu: str | None) -> str:
+    prefix = f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else ""
+    return prefix + shlex.join(job.command)
+
+
+def _die_with_parent():
+    """Children get SIGKILL when the sweep dies (even by kill -9), so no orphan keeps writing a run."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class CsvLog:
+    """The sweep's CSV, rewritten atomically on every row so a kill never leaves half a line."""
+
+    def __init__(self, path: Path):
+        self.path, self.lock = path, threading.Lock()
+
+    def append(self, row: dict) -> None:
+        with self.lock:
+            rows = []
+            if self.path.is_file():
+                rows = list(csv.DictReader(self.path.open(encoding="utf-8")))
+            rows.append(row)
+            atomic_write_text(self.path, to_csv(rows, CSV_COLUMNS))
+
+
+def _last_line(path: Path) -> str:
+    lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()] if path.is_file() else []
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def run_job(job: Job, gpu: str | None, csv_log: CsvLog) -> str | None:
+    """Run one job; returns None on success, else the failure summary."""
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    log_path = job.run_dir / "sweep.log"
+    start = time.perf_counter()
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {command_line(job, gpu)}\n")
+        log.flush()
+        code = subprocess.call(job.command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               preexec_fn=_die_with_parent)
+    wall = round(time.perf_counter() - start, 1)
+    if code == 0 and job.done():
+        csv_log.append({"status": "ok", "wall_s": wall, **summarize_run(job.run_dir)})
+        return None
+    reason = f"exit code {code}" if code else "exited 0 without metrics.json"
+    csv_log.append({"status": "failed", "wall_s": wall, "run": job.run_dir.name})
+    return f"FAILED {job.run_dir} ({reason}, log {log_path}): {_last_line(log_path)}"
+
+
+def run_sweep(jobs: list[Job], gpus: list[str], csv_path: Path, dry_run: bool = False, out=None) -> int:
+    out = out or sys.stdout
+    pending = [job for job in jobs if not job.done()]
+    for job in jobs:
+        if job.done():
+            print(f"skip (complete) {job.run_dir}", file=out)
+    if dry_run:
+        for job, gpu in assign_gpus(pending, gpus):
+            print(command_line(job, gpu), file=out)
+        return 0
+    csv_log, failures = CsvLog(csv_path), []
+    queue: Queue = Queue()
+    for job in pending:
+        queue.put(job)
+
+    def worker(gpu: str | None):
+        while True:
+            try:
+                job = queue.get_nowait()
+            except Empty:
+                return
+            print(f"start {job.run_dir}" + (f" on GPU {gpu}" if gpu is not None else ""), file=out, flush=True)
+            failure = run_job(job, gpu, csv_log)
+            if failure:
+                failures.append(failure)
+            print(failure or f"done {job.run_dir}", file=out, flush=True)
+
+    threads = [threading.Thread(target=worker, args=(gpu,)) for gpu in (gpus or [None])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(f"sweep: {len(pending) - len(failures)} ran, {len(jobs) - len(pending)} skipped, "
+          f"{len(failures)} failed", file=out)
+    for failure in failures:
+        print(failure, file=out)
+    return 1 if failures else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--jobs", required=True, help="job file: <run_dir>\\t<command> per line")
+    parser.add_argument("--csv", required=True, help="CSV that gets one row per finished or failed run")
+    parser.add_argument("--gpus", default="", help="comma-separated GPU ids, one run per GPU at a time")
+    parser.add_argument("--dry_run", action="store_true", help="print the commands without running them")
+    args = parser.parse_args(argv)
+    try:
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        if len(set(gpus)) != len(gpus):
+            raise UsageError(f"--gpus: {args.gpus!r} names a GPU twice")
+        return run_sweep(read_jobs(args.jobs), gpus, Path(args.csv), args.dry_run)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
