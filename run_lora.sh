@@ -18,11 +18,7 @@ DROPOUTS=${DROPOUTS:-0.1 0.2 0.5}
 NEFTUNE=${NEFTUNE:-0 5}
 TRAIN_FRACTION=${TRAIN_FRACTION:-1.0}
 parse_flags "$@"
-case $TASK in
-  newsgroups) script=$REPO/scripts/zephyr_classification.py ;;
-  samsum) script=$REPO/scripts/zephyr_summarization.py ;;
-  *) echo "error: TASK: unknown task '$TASK' (choose newsgroups or samsum)" >&2; exit 2 ;;
-esac
+script=$(finetune_script "$TASK")
 mapfile -t data < <(data_flags)
 for epochs in $EPOCHS_LIST; do
   for rank in $RANKS; do

@@ -22,11 +22,7 @@ FRACTIONS=${FRACTIONS:-0.025 0.05 0.1 0.25 0.5 1.0}
 VARIANTS=${VARIANTS:-base neftune all neftune_all}
 EPOCHS=${EPOCHS:-}
 parse_flags "$@"
-case $TASK in
-  newsgroups) script=$REPO/scripts/zephyr_classification.py ;;
-  samsum) script=$REPO/scripts/zephyr_summarization.py ;;
-  *) echo "error: TASK: unknown task '$TASK' (choose newsgroups or samsum)" >&2; exit 2 ;;
-esac
+script=$(finetune_script "$TASK")
 mapfile -t data < <(data_flags)
 for fraction in $FRACTIONS; do
   for variant in $VARIANTS; do

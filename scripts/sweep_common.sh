@@ -40,6 +40,14 @@ model_short() {  # the name the suite gives a model in run names
   printf '%s' "${name%.gguf}"
 }
 
+finetune_script() {  # finetune_script TASK: the task's fine-tuning entry point
+  case $1 in
+    newsgroups) printf '%s' "$REPO/scripts/zephyr_classification.py" ;;
+    samsum) printf '%s' "$REPO/scripts/zephyr_summarization.py" ;;
+    *) echo "error: TASK: unknown task '$1' (choose newsgroups or samsum)" >&2; exit 2 ;;
+  esac
+}
+
 data_flags() { [ -z "$DATA_DIR" ] || printf -- '--data_dir\n%s\n' "$DATA_DIR"; }
 
 add_job() {  # add_job RUN_NAME COMMAND...: one line "<run_dir>\t<quoted command>" of the job file
