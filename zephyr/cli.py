@@ -99,11 +99,9 @@ def quickstart(argv=None) -> Path:
     from zephyr.embedded import build_tiny_model, write_synthetic_data
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    probe, _ = parse_args((DataArguments, ModelArguments, TrainArguments, EvalArguments), argv,
-                          defaults=QUICKSTART_DEFAULTS)[:2], None
-    data_args, model_args = probe
-    root = Path(QUICKSTART_DEFAULTS["output_root"] if "--output_root" not in argv
-                else argv[argv.index("--output_root") + 1])
+    data_args, model_args, train_args, _ = parse_args(
+        (DataArguments, ModelArguments, TrainArguments, EvalArguments), argv, defaults=QUICKSTART_DEFAULTS)
+    root = Path(train_args.output_root)
     extra = {}
     if model_args.model_name_or_path == EMBEDDED:
         extra["model_name_or_path"] = str(build_tiny_model(root / "embedded-tiny-mistral"))

@@ -229,7 +229,6 @@ class TrainedRun:
     task: Task
     model: object
     tokenizer: object
-    train_examples: list
     labels: list[str]
 
 
@@ -285,4 +284,4 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
             "resumed_from_step": int(resume_from.name.split("-")[1]) if resume_from else None,
             **peak_memory_gib()})
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is complete: free the disk
-    return TrainedRun(run_dir, task, trainer.model, tokenizer, loaded.examples, labels)
+    return TrainedRun(run_dir, task, trainer.model, tokenizer, labels)
