@@ -81,8 +81,8 @@ def baseline(argv=None) -> dict:
     from zephyr.evaluation import run_baseline
 
     data_args, model_args, eval_args = parse_args((DataArguments, ModelArguments, EvalArguments), argv)
-    metrics = run_baseline(data_args, model_args, eval_args)
-    _print_metrics(Path("metrics.json"), metrics)
+    out_dir, metrics = run_baseline(data_args, model_args, eval_args)
+    _print_metrics(out_dir / "metrics.json", metrics)
     return metrics
 
 

@@ -126,8 +126,9 @@ def baseline_name(data_args: DataArguments, model_args: ModelArguments, eval_arg
 
 
 def run_baseline(data_args: DataArguments, model_args: ModelArguments, eval_args: EvalArguments,
-                 output_root: str = "runs/baselines") -> dict:
-    """Zero-shot (``--num_shots 0``) or few-shot evaluation of the base model, chat-formatted."""
+                 output_root: str = "runs/baselines") -> tuple[Path, dict]:
+    """Zero-shot (``--num_shots 0``) or few-shot evaluation of the base model, chat-formatted; returns the output
+    directory and the metrics."""
     task = get_task(data_args.task)
     check_eval_method(task, eval_args)
     model_path = resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir)
@@ -142,5 +143,5 @@ def run_baseline(data_args: DataArguments, model_args: ModelArguments, eval_args
     write_config(out_dir / "config.json", to_dict(data_args, model_args, eval_args), kind="baseline",
                  model_path=model_path, data={"labels": labels, "shot_ids": [s.id for s in shots]})
     builder = PromptBuilder(task, tokenizer, "chat", labels, shots)
-    return evaluate(task, model, tokenizer, builder, test, examples, eval_args, out_dir)
+    return out_dir, evaluate(task, model, tokenizer, builder, test, examples, eval_args, out_dir)
 

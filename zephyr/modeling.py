@@ -49,7 +49,8 @@ def build_lora_config(model_args: ModelArguments):
 
 # -- checkpoint resolution --------------------------------------------------------------------------
 def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") != 1 or os.sep == "\\" and "\\" in name
+    """Hub ids are ``name`` or ``org/name``; anything path-like that does not exist is a missing directory."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def resolve_model_path(name: str, cache_dir: str | None = None) -> str:

@@ -88,7 +88,7 @@ def to_markdown(rows: list[dict], columns: list[str]) -> str:
 
 
 def _latest(rows: list[dict]) -> dict:
-    """One row per cell: if several runs fill a cell, the last listed wins (reported by the caller)."""
+    """One row per cell: if several runs fill a cell, the last one listed (sorted by path) wins."""
     return rows[-1] if rows else {}
 
 
