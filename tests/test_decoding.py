@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from zephyr.generation import greedy_generate, score_labels
+from zephyr.generation import greedy_generate, label_log_likelihoods, score_labels
 from zephyr.metrics import classification_metrics, normalize_label, rouge_metrics
 
 
@@ -37,19 +37,22 @@ def test_generation_stops_at_eos_on_the_token_level(tiny_model, tokenizer, monke
     assert texts[0] == tokenizer.decode(new_tokens[:stop_at], skip_special_tokens=True).strip()
 
 
-def test_label_scoring_with_shared_cache_equals_full_sequence_scoring(tiny_model, tokenizer):
+def test_label_scoring_in_one_pass_equals_full_sequence_scoring(tiny_model, tokenizer):
     prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
     labels = [tokenizer(l, add_special_tokens=False)["input_ids"] + [2] for l in ["sci.space", "rec.autos", "x"]]
-    picks, errors = score_labels(tiny_model, prompts, labels, pad_id=2, batch_size=3)
+    scores, errors = label_log_likelihoods(tiny_model, prompts, labels, pad_id=2, batch_size=3)
+    picks, _ = score_labels(tiny_model, prompts, labels, pad_id=2, batch_size=3)
     expected = []
     with torch.no_grad():
         for prompt in prompts:
-            scores = []
+            row = []
             for label in labels:
                 logits = tiny_model(torch.tensor([prompt + label])).logits[0].log_softmax(-1)
-                scores.append(sum(logits[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(label)))
-            expected.append(max(range(len(labels)), key=scores.__getitem__))
-    assert errors == [None] * len(prompts) and picks == expected
+                row.append(sum(logits[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(label)))
+            expected.append(row)
+    assert errors == [None] * len(prompts)
+    assert torch.allclose(torch.tensor(scores), torch.tensor(expected), atol=1e-4), (scores, expected)
+    assert picks == [max(range(len(labels)), key=row.__getitem__) for row in expected]
 
 
 def test_out_of_memory_halves_the_batch_then_records_an_error():

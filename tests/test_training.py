@@ -72,7 +72,7 @@ def test_prompt_tokens_are_masked_and_eos_is_labelled(tokenizer, tmp_path, promp
     builder = PromptBuilder(task, tokenizer, prompt_format, ["sci.space", "rec.autos"])
     examples = [Example("1", "The rocket reached orbit.", "sci.space"), Example("2", "New brakes.", "rec.autos")]
     dataset, _ = build_training_dataset(builder, examples, max_length=128)
-    data, _, train_args = _args("unused", "unused", tmp_path)
+    data, _, train_args = _args("unused", "unused", tmp_path, packing=False)
     model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL))
     trainer = SFTTrainer(model=model, args=build_sft_config(train_args, data, tmp_path),
                          train_dataset=dataset, processing_class=tokenizer)
@@ -85,6 +85,38 @@ def test_prompt_tokens_are_masked_and_eos_is_labelled(tokenizer, tmp_path, promp
         prompt = tokenizer.decode(ids[:answer[0]])
         cue = "### Class:" if prompt_format == "original" else "<|assistant|>"
         assert example.text in prompt and prompt.rstrip().endswith(cue)
+
+
+def test_packed_rows_score_exactly_like_separate_examples(tokenizer, tmp_path):
+    """Padding-free packing: each example keeps its positions and attends only to itself."""
+    from trl import SFTTrainer
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    from zephyr.embedded import TINY_MISTRAL
+
+    builder = PromptBuilder(get_task("newsgroups"), tokenizer, "original", ["sci.space", "rec.autos"])
+    examples = [Example("1", "The rocket reached orbit.", "sci.space"), Example("2", "New brakes.", "rec.autos"),
+                Example("3", "Shuttle tiles and heat shields again.", "sci.space")]
+    dataset, _ = build_training_dataset(builder, examples, max_length=128)
+    data, _, train_args = _args("unused", "unused", tmp_path)
+    assert train_args.packing, "packing is the default"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL)).eval()
+    trainer = SFTTrainer(model=model, args=build_sft_config(train_args, data, tmp_path),
+                         train_dataset=dataset, processing_class=tokenizer)
+    assert len(trainer.train_dataset) == 1, "three short examples share one 128-token row"
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+    with torch.no_grad():
+        packed = model(**batch, fused_lm_head=True).log_probs.sum().item()
+        separate = 0.0
+        for row in dataset:
+            ids = torch.tensor([row["input_ids"]])
+            logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            targets = ids[0, 1:]
+            trained = torch.tensor(row["completion_mask"][1:], dtype=torch.bool)
+            separate += logp.gather(1, targets.unsqueeze(1)).squeeze(1)[trained].sum().item()
+    assert packed == pytest.approx(separate, abs=1e-3)
 
 
 def test_long_inputs_are_shortened_so_the_answer_survives(tokenizer):
@@ -122,3 +154,18 @@ def test_finished_run_is_not_overwritten_without_the_flag(tiny_model_dir, synthe
     with pytest.raises(UsageError, match="a finished run is already there; pass --overwrite True"):
         train(*args)
     assert (run.run_dir / "train_metrics.json").read_text() == before
+
+
+def test_checkpointing_plan_covers_only_the_layers_memory_needs():
+    from zephyr.training import every_n_layers, plan_checkpointing
+
+    gib = 2**30
+
+    def probe(rows, checkpointed):  # 4 GiB of weights, 0.1 GiB a row, each layer kept adds 0.05 GiB a row
+        return 4 * gib + rows * 0.1 * gib + (0 if checkpointed else rows * 32 * 0.05 * gib)
+
+    assert plan_checkpointing(probe, 32, rows=4, budget=20 * gib) == 0  # 10.8 GiB without any
+    # 16 rows: 4 + 16 * (0.1 + 0.05 * resident) <= 20.5 allows 18 resident layers, one of them recomputed.
+    assert plan_checkpointing(probe, 32, rows=16, budget=20.5 * gib) == 15
+    assert plan_checkpointing(probe, 32, rows=1000, budget=20 * gib) == 32  # nothing fits: checkpoint all
+    assert [every_n_layers(32, k) for k in (1, 8, 15, 16, 17, 32)] == [32, 4, 2, 2, 1, 1]

@@ -15,7 +15,7 @@ from zephyr.config import DataArguments, EvalArguments, ModelArguments, to_dict
 from zephyr.errors import UsageError
 from zephyr.generation import greedy_generate, score_labels
 from zephyr.io import atomic_write_json, atomic_write_jsonl, read_json
-from zephyr.modeling import context_length, load_model, load_tokenizer, resolve_model_path
+from zephyr.modeling import context_length, dense_for_inference, load_model, load_tokenizer, resolve_model_path
 from zephyr.prompting import PromptBuilder
 from zephyr.runinfo import model_short_name, write_config
 from zephyr.tasks import Task, get_task
@@ -53,6 +53,8 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     builder.fit_shots(budget)
     encoded = [builder.encode_prompt(e.text, budget) for e in examples]
     prompt_ids = [e.ids for e in encoded]
+    if eval_args.merge_adapter:
+        model = dense_for_inference(model)
     model.eval()
     start = time.perf_counter()
     if eval_args.eval_method == "loglik":
@@ -69,6 +71,7 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     metrics.update(
         n_truncated=sum(e.truncated for e in encoded), prompt_token_budget=budget,
         eval_method=eval_args.eval_method, max_new_tokens=max_new_tokens, eval_batch_size=eval_args.eval_batch_size,
+        merge_adapter=eval_args.merge_adapter,
         test_source=test.source, test_rows_available=len(test.examples), test_rows_dropped_empty=test.dropped,
         eval_seconds=round(seconds, 3), examples_per_s=round(len(examples) / seconds, 3) if seconds else None,
         **peak_memory_gib())

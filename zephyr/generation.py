@@ -87,42 +87,63 @@ def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     return run_batched(prompts, batch_size, generate)
 
 
-@torch.inference_mode()
-def score_labels(model, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int,
-                 batch_size: int) -> tuple[list[int | None], list[str | None]]:
-    """Index of the label whose tokens (EOS included) have the highest total log-probability after each prompt.
+def _label_layout(label_ids: list[list[int]]):
+    """Where each label sits when all labels follow the prompt in one row: label index per column, and each
+    token's offset inside its label."""
+    owner = torch.cat([torch.full((len(seq),), k) for k, seq in enumerate(label_ids)])
+    offset = torch.cat([torch.arange(len(seq)) for seq in label_ids])
+    return owner, offset
 
-    Each prompt is run once; its KV cache is then repeated for all labels, which are scored in one pass.
+
+@torch.inference_mode()
+def label_log_likelihoods(model, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int,
+                          batch_size: int) -> tuple[list[list[float] | None], list[str | None]]:
+    """Total log-probability of each label's tokens (EOS included) after each prompt.
+
+    One forward pass per batch scores every label: each row is ``[left padding][prompt][label 1]...[label K]``,
+    and a 4-D attention mask lets each label see the prompt and its own earlier tokens only, at the positions it
+    would have right after the prompt. The prompt is run once and its keys and values are never copied, so
+    memory grows with prompt + labels tokens per row, not with prompt x labels. Logits are computed only at the
+    columns that predict a label token.
     """
     device = next(model.parameters()).device
-    n_labels, width = len(label_ids), max(len(l) for l in label_ids)
-    labels = torch.full((n_labels, width), pad_id, dtype=torch.long)
-    label_mask = torch.zeros((n_labels, width), dtype=torch.long)
-    for row, seq in enumerate(label_ids):
-        labels[row, : len(seq)] = torch.tensor(seq)
-        label_mask[row, : len(seq)] = 1
-    labels, label_mask = labels.to(device), label_mask.to(device)
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    owner, offset = _label_layout(label_ids)
+    flat_labels = torch.tensor([tok for seq in label_ids for tok in seq], dtype=torch.long)
+    n_label_tokens = len(flat_labels)
 
     def score(batch: list[list[int]]) -> list[int]:
-        ids, mask = left_pad(batch, pad_id, device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): distribution of each label's first token
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(n_labels)
-        rows = len(batch) * n_labels
-        tiled = labels.repeat(len(batch), 1)
-        tiled_mask = label_mask.repeat(len(batch), 1)
-        full_mask = torch.cat([mask.repeat_interleave(n_labels, 0), tiled_mask], dim=1)
-        start = mask.sum(-1).repeat_interleave(n_labels).unsqueeze(1)
-        label_positions = start + torch.arange(width, device=device).unsqueeze(0)
-        rest = model(input_ids=tiled, attention_mask=full_mask, position_ids=label_positions,
-                     past_key_values=cache, use_cache=False).logits.float().log_softmax(-1)
-        token_logp = torch.empty((rows, width), device=device)
-        token_logp[:, 0] = first.repeat_interleave(n_labels, 0).gather(1, tiled[:, :1]).squeeze(1)
-        if width > 1:
-            token_logp[:, 1:] = rest[:, :-1].gather(2, tiled[:, 1:].unsqueeze(-1)).squeeze(-1)
-        totals = (token_logp * tiled_mask).sum(-1).view(len(batch), n_labels)
-        return totals.argmax(-1).tolist()
+        width = max(len(p) for p in batch)
+        total = width + n_label_tokens
+        ids, prompt_mask = left_pad(batch, pad_id, "cpu")
+        ids = torch.cat([ids, flat_labels.expand(len(batch), -1)], dim=1)
+        lengths = prompt_mask.sum(-1, keepdim=True)  # (B, 1)
+        label_positions = lengths + offset.unsqueeze(0)  # a label token's position right after its prompt
+        positions = torch.cat([(prompt_mask.cumsum(-1) - 1).clamp(min=0), label_positions], dim=1)
+        column = torch.arange(total)
+        segment = torch.cat([torch.full((width,), -1), owner])  # -1: prompt region, k: label k
+        query, key = column.view(-1, 1), column.view(1, -1)
+        causal = key <= query
+        same_label = (segment.view(-1, 1) == segment.view(1, -1)) & (segment.view(-1, 1) >= 0)
+        real_prompt_key = torch.cat([prompt_mask.bool(), torch.zeros(len(batch), n_label_tokens, dtype=torch.bool)],
+                                    dim=1).unsqueeze(1)  # (B, 1, total)
+        allowed = (real_prompt_key & (key < width) & causal) | (same_label & causal) | (key == query)
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+        # The column predicting label token t is the last prompt column (t = 0) or label token t - 1.
+        predictor = torch.where(offset == 0, torch.tensor(width - 1), width + torch.arange(n_label_tokens) - 1)
+        keep, row_of = torch.unique(predictor, return_inverse=True)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                       logits_to_keep=keep.to(device), use_cache=False).logits
+        logp = logits.float().log_softmax(-1)  # (B, kept columns, V)
+        token_logp = logp[:, row_of.to(device), flat_labels.to(device)]  # (B, label tokens)
+        totals = torch.zeros(len(batch), len(label_ids), device=device).index_add_(1, owner.to(device), token_logp)
+        return totals.tolist()
 
     return run_batched(prompts, batch_size, score)
+
+
+def score_labels(model, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int,
+                 batch_size: int) -> tuple[list[int | None], list[str | None]]:
+    """Index of the most likely label after each prompt (``None`` where scoring failed)."""
+    scores, errors = label_log_likelihoods(model, prompts, label_ids, pad_id, batch_size)
+    return [None if s is None else max(range(len(s)), key=s.__getitem__) for s in scores], errors

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import resource
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -84,7 +86,8 @@ def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_d
         gradient_accumulation_steps=train_args.gradient_accumulation_steps,
         max_grad_norm=train_args.max_grad_norm,
         optim=train_args.optim,
-        gradient_checkpointing=train_args.gradient_checkpointing,
+        # "auto" is decided by plan_checkpointing once the model is on the GPU.
+        gradient_checkpointing=train_args.gradient_checkpointing == "true",
         gradient_checkpointing_kwargs={"use_reentrant": False},
         neftune_noise_alpha=train_args.neftune_alpha,
         completion_only_loss=train_args.loss == "completion",
@@ -113,7 +116,8 @@ def build_training_dataset(builder: PromptBuilder, examples, max_length: int):
 
 
 # Arguments that may change between an interrupted run and its resumption without changing its result.
-_RESUMABLE_DIFFERENCES = {"overwrite", "do_eval", "logging_steps", "save_steps"}
+_RESUMABLE_DIFFERENCES = {"overwrite", "do_eval", "logging_steps", "save_steps", "gradient_checkpointing",
+                          "train_memory_gib", "merge_adapter", "eval_batch_size"}
 
 
 @contextlib.contextmanager
@@ -223,6 +227,94 @@ def expose_lm_head_adapter(model):
     return lambda: base.__dict__.pop("get_output_embeddings", None)
 
 
+def plan_checkpointing(probe: Callable[[int, bool], float], n_layers: int, rows: int, budget: float) -> int:
+    """Fewest decoder layers to checkpoint so that a step of ``rows`` packed rows stays within ``budget`` bytes.
+
+    ``probe(rows, checkpointed)`` returns the peak memory of one forward and backward pass with every layer
+    checkpointed or none. Three small probes give the fixed cost (weights), the cost per row with every layer
+    checkpointed, and what each un-checkpointed layer adds per row; peak memory is linear in rows.
+    """
+    one, two, one_full = probe(1, True), probe(2, True), probe(1, False)
+    per_row = two - one
+    per_layer_row = max(0.0, (one_full - one) / n_layers)
+    fixed = one - per_row
+    for checkpointed in range(n_layers + 1):
+        # A checkpointed layer's activations come back, one layer at a time, during the backward pass.
+        resident = n_layers - checkpointed + (1 if checkpointed else 0)
+        if fixed + rows * (per_row + resident * per_layer_row) <= budget:
+            return checkpointed
+    return n_layers
+
+
+def every_n_layers(n_layers: int, checkpointed: int) -> int:
+    """The largest stride whose every-n-th-layer checkpointing covers at least ``checkpointed`` layers."""
+    return max(n for n in range(1, n_layers + 1) if math.ceil(n_layers / n) >= checkpointed)
+
+
+def _memory_probe(model, length: int, vocab_size: int):
+    """``probe(rows, checkpointed)`` for plan_checkpointing: one real training step on random packed rows."""
+    backbone = model.get_base_model()
+    device = next(model.parameters()).device
+
+    def probe(rows: int, checkpointed: bool) -> float:
+        if checkpointed:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            backbone.gradient_checkpointing_disable()
+        ids = torch.randint(vocab_size, (1, rows * length), device=device)
+        positions = torch.arange(length, device=device).repeat(rows).unsqueeze(0)
+        labels = ids.masked_fill(positions == 0, -100)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        model(input_ids=ids, position_ids=positions, labels=labels, fused_lm_head=True).loss.backward()
+        torch.cuda.synchronize()
+        model.zero_grad(set_to_none=True)
+        return float(torch.cuda.max_memory_allocated())
+
+    return probe
+
+
+def apply_checkpointing_plan(trainer, train_args: TrainArguments, max_length: int) -> int:
+    """Decide ``--gradient_checkpointing auto`` on the GPU; returns how many decoder layers are checkpointed."""
+    model = trainer.model
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    n_layers = len(layers) or 1
+    if train_args.gradient_checkpointing != "auto":
+        return n_layers if train_args.gradient_checkpointing == "true" else 0
+    if not torch.cuda.is_available():
+        return 0
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()]):  # the probe must not shift the run's RNG
+        probe = _memory_probe(model, max_length, model.get_base_model().config.get_text_config().vocab_size)
+        budget = train_args.train_memory_gib * 2**30 * 0.9  # 10% for the optimizer and allocator fragmentation
+        checkpointed = plan_checkpointing(probe, n_layers, train_args.per_device_train_batch_size, budget)
+    model.get_base_model().gradient_checkpointing_disable()
+    if checkpointed:
+        stride = every_n_layers(n_layers, checkpointed)
+        trainer.args.gradient_checkpointing = True
+        trainer.args.gradient_checkpointing_kwargs = {"use_reentrant": False, "every_n_layers": stride}
+        checkpointed = math.ceil(n_layers / stride)
+    torch.cuda.empty_cache()
+    log.info("activation checkpointing: %d of %d layers (budget %.1f GiB)", checkpointed, n_layers,
+             train_args.train_memory_gib)
+    return checkpointed
+
+
+def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_args: ModelArguments,
+                  train_args: TrainArguments, run_dir: Path, callbacks=()):
+    """The suite's SFTTrainer for a PEFT model, with the lm_head adapter exposed and checkpointing planned.
+
+    Returns (trainer, restore_lm_head, checkpointed_layers).
+    """
+    from trl import SFTTrainer
+
+    restore_lm_head = expose_lm_head_adapter(model)
+    config = build_sft_config(train_args, data_args, run_dir, compute_dtype(model_args.dtype))
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=list(callbacks))
+    checkpointed = apply_checkpointing_plan(trainer, train_args, data_args.max_length)
+    return trainer, restore_lm_head, checkpointed
+
+
 @dataclass
 class TrainedRun:
     run_dir: Path
@@ -235,7 +327,6 @@ class TrainedRun:
 def train(data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments) -> TrainedRun:
     from peft import get_peft_model
     from transformers import set_seed
-    from trl import SFTTrainer
 
     task = get_task(data_args.task)
     run_dir = Path(train_args.output_root) / (train_args.run_name or run_name(data_args, model_args, train_args))
@@ -262,11 +353,9 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
 
         set_seed(train_args.seed)  # LoRA's A matrices are drawn here, before the Trainer seeds anything
         model = get_peft_model(base_model, build_lora_config(model_args))
-        restore_lm_head = expose_lm_head_adapter(model)
-        dtype = compute_dtype(model_args.dtype)
-        trainer = SFTTrainer(model=model, args=build_sft_config(train_args, data_args, run_dir, dtype),
-                             train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=[_train_log_callback()(run_dir / "train_log.jsonl")])
+        trainer, restore_lm_head, checkpointed = build_trainer(
+            model, tokenizer, dataset, data_args, model_args, train_args, run_dir,
+            callbacks=[_train_log_callback()(run_dir / "train_log.jsonl")])
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         restore_lm_head()
         # The base lm_head is frozen: save only LoRA weights even when lm_head carries an adapter.
@@ -282,6 +371,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
             "last_logged_loss": losses[-1] if losses else None,
             "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
             "resumed_from_step": int(resume_from.name.split("-")[1]) if resume_from else None,
+            "checkpointed_layers": checkpointed,
             **peak_memory_gib()})
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is complete: free the disk
     return TrainedRun(run_dir, task, trainer.model, tokenizer, labels)

@@ -1,0 +1,390 @@
+"""Throughput at 7B scale: the study's original settings against the suite's defaults, in one process.
+
+A model in Mistral-7B's exact shape (Zephyr-7B-beta's) gets random weights on the GPU and is saved once as an
+ordinary checkpoint; it is then loaded through the suite's own 4-bit loading path, so time and memory equal
+Zephyr's. Measured side by side:
+
+- training tokens/s, peak GPU memory and MFU at sequence length 512, for the original settings (NF4 + double
+  quant, packing to 512, batch 4 x accumulation 2, gradient checkpointing, paged_adamw_32bit) and for the
+  suite's defaults, with LoRA on q,v and on all modules + lm_head;
+- evaluation examples/s: one sampled ``generate`` per example on the 4-bit model with its adapter (the
+  original way) against the suite's batched path (greedy generation, label log-likelihood) on real test
+  prompts.
+
+Any other checkpoint (``--model_name_or_path``, e.g. the SmolLM2 GGUF) can be measured the same way.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from zephyr.config import DATA_DIR_ENV, DataArguments, EvalArguments, ModelArguments, TrainArguments
+from zephyr.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+# Zephyr-7B-beta's architecture (MistralForCausalLM).
+SHAPES = {
+    "mistral-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
+                       rope_theta=10000.0, sliding_window=4096, rms_norm_eps=1e-5),
+    # SmolLM2-135M-Instruct's architecture (LlamaForCausalLM, tied embeddings): its speed without its weights.
+    "smollm2-135m": dict(architecture="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                         tie_word_embeddings=True),
+    # For tests: the same code path in seconds on a CPU.
+    "tiny": dict(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, sliding_window=None),
+}
+# The original study's training settings, as the independent harness measured them.
+ORIGINAL_TRAINING = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, gradient_checkpointing="true",
+                         optim="paged_adamw_32bit", packing=True)
+PRESETS = {"q,v": dict(lora_targets="attention"), "all+lm_head": dict(lora_targets="all", lora_lm_head=True)}
+# Dense bf16 matrix rate (TFLOP/s) by GPU name, from the vendors' datasheets, for MFU.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
+
+
+@dataclass
+class BenchmarkArguments:
+    shape: str = field(default="mistral-7b", metadata={"help": "Random model shape: mistral-7b or tiny"})
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Benchmark this checkpoint (dir, .gguf or hub id) instead of a random one"})
+    checkpoint_dir: str = field(default="/tmp/zephyr-benchmark/mistral-7b-random",
+                                metadata={"help": "Where the random checkpoint is saved once"})
+    tokenizer_dir: Optional[str] = field(
+        default=None, metadata={"help": "Tokenizer to save with the random checkpoint (default: Zephyr's, from "
+                                        "mistral-common)"})
+    data_dir: Optional[str] = field(default=None, metadata={"help": f"Real data root (env {DATA_DIR_ENV}); unset: "
+                                                                    "generated data"})
+    output: str = field(default="benchmark.json", metadata={"help": "JSON results file"})
+    warmup_steps: int = field(default=2, metadata={"help": "Optimizer steps before timing starts"})
+    train_steps: int = field(default=6, metadata={"help": "Timed optimizer steps per setting"})
+    sampled_newsgroups: int = field(default=6, metadata={"help": "Examples for the one-at-a-time sampled baseline"})
+    sampled_samsum: int = field(default=3)
+    batched_newsgroups: int = field(default=256, metadata={"help": "Examples for the suite's batched path"})
+    batched_samsum: int = field(default=128)
+    eval_batch_size: Optional[int] = field(default=None, metadata={"help": "Default: the suite's"})
+    extra_settings: Optional[str] = field(
+        default=None, metadata={"help": 'More training settings to time, JSON: {"name": {"flag": value, ...}}'})
+    peak_tflops: Optional[float] = field(default=None, metadata={"help": "Dense bf16 peak for MFU (default: by "
+                                                                         "GPU name)"})
+
+
+# -- the model --------------------------------------------------------------------------------------
+def build_random_checkpoint(out_dir: Path, shape: str, tokenizer_dir: str | None = None) -> Path:
+    """Save a randomly initialised model of ``shape`` (bf16, built on the GPU when there is one) once."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig
+
+    from zephyr.embedded import build_zephyr_tokenizer
+
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    shape_config = dict(SHAPES[shape])
+    config_class = LlamaConfig if shape_config.pop("architecture", "mistral") == "llama" else MistralConfig
+    config = config_class(**{"tie_word_embeddings": False, **shape_config}, bos_token_id=1, eos_token_id=2,
+                          pad_token_id=2)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    model.save_pretrained(staging)
+    del model
+    if tokenizer_dir:
+        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(staging)
+    else:
+        build_zephyr_tokenizer(staging)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging.replace(out_dir)
+    _free()
+    return out_dir
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _peak_gib() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def _reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def gpu_peak_tflops(override: float | None) -> float | None:
+    if override or not torch.cuda.is_available():
+        return override
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def training_flops_per_token(config, trainable: int, mean_example_tokens: float) -> float:
+    """Model FLOPs per trained token for LoRA: forward and input gradients of the frozen base (no weight
+    gradients), causal attention over the mean example length, and 6 per trainable parameter; recomputation
+    is not counted."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    kv = h * config.num_key_value_heads // config.num_attention_heads
+    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size) + h * config.vocab_size
+    attention_forward = layers * 4 * h * mean_example_tokens / 2
+    return 4 * linear + 3 * attention_forward + 6 * trainable
+
+
+# -- training ---------------------------------------------------------------------------------------
+def _step_timer(warmup: int):
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Time and tokens between the end of step ``warmup`` and the last step."""
+
+        def __init__(self):
+            self.start = self.tokens_at_start = None
+            self.seconds = self.tokens = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            _sync()
+            now = time.perf_counter()
+            if state.global_step == warmup:
+                self.start, self.tokens_at_start = now, state.num_input_tokens_seen
+            elif state.global_step > warmup:
+                self.seconds = now - self.start
+                self.tokens = state.num_input_tokens_seen - self.tokens_at_start
+
+    return StepTimer()
+
+
+def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, model_args: ModelArguments,
+                     train_args: TrainArguments, warmup: int, mean_example_tokens: float, peak_tflops):
+    """Tokens/s, peak memory and MFU of the suite's trainer for one setting; returns (result, base model)."""
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    from zephyr.modeling import build_lora_config
+    from zephyr.training import build_trainer
+
+    set_seed(train_args.seed)
+    model = get_peft_model(base_model, build_lora_config(model_args))
+    timer = _step_timer(warmup)
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer, restore_lm_head, checkpointed = build_trainer(
+            model, tokenizer, dataset, data_args, model_args, train_args, Path(scratch), callbacks=[timer])
+        _reset_peak()
+        trainer.train()
+        restore_lm_head()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tokens_per_s = timer.tokens / timer.seconds if timer.seconds else None
+    flops = training_flops_per_token(base_model.config, trainable, mean_example_tokens)
+    result = {
+        "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None, "peak_gpu_memory_gib": _peak_gib(),
+        "mfu_percent": round(100 * tokens_per_s * flops / (peak_tflops * 1e12), 2) if peak_tflops and tokens_per_s
+        else None,
+        "timed_steps": train_args.max_steps - warmup, "timed_tokens": timer.tokens,
+        "checkpointed_layers": checkpointed, "trainable_parameters": trainable,
+        "final_loss": next((r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r), None),
+        "settings": {k: getattr(train_args, k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                                                          "gradient_checkpointing", "optim", "packing")}}
+    del trainer
+    base_model = model.unload()
+    base_model.gradient_checkpointing_disable()
+    base_model.disable_input_require_grads()
+    del model
+    _free()
+    return result, base_model
+
+
+# -- evaluation -------------------------------------------------------------------------------------
+@torch.inference_mode()
+def sampled_one_at_a_time(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> float:
+    """The original evaluation: one sampled ``generate`` call per example; returns examples/s."""
+    device = next(model.parameters()).device
+    _sync()
+    start = time.perf_counter()
+    for ids in prompts:
+        model.generate(input_ids=torch.tensor([ids], device=device), attention_mask=torch.ones(1, len(ids),
+                       dtype=torch.long, device=device), do_sample=True, max_new_tokens=max_new_tokens,
+                       pad_token_id=tokenizer.pad_token_id)
+    _sync()
+    return len(prompts) / (time.perf_counter() - start)
+
+
+def _timed(fn):
+    _reset_peak()
+    _sync()
+    start = time.perf_counter()
+    _, errors = fn()
+    _sync()
+    return time.perf_counter() - start, _peak_gib(), sum(e is not None for e in errors)
+
+
+def _test_prompts(task_name: str, tokenizer, data_dir: str, budget: int, labels: list[str]):
+    from zephyr.prompting import PromptBuilder
+    from zephyr.tasks import get_task
+
+    task = get_task(task_name)
+    builder = PromptBuilder(task, tokenizer, "original", labels)
+    examples = task.load_split("test", data_dir).examples
+    return builder, [builder.encode_prompt(e.text, budget).ids for e in examples]
+
+
+def measure_evaluation(model, tokenizer, data_dir: str, labels: list[str], bench: BenchmarkArguments) -> dict:
+    """The original one-at-a-time sampled generation against the suite's batched paths, on real test prompts."""
+    from zephyr.generation import greedy_generate, label_log_likelihoods
+    from zephyr.modeling import context_length, dense_for_inference
+    from zephyr.tasks import get_task
+
+    eval_args = EvalArguments(eval_batch_size=bench.eval_batch_size or EvalArguments.eval_batch_size)
+    newsgroups, samsum = get_task("newsgroups"), get_task("samsum")
+    # A fine-tuned model's prompt budget (evaluation.evaluate): its context minus new tokens, at most max_length.
+    budget = {t.name: min(context_length(model) - t.max_new_tokens, DataArguments.max_length)
+              for t in (newsgroups, samsum)}
+    builder, cls_prompts = _test_prompts("newsgroups", tokenizer, data_dir, budget["newsgroups"], labels)
+    _, sum_prompts = _test_prompts("samsum", tokenizer, data_dir, budget["samsum"], [])
+    cls_batch, sum_batch = cls_prompts[: bench.batched_newsgroups], sum_prompts[: bench.batched_samsum]
+    out = {"prompt_tokens_mean": {"newsgroups": round(sum(map(len, cls_batch)) / len(cls_batch), 1),
+                                  "samsum": round(sum(map(len, sum_batch)) / len(sum_batch), 1)},
+           "eval_batch_size": eval_args.eval_batch_size, "merge_adapter": eval_args.merge_adapter}
+    model.eval()
+    original = {
+        "newsgroups": sampled_one_at_a_time(model, tokenizer, cls_prompts[: bench.sampled_newsgroups],
+                                            newsgroups.max_new_tokens),
+        "samsum": sampled_one_at_a_time(model, tokenizer, sum_prompts[: bench.sampled_samsum], samsum.max_new_tokens)}
+    if eval_args.merge_adapter:
+        model = dense_for_inference(model)
+    _free()
+    size = eval_args.eval_batch_size
+    runs = {
+        "newsgroups_generate": (len(cls_batch), lambda: greedy_generate(model, tokenizer, cls_batch,
+                                                                        newsgroups.max_new_tokens, size)),
+        "newsgroups_loglik": (len(cls_batch), lambda: label_log_likelihoods(
+            model, cls_batch, builder.label_ids(""), tokenizer.pad_token_id, size)),
+        "samsum_generate": (len(sum_batch), lambda: greedy_generate(model, tokenizer, sum_batch,
+                                                                    samsum.max_new_tokens, size)),
+    }
+    for name, (count, fn) in runs.items():
+        seconds, peak, errors = _timed(fn)
+        baseline = original[name.split("_")[0]]
+        out[name] = {"examples": count, "examples_per_s": round(count / seconds, 2), "peak_gpu_memory_gib": peak,
+                     "errors": errors, "original_examples_per_s": round(baseline, 3),
+                     "speedup": round(count / seconds / baseline, 1)}
+    return out
+
+
+# -- the whole benchmark ----------------------------------------------------------------------------
+def _training_data(tokenizer, data_dir: str, rows: int):
+    from zephyr.prompting import PromptBuilder
+    from zephyr.tasks import get_task
+    from zephyr.training import build_training_dataset
+
+    task = get_task("newsgroups")
+    loaded = task.load_split("train", data_dir)
+    labels = task.labels(loaded.examples)
+    builder = PromptBuilder(task, tokenizer, "original", labels)
+    dataset, _ = build_training_dataset(builder, loaded.examples[:rows], DataArguments.max_length)
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    return dataset, labels, sum(lengths) / len(lengths)
+
+
+def run_benchmark(bench: BenchmarkArguments) -> dict:
+    from zephyr.embedded import write_synthetic_data
+    from zephyr.modeling import load_model, load_tokenizer, resolve_model_path
+    from zephyr.runinfo import device_info, git_commit, versions
+
+    started = time.perf_counter()
+    scratch = Path(bench.checkpoint_dir).parent
+    data_dir = bench.data_dir or str(write_synthetic_data(scratch / "generated-data"))
+    if bench.model_name_or_path:
+        model_path = resolve_model_path(bench.model_name_or_path)
+    else:
+        model_path = str(build_random_checkpoint(Path(bench.checkpoint_dir), bench.shape, bench.tokenizer_dir))
+    build_seconds = time.perf_counter() - started
+    model_args = ModelArguments(model_name_or_path=model_path, lora_r=8)
+    tokenizer = load_tokenizer(model_path)
+    load_start = time.perf_counter()
+    base = load_model(model_args, model_path)
+    load_seconds = time.perf_counter() - load_start
+    suite_defaults = TrainArguments()
+    rows_needed = (bench.warmup_steps + bench.train_steps) * 16 * 8  # generous: packing merges short examples
+    dataset, labels, mean_tokens = _training_data(tokenizer, data_dir, rows_needed)
+    data_args = DataArguments(task="newsgroups", data_dir=data_dir)
+    peak_tflops = gpu_peak_tflops(bench.peak_tflops)
+    settings = {f"original {p}": (p, ORIGINAL_TRAINING) for p in PRESETS}
+    settings.update({f"suite {p}": (p, {}) for p in PRESETS})
+    for name, overrides in json.loads(bench.extra_settings or "{}").items():
+        preset = overrides.pop("preset", "q,v")
+        settings[name] = (preset, overrides)
+    training = {}
+    for name, (preset, overrides) in settings.items():
+        model_overrides = {k: v for k, v in overrides.items() if hasattr(ModelArguments, k)}
+        train_overrides = {k: v for k, v in overrides.items() if k not in model_overrides}
+        if not torch.cuda.is_available() and train_overrides.get("optim", "").startswith("paged"):
+            train_overrides["optim"] = "adamw_torch"  # paged optimizers need CUDA
+        setting_model = replace(model_args, **PRESETS[preset], **model_overrides)
+        setting_train = replace(suite_defaults, **train_overrides, max_steps=bench.warmup_steps + bench.train_steps,
+                                save_steps=0, logging_steps=1, num_train_epochs=1.0)
+        log.info("training: %s", name)
+        training[name], base = measure_training(base, tokenizer, dataset, data_args, setting_model, setting_train,
+                                                bench.warmup_steps, mean_tokens, peak_tflops)
+        training[name]["preset"] = preset
+        print(json.dumps({name: training[name]}), flush=True)
+    for preset in PRESETS:
+        original, suite = training[f"original {preset}"], training[f"suite {preset}"]
+        if original["tokens_per_s"] and suite["tokens_per_s"]:
+            suite["speedup"] = round(suite["tokens_per_s"] / original["tokens_per_s"], 2)
+    from peft import get_peft_model
+
+    from zephyr.modeling import build_lora_config
+
+    # The study's default adapter (q,v): the cheaper one for the original unmerged path.
+    eval_model = get_peft_model(base, build_lora_config(replace(model_args, **PRESETS["q,v"])))
+    for name, param in eval_model.named_parameters():
+        if "lora_B" in name:  # a trained-looking adapter, so merging has something to merge
+            torch.nn.init.normal_(param, std=1e-3)
+    evaluation = measure_evaluation(eval_model, tokenizer, data_dir, labels, bench)
+    result = {
+        "command_args": asdict(bench), "model_path": model_path, "shape": None if bench.model_name_or_path
+        else SHAPES[bench.shape], "data_dir": data_dir, "mean_training_example_tokens": round(mean_tokens, 1),
+        "build_and_save_s": round(build_seconds, 1), "load_4bit_s": round(load_seconds, 1),
+        "peak_bf16_tflops": peak_tflops, "training": training, "evaluation": evaluation,
+        "device": device_info(), "versions": versions(), "git_commit": git_commit(),
+        "wall_s": round(time.perf_counter() - started, 1)}
+    atomic_write_json(Path(bench.output), result)
+    return result
+
+
+def summary_table(result: dict) -> str:
+    """A Markdown table of the ratios, as the README shows it."""
+    lines = ["| measurement | original | suite | ratio | suite peak GiB |", "|---|---|---|---|---|"]
+    for preset in PRESETS:
+        original, suite = result["training"][f"original {preset}"], result["training"][f"suite {preset}"]
+        lines.append(f"| training tokens/s, LoRA {preset} | {original['tokens_per_s']} | {suite['tokens_per_s']} | "
+                     f"{suite.get('speedup', '—')}x | {suite['peak_gpu_memory_gib']} |")
+    for name, row in result["evaluation"].items():
+        if isinstance(row, dict) and "speedup" in row:
+            lines.append(f"| {name} examples/s | {row['original_examples_per_s']} | {row['examples_per_s']} | "
+                         f"{row['speedup']}x | {row['peak_gpu_memory_gib']} |")
+    return "\n".join(lines)
+
+
+def mfu_line(result: dict) -> str:
+    parts = [f"{name}: {row['mfu_percent']}%" for name, row in result["training"].items()
+             if row.get("mfu_percent") is not None]
+    return "MFU " + ", ".join(parts) if parts else ""
+
