@@ -67,8 +67,8 @@ class BenchmarkArguments:
     data_dir: Optional[str] = field(default=None, metadata={"help": f"Real data root (env {DATA_DIR_ENV}); unset: "
                                                                     "generated data"})
     output: str = field(default="benchmark.json", metadata={"help": "JSON results file"})
-    warmup_steps: int = field(default=2, metadata={"help": "Optimizer steps before timing starts"})
-    train_steps: int = field(default=6, metadata={"help": "Timed optimizer steps per setting"})
+    warmup_steps: int = field(default=3, metadata={"help": "Optimizer steps before timing starts"})
+    train_steps: int = field(default=7, metadata={"help": "Timed optimizer steps per setting (the median counts)"})
     sampled_newsgroups: int = field(default=6, metadata={"help": "Examples for the one-at-a-time sampled baseline"})
     sampled_samsum: int = field(default=3)
     batched_newsgroups: int = field(default=256, metadata={"help": "Examples for the suite's batched path"})
@@ -76,6 +76,9 @@ class BenchmarkArguments:
     eval_batch_size: Optional[int] = field(default=None, metadata={"help": "Default: the suite's"})
     extra_settings: Optional[str] = field(
         default=None, metadata={"help": 'More training settings to time, JSON: {"name": {"flag": value, ...}}'})
+    profile_dir: Optional[str] = field(
+        default=None, metadata={"help": "Write torch.profiler tables of one training step per setting and of one "
+                                        "evaluation batch per path here"})
     peak_tflops: Optional[float] = field(default=None, metadata={"help": "Dense bf16 peak for MFU (default: by "
                                                                          "GPU name)"})
 
@@ -149,30 +152,59 @@ def training_flops_per_token(config, trainable: int, mean_example_tokens: float)
 
 
 # -- training ---------------------------------------------------------------------------------------
-def _step_timer(warmup: int):
+def _step_timer(warmup: int, timed: int, profile_path: Path | None = None):
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        """Time and tokens between the end of step ``warmup`` and the last step."""
+        """Wall time and tokens of each optimizer step after ``warmup``; optionally profiles one more step."""
 
         def __init__(self):
-            self.start = self.tokens_at_start = None
-            self.seconds = self.tokens = 0
+            self.steps, self.profiler = [], None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            _sync()
+            self.begin, self.tokens_at_begin = time.perf_counter(), state.num_input_tokens_seen
+            if profile_path and state.global_step == warmup + timed:
+                self.profiler = torch.profiler.profile(activities=_profiler_activities())
+                self.profiler.__enter__()
 
         def on_step_end(self, args, state, control, **kwargs):
             _sync()
-            now = time.perf_counter()
-            if state.global_step == warmup:
-                self.start, self.tokens_at_start = now, state.num_input_tokens_seen
-            elif state.global_step > warmup:
-                self.seconds = now - self.start
-                self.tokens = state.num_input_tokens_seen - self.tokens_at_start
+            if warmup < state.global_step <= warmup + timed:
+                self.steps.append((time.perf_counter() - self.begin, state.num_input_tokens_seen - self.tokens_at_begin))
+            if self.profiler is not None:
+                self.profiler.__exit__(None, None, None)
+                _write_profile(self.profiler, profile_path)
+                self.profiler = None
+
+        def tokens_per_s(self) -> float | None:
+            """Tokens of the median-duration step over its duration (robust to a stray slow step)."""
+            if not self.steps:
+                return None
+            seconds, tokens = sorted(self.steps)[len(self.steps) // 2]
+            return tokens / seconds
 
     return StepTimer()
 
 
+def _profiler_activities():
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return activities
+
+
+def _write_profile(profiler, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    averages = profiler.key_averages()
+    sort_key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    path.write_text(averages.table(sort_by=sort_key, row_limit=40, max_name_column_width=80) + "\n" +
+                    averages.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=80))
+
+
 def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, model_args: ModelArguments,
-                     train_args: TrainArguments, warmup: int, mean_example_tokens: float, peak_tflops):
+                     train_args: TrainArguments, warmup: int, timed: int, mean_example_tokens: float, peak_tflops,
+                     profile_path: Path | None = None):
     """Tokens/s, peak memory and MFU of the suite's trainer for one setting; returns (result, base model)."""
     from peft import get_peft_model
     from transformers import set_seed
@@ -182,7 +214,8 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
 
     set_seed(train_args.seed)
     model = get_peft_model(base_model, build_lora_config(model_args))
-    timer = _step_timer(warmup)
+    timer = _step_timer(warmup, timed, profile_path)
+    train_args = replace(train_args, max_steps=warmup + timed + (1 if profile_path else 0))
     with tempfile.TemporaryDirectory() as scratch:
         trainer, restore_lm_head, checkpointed = build_trainer(
             model, tokenizer, dataset, data_args, model_args, train_args, Path(scratch), callbacks=[timer])
@@ -190,13 +223,14 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
         trainer.train()
         restore_lm_head()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    tokens_per_s = timer.tokens / timer.seconds if timer.seconds else None
+    tokens_per_s = timer.tokens_per_s()
     flops = training_flops_per_token(base_model.config, trainable, mean_example_tokens)
     result = {
         "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None, "peak_gpu_memory_gib": _peak_gib(),
         "mfu_percent": round(100 * tokens_per_s * flops / (peak_tflops * 1e12), 2) if peak_tflops and tokens_per_s
         else None,
-        "timed_steps": train_args.max_steps - warmup, "timed_tokens": timer.tokens,
+        "step_seconds": [round(seconds, 3) for seconds, _ in timer.steps],
+        "tokens_per_step": [tokens for _, tokens in timer.steps],
         "checkpointed_layers": checkpointed, "trainable_parameters": trainable,
         "final_loss": next((r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r), None),
         "settings": {k: getattr(train_args, k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
@@ -270,16 +304,22 @@ def measure_evaluation(model, tokenizer, data_dir: str, labels: list[str], bench
         model = dense_for_inference(model)
     _free()
     size = eval_args.eval_batch_size
+    label_ids = builder.label_ids("")
     runs = {
-        "newsgroups_generate": (len(cls_batch), lambda: greedy_generate(model, tokenizer, cls_batch,
-                                                                        newsgroups.max_new_tokens, size)),
-        "newsgroups_loglik": (len(cls_batch), lambda: label_log_likelihoods(
-            model, cls_batch, builder.label_ids(""), tokenizer.pad_token_id, size)),
-        "samsum_generate": (len(sum_batch), lambda: greedy_generate(model, tokenizer, sum_batch,
-                                                                    samsum.max_new_tokens, size)),
+        "newsgroups_generate": (cls_batch, lambda prompts: greedy_generate(model, tokenizer, prompts,
+                                                                           newsgroups.max_new_tokens, size)),
+        "newsgroups_loglik": (cls_batch, lambda prompts: label_log_likelihoods(model, prompts, label_ids,
+                                                                               tokenizer.pad_token_id, size)),
+        "samsum_generate": (sum_batch, lambda prompts: greedy_generate(model, tokenizer, prompts,
+                                                                       samsum.max_new_tokens, size)),
     }
-    for name, (count, fn) in runs.items():
-        seconds, peak, errors = _timed(fn)
+    for name, (prompts, fn) in runs.items():
+        seconds, peak, errors = _timed(lambda: fn(prompts))
+        count = len(prompts)
+        if bench.profile_dir:
+            with torch.profiler.profile(activities=_profiler_activities()) as profiler:
+                fn(prompts[:size])
+            _write_profile(profiler, Path(bench.profile_dir) / f"eval-{name}.txt")
         baseline = original[name.split("_")[0]]
         out[name] = {"examples": count, "examples_per_s": round(count / seconds, 2), "peak_gpu_memory_gib": peak,
                      "errors": errors, "original_examples_per_s": round(baseline, 3),
@@ -337,11 +377,13 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
         if not torch.cuda.is_available() and train_overrides.get("optim", "").startswith("paged"):
             train_overrides["optim"] = "adamw_torch"  # paged optimizers need CUDA
         setting_model = replace(model_args, **PRESETS[preset], **model_overrides)
-        setting_train = replace(suite_defaults, **train_overrides, max_steps=bench.warmup_steps + bench.train_steps,
-                                save_steps=0, logging_steps=1, num_train_epochs=1.0)
+        setting_train = replace(suite_defaults, **train_overrides, save_steps=0, logging_steps=1, num_train_epochs=1.0)
         log.info("training: %s", name)
+        profile = Path(bench.profile_dir) / f"train-{name.replace(' ', '_').replace(',', '')}.txt" \
+            if bench.profile_dir else None
         training[name], base = measure_training(base, tokenizer, dataset, data_args, setting_model, setting_train,
-                                                bench.warmup_steps, mean_tokens, peak_tflops)
+                                                bench.warmup_steps, bench.train_steps, mean_tokens, peak_tflops,
+                                                profile)
         training[name]["preset"] = preset
         print(json.dumps({name: training[name]}), flush=True)
     for preset in PRESETS:
