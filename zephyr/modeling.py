@@ -163,9 +163,20 @@ def load_model(model_args: ModelArguments, path: str | None = None):
         except ImportError:
             raise UsageError("--quantization 4bit: bitsandbytes is not installed "
                              "(pip install bitsandbytes==0.50.2, or pass --quantization none)") from None
+    avoid_per_shape_attention_plans()
     return AutoModelForCausalLM.from_pretrained(
         path, config=config, quantization_config=quantization, dtype=dtype,
         attn_implementation=model_args.attn_implementation, device_map=device_map())
+
+
+def avoid_per_shape_attention_plans() -> None:
+    """Keep SDPA off its cuDNN backend, which builds a new execution plan for every new sequence length.
+
+    Padding-free packing changes the packed length at every step and decoding grows it by one token per step, so
+    cuDNN attention spends most of its time planning; the flash and memory-efficient kernels need no plans.
+    """
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def context_length(model) -> int:
