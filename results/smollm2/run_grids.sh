@@ -14,7 +14,8 @@ GPUS=${GPUS:-0}
 export MODEL=$GGUF DATA_DIR=$DATA OUT_ROOT GPUS EPOCHS=1
 python -c "import sys; from zephyr.modeling import resolve_model_path; print(resolve_model_path(sys.argv[1]))" "$GGUF" \
   || exit 2  # converted once here, not by two runs at the same time
-status=0micro="--per_device_train_batch_size 8 --gradient_accumulation_steps 1 --eval_batch_size 64"
+status=0
+micro="--per_device_train_batch_size 8 --gradient_accumulation_steps 1 --eval_batch_size 64"
 TASK=samsum FRACTIONS=0.1 MAX_TEST_ROWS=200 EXTRA_ARGS="$micro" bash sample_ablate.sh || status=1
 TASKS=samsum SHOTS="0 3" MAX_TEST_ROWS=200 EXTRA_ARGS="--eval_batch_size 64" bash baseline_inference.sh || status=1
 TASK=newsgroups MAX_TEST_ROWS=1000 EXTRA_ARGS="$micro --max_length 128 --eval_method loglik" bash sample_ablate.sh || status=1
