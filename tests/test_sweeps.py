@@ -186,3 +186,20 @@ def test_table_script_names_a_corrupt_metrics_file(tmp_path):
     assert result.returncode == 2 and not (tmp_path / "out").exists()
     assert result.stderr.strip() == f"error: {tmp_path}/runs/bad/metrics.json: not valid JSON (Expecting ',' " \
                                     "delimiter at line 1)"
+
+
+def test_a_run_directory_holding_only_the_sweep_log_is_accepted(tmp_path):
+    """The sweep opens <run>/sweep.log before the run starts; training must not take it for a foreign folder."""
+    from zephyr.errors import UsageError
+    from zephyr.sweep import SWEEP_LOG
+    from zephyr.training import prepare_run_dir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / SWEEP_LOG).write_text("$ python train.py\n")
+    assert prepare_run_dir(run_dir, {"A": {"x": 1}}, overwrite=False) is None
+    assert (run_dir / SWEEP_LOG).read_text() == "$ python train.py\n"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="not a run directory of this suite"):
+        prepare_run_dir(tmp_path / "other", {"A": {"x": 1}}, overwrite=False)

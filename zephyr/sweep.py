@@ -40,6 +40,8 @@ class Job:
         return (self.run_dir / "metrics.json").is_file()
 
 
+SWEEP_LOG = "sweep.log"  # a run's stdout/stderr, written into its run directory before the run starts
+
 def read_jobs(path: str | Path) -> list[Job]:
     jobs = []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
@@ -102,7 +104,7 @@ def run_job(job: Job, gpu: str | None, csv_log: CsvLog) -> str | None:
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    log_path = job.run_dir / "sweep.log"
+    log_path = job.run_dir / SWEEP_LOG
     start = time.perf_counter()
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {command_line(job, gpu)}\n")

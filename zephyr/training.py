@@ -29,6 +29,7 @@ from zephyr.io import atomic_write_json, atomic_write_text, read_json
 from zephyr.modeling import build_lora_config, compute_dtype, load_model, load_tokenizer, resolve_model_path
 from zephyr.prompting import PromptBuilder
 from zephyr.runinfo import run_name, write_config
+from zephyr.sweep import SWEEP_LOG
 from zephyr.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def prepare_run_dir(run_dir: Path, arguments: dict, overwrite: bool, dry_run: bo
         if checkpoint is not None and not dry_run:
             _trim_log(run_dir / "train_log.jsonl", int(checkpoint.name.split("-")[1]))
             return checkpoint
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
+    elif run_dir.is_dir() and any(path.name != SWEEP_LOG for path in run_dir.iterdir()):
         raise UsageError(f"{run_dir}: exists and is not a run directory of this suite; "
                          "choose another --run_name or --output_root")
     if dry_run:

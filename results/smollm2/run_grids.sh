@@ -17,6 +17,6 @@ python -c "import sys; from zephyr.modeling import resolve_model_path; print(res
 status=0
 micro="--per_device_train_batch_size 8 --gradient_accumulation_steps 1 --eval_batch_size 64"
 TASK=samsum FRACTIONS=0.1 MAX_TEST_ROWS=200 EXTRA_ARGS="$micro" bash sample_ablate.sh || status=1
-TASKS=samsum SHOTS="0 3" MAX_TEST_ROWS=200 EXTRA_ARGS="--eval_batch_size 64" bash baseline_inference.sh || status=1
 TASK=newsgroups MAX_TEST_ROWS=1000 EXTRA_ARGS="$micro --max_length 128 --eval_method loglik" bash sample_ablate.sh || status=1
+TASKS=samsum SHOTS="0 3" MAX_TEST_ROWS=200 EXTRA_ARGS="--eval_batch_size 64" bash baseline_inference.sh || status=1
 exit $status
