@@ -249,3 +249,24 @@ def test_same_seed_gives_identical_losses_and_metrics_without_network(tiny_model
         assert config["arguments"]["DataArguments"]["data_seed"] == 42
     assert results[0] == results[1]
     assert len(results[0][0]) == 8
+
+
+def test_rerun_after_a_kill_between_training_and_evaluation_only_evaluates(tiny_model_dir, synthetic_data, tmp_path):
+    """A sweep killed after training finished but before metrics.json: the rerun evaluates, it does not retrain."""
+    argv = _train_argv(tiny_model_dir, synthetic_data, tmp_path, max_steps=2, do_eval="True", max_test_rows=4)
+    run_dir = finetune("newsgroups", argv)
+    trained = (run_dir / "train_metrics.json").read_text()
+    adapter = (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    first = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "predictions.jsonl").unlink()
+    assert finetune("newsgroups", argv) == run_dir
+    assert (run_dir / "train_metrics.json").read_text() == trained
+    assert (run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+    again = json.loads((run_dir / "metrics.json").read_text())
+    assert again["accuracy"] == first["accuracy"] and again["n_examples"] == 4
+    # Other settings under the same name are still refused, not silently evaluated.
+    from zephyr.errors import UsageError
+
+    with pytest.raises(UsageError, match="a finished run is already there"):
+        finetune("newsgroups", argv + ["--learning_rate", "5e-4"])

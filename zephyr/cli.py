@@ -44,9 +44,12 @@ def _check_task(data_args: DataArguments, task_name: str) -> None:
 
 def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
     """Fine-tune (and with ``--do_eval True`` evaluate) one run; returns its directory."""
-    from zephyr.evaluation import check_eval_method, evaluate, load_test
+    from dataclasses import replace
+
+    from zephyr.config import to_dict
+    from zephyr.evaluation import check_eval_method, evaluate, evaluate_run, load_test
     from zephyr.prompting import PromptBuilder
-    from zephyr.training import train
+    from zephyr.training import finished_with_same_settings, run_directory, train
 
     task = get_task(task_name)
     data_args, model_args, train_args, eval_args = parse_args(
@@ -57,6 +60,14 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
         check_eval_method(task, eval_args)
         train_labels = task.labels(task.load_split("train", data_args.data_dir, data_args.train_file).examples)
         test, examples = load_test(task, data_args, train_labels)
+        run_dir = run_directory(data_args, model_args, train_args)
+        if not train_args.overwrite and finished_with_same_settings(
+                run_dir, to_dict(data_args, model_args, train_args)):
+            # Training finished but evaluation did not (a killed sweep): evaluate what is there.
+            logging.getLogger(__name__).info("%s: training already finished; evaluating it", run_dir)
+            metrics = evaluate_run(data_args, replace(eval_args, run_dir=str(run_dir)), task_name)
+            _print_metrics(Path(eval_args.eval_output_dir or run_dir) / "metrics.json", metrics)
+            return run_dir
     run = train(data_args, model_args, train_args)
     print(json.dumps({"run_dir": str(run.run_dir)}))
     if train_args.do_eval:

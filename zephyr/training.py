@@ -184,6 +184,20 @@ def prepare_run_dir(run_dir: Path, arguments: dict, overwrite: bool, dry_run: bo
     return None
 
 
+def run_directory(data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments) -> Path:
+    return Path(train_args.output_root) / (train_args.run_name or run_name(data_args, model_args, train_args))
+
+
+def finished_with_same_settings(run_dir: Path, arguments: dict) -> bool:
+    """True when ``run_dir`` holds a finished training run of exactly these settings (so a rerun that was killed
+    during evaluation only needs to evaluate)."""
+    if not (run_dir / TRAIN_METRICS).is_file() or not (run_dir / "config.json").is_file():
+        return False
+    previous = _flatten(read_json(run_dir / "config.json").get("arguments", {}))
+    current = _flatten(arguments)
+    return all(previous.get(k, v) == v for k, v in current.items())
+
+
 def _trim_log(path: Path, last_step: int) -> None:
     """Drop log rows written after the checkpoint being resumed: they are logged again."""
     if path.is_file():
@@ -330,7 +344,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     from transformers import set_seed
 
     task = get_task(data_args.task)
-    run_dir = Path(train_args.output_root) / (train_args.run_name or run_name(data_args, model_args, train_args))
+    run_dir = run_directory(data_args, model_args, train_args)
     model_path = resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir)
     loaded = task.load_split("train", data_args.data_dir, data_args.train_file)
     examples = task.select_train(loaded.examples, data_args.train_fraction, data_args.data_seed)
