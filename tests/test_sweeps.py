@@ -168,9 +168,12 @@ def test_tables_from_fake_runs_show_missing_cells_as_missing(tmp_path):
     _fake_run(root, "s1", "finetune", "samsum", {"rouge1": 45.0, "rouge2": 20.0})
     written = write_tables(collect([root]), tmp_path / "out", protocol="fake runs")
     table1 = list(csv.DictReader(written["table1_newsgroups_accuracy"].open()))
-    assert [r["train_rows"] for r in table1] == ["1101", "11014"]
-    assert (table1[0]["base"], table1[0]["NEFTune"], table1[0]["all-module"]) == ("50.0", "55.5", "")
-    assert table1[1]["all-module"] == "0.0"  # a real zero stays a zero
+    # Every study fraction is listed; fractions without runs are missing, not zero.
+    assert [r["train_fraction"] for r in table1] == ["0.025", "0.05", "0.1", "0.25", "0.5", "1"]
+    assert [r["train_rows"] for r in table1] == ["", "", "1101", "", "", "11014"]
+    assert (table1[2]["base"], table1[2]["NEFTune"], table1[2]["all-module"]) == ("50.0", "55.5", "")
+    assert table1[5]["all-module"] == "0.0"  # a real zero stays a zero
+    assert table1[0]["base"] == ""
     markdown = written["markdown"].read_text()
     assert "| 0.1 | 1101 | 50.00 | 55.50 | — | — |" in markdown and "| 1 | 11014 | — | — | 0.00 | — |" in markdown
     assert "| few-shot | — | — | — |" in markdown and "| zero-shot | zephyr-7b-beta | 30.00 | 9.00 |" in markdown

@@ -92,13 +92,17 @@ def _latest(rows: list[dict]) -> dict:
     return rows[-1] if rows else {}
 
 
+# The study's training fractions: Table 1 always lists them, with missing runs shown as missing.
+STUDY_FRACTIONS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
 def table1(rows: list[dict]) -> list[dict]:
     """Newsgroups accuracy: one row per training-row count, one column per variant."""
     runs = [r for r in rows if r["task"] == "newsgroups" and r["kind"] == "finetune"]
     out = []
-    for fraction in sorted({r["train_fraction"] for r in runs}):
+    for fraction in sorted({r["train_fraction"] for r in runs} | set(STUDY_FRACTIONS)):
         at = [r for r in runs if r["train_fraction"] == fraction]
-        row = {"train_fraction": f"{fraction:g}", "train_rows": max(r["train_rows"] or 0 for r in at)}
+        row = {"train_fraction": f"{fraction:g}", "train_rows": max((r["train_rows"] or 0 for r in at), default=None)}
         for variant in VARIANTS:
             row[variant] = _latest([r for r in at if r["variant"] == variant]).get("accuracy")
         out.append(row)

@@ -58,16 +58,19 @@ def versions() -> dict:
 
 
 def git_commit() -> str | None:
-    """HEAD of the suite's checkout (``-dirty`` if modified); ``ZEPHYR_GIT_COMMIT`` where .git is absent."""
+    """``ZEPHYR_GIT_COMMIT`` when set (a copied tree can carry a stale .git), else HEAD of the suite's checkout
+    (``-dirty`` if modified)."""
+    if os.environ.get("ZEPHYR_GIT_COMMIT"):
+        return os.environ["ZEPHYR_GIT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("ZEPHYR_GIT_COMMIT")
+        return None
     if commit.returncode != 0:
-        return os.environ.get("ZEPHYR_GIT_COMMIT")
+        return None
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
