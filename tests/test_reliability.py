@@ -169,7 +169,7 @@ def _train_argv(model, data, out, **extra):
     argv = ["--model_name_or_path", str(model), "--data_dir", str(data), "--output_root", str(out),
             "--run_name", "run", "--quantization", "none", "--per_device_train_batch_size", "4",
             "--gradient_accumulation_steps", "1", "--optim", "adamw_torch", "--gradient_checkpointing", "False",
-            "--logging_steps", "1", "--learning_rate", "1e-3"]
+            "--logging_steps", "1", "--learning_rate", "1e-3", "--max_length", "96"]
     for key, value in extra.items():
         argv += [f"--{key}", str(value)]
     return argv
