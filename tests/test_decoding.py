@@ -121,3 +121,26 @@ def test_zephyr_chat_template(tokenizer):
     text = tokenizer.apply_chat_template([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
                                          tokenize=False, add_generation_prompt=True)
     assert text == "<|system|>\nS</s>\n<|user|>\nU</s>\n<|assistant|>\n"
+
+
+def test_dense_merged_model_computes_what_the_4bit_model_with_its_adapter_computes(tiny_model_dir):
+    import bitsandbytes as bnb
+    from peft import get_peft_model
+
+    from zephyr.config import ModelArguments
+    from zephyr.modeling import build_lora_config, dense_for_inference, load_model
+
+    args = ModelArguments(model_name_or_path=str(tiny_model_dir), lora_targets="all", lora_lm_head=True)
+    model = get_peft_model(load_model(args), build_lora_config(args))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)  # a non-trivial adapter
+    model.eval()
+    ids = torch.randint(0, 32000, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+        dense = dense_for_inference(model)
+        merged = dense(input_ids=ids).logits
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in dense.modules())
+    assert not any("lora" in n for n, _ in dense.named_parameters())
+    assert ((merged - reference).norm() / reference.norm()).item() < 1e-5

@@ -212,8 +212,9 @@ def dense_for_inference(model):
         if any(name.startswith(prefix + ".") for prefix in replaced):
             continue  # inside an adapter layer already merged
         layer = module.get_base_layer() if isinstance(module, LoraLayer) else module
-        if not isinstance(layer, torch.nn.Linear) or (layer is module and _dense_weight(layer) is layer.weight.data):
-            continue
+        quantized = getattr(getattr(layer, "weight", None), "quant_state", None) is not None
+        if not isinstance(layer, torch.nn.Linear) or (layer is module and not quantized):
+            continue  # already a plain layer: nothing to de-quantize or merge
         replaced.append(name)
         dtype = layer.weight.dtype if layer.weight.is_floating_point() else (layer.compute_dtype or base.dtype)
         weight = _dense_weight(layer).float()
