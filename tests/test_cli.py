@@ -69,3 +69,26 @@ def test_smollm2_gguf_summarizes_four_samsum_dialogues(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(rows) == 4 and all(r["prediction"] and r["error"] is None for r in rows), rows
     assert metrics["n_examples"] == 4 and 5 < metrics["rouge1"] <= 100 and metrics["rouge2"] >= 0
+
+
+def test_one_run_on_two_processes_trains_once_and_evaluates_once(tiny_model_dir, synthetic_data, tmp_path):
+    """`torchrun --nproc_per_node 2` (gloo on the CPU, as NCCL on two GPUs): a global batch of both processes'
+    rows, one run directory written by the main process only, one evaluation."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               str(REPO / "scripts" / "zephyr_classification.py"), "--model_name_or_path", tiny_model_dir,
+               "--data_dir", synthetic_data, "--output_root", tmp_path, "--run_name", "ddp", "--max_steps", 3,
+               "--packing", "False", "--per_device_train_batch_size", 4, "--gradient_accumulation_steps", 1,
+               "--max_length", 96, "--logging_steps", 1, "--do_eval", "True", "--max_test_rows", 6,
+               "--eval_method", "loglik"]
+    result = subprocess.run(list(map(str, command)), cwd=REPO, env=OFFLINE, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "ddp"
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    # 48 rows, 4 per process per step: 2 processes take 8 rows a step, so 3 steps are half an epoch.
+    assert [row["step"] for row in log if "loss" in row] == [1, 2, 3] and log[-1]["epoch"] == 0.5
+    assert json.loads((run_dir / "train_metrics.json").read_text())["processes"] == 2
+    assert json.loads((run_dir / "config.json").read_text())["processes"] == 2
+    assert json.loads((run_dir / "metrics.json").read_text())["n_examples"] == 6
+    assert result.stdout.count('"metrics"') == 1  # evaluated by the main process only
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ddp.lock", "ddp"]

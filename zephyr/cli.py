@@ -49,7 +49,7 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
     from zephyr.config import to_dict
     from zephyr.evaluation import check_eval_method, evaluate, evaluate_run, load_test
     from zephyr.prompting import PromptBuilder
-    from zephyr.training import finished_with_same_settings, run_directory, train
+    from zephyr.training import finished_with_same_settings, is_main_process, run_directory, train
 
     task = get_task(task_name)
     data_args, model_args, train_args, eval_args = parse_args(
@@ -64,11 +64,14 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
         if not train_args.overwrite and finished_with_same_settings(
                 run_dir, to_dict(data_args, model_args, train_args)):
             # Training finished but evaluation did not (a killed sweep): evaluate what is there.
-            logging.getLogger(__name__).info("%s: training already finished; evaluating it", run_dir)
-            metrics = evaluate_run(data_args, replace(eval_args, run_dir=str(run_dir)), task_name)
-            _print_metrics(Path(eval_args.eval_output_dir or run_dir) / "metrics.json", metrics)
+            if is_main_process():
+                logging.getLogger(__name__).info("%s: training already finished; evaluating it", run_dir)
+                metrics = evaluate_run(data_args, replace(eval_args, run_dir=str(run_dir)), task_name)
+                _print_metrics(Path(eval_args.eval_output_dir or run_dir) / "metrics.json", metrics)
             return run_dir
     run = train(data_args, model_args, train_args)
+    if not run.is_main_process:
+        return run.run_dir
     print(json.dumps({"run_dir": str(run.run_dir)}))
     if train_args.do_eval:
         builder = PromptBuilder(task, run.tokenizer, data_args.prompt_format, run.labels)

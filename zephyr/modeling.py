@@ -117,6 +117,11 @@ def convert_gguf(path: Path, cache_dir: str | None = None) -> Path:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+        # another process (a second rank under accelerate launch) finished the same conversion first
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import resource
 import shutil
 import time
@@ -60,6 +61,8 @@ def _train_log_callback():
                 torch.cuda.reset_peak_memory_stats()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:
+                return
             elapsed = time.perf_counter() - self.start
             tokens = state.num_input_tokens_seen - self.tokens_at_start
             row = {"step": state.global_step, "epoch": state.epoch, **(logs or {}),
@@ -105,6 +108,7 @@ def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_d
         fp16=dtype == torch.float16,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),  # lets torchrun on the CPU run DDP over gloo
     )
 
 
@@ -330,6 +334,11 @@ def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_arg
     return trainer, restore_lm_head, checkpointed
 
 
+def is_main_process() -> bool:
+    """False in every process but the first under ``accelerate launch``/``torchrun`` (they set RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclass
 class TrainedRun:
     run_dir: Path
@@ -337,9 +346,11 @@ class TrainedRun:
     model: object
     tokenizer: object
     labels: list[str]
+    is_main_process: bool = True  # under ``accelerate launch`` only the main process evaluates
 
 
 def train(data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments) -> TrainedRun:
+    from accelerate import PartialState
     from peft import get_peft_model
     from transformers import set_seed
 
@@ -355,16 +366,24 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     arguments = to_dict(data_args, model_args, train_args)
     prepare_run_dir(run_dir, arguments, train_args.overwrite, dry_run=True)  # refuse before the slow part
     base_model = load_model(model_args, model_path)  # fails on a bad checkpoint before anything is written
-    with run_lock(run_dir):
-        resume_from = prepare_run_dir(run_dir, arguments, train_args.overwrite)
-        data_report = {"train_source": loaded.source, "train_rows_loaded": len(loaded.examples),
-                       "train_rows_dropped_empty": loaded.dropped, "train_rows_used": len(examples),
-                       "train_rows_truncated": truncated, "labels": labels}
-        log.info("training on %d of %d rows (%d dropped as empty, %d shortened to %d tokens)%s", len(examples),
-                 len(loaded.examples), loaded.dropped, truncated, data_args.max_length,
-                 f"; resuming from {resume_from}" if resume_from else "")
-        write_config(run_dir / "config.json", arguments, kind="finetune", model_path=model_path,
-                     data=data_report, resumed_from=str(resume_from) if resume_from else None)
+    # One process per GPU under `accelerate launch`: all of them train, the main one owns the run directory.
+    processes = PartialState(cpu=not torch.cuda.is_available())  # on the CPU (tests), torchrun gives gloo DDP
+    main = processes.is_main_process
+    with run_lock(run_dir) if main else contextlib.nullcontext():
+        if main:
+            resume_from = prepare_run_dir(run_dir, arguments, train_args.overwrite)
+            data_report = {"train_source": loaded.source, "train_rows_loaded": len(loaded.examples),
+                           "train_rows_dropped_empty": loaded.dropped, "train_rows_used": len(examples),
+                           "train_rows_truncated": truncated, "labels": labels}
+            log.info("training on %d of %d rows (%d dropped as empty, %d shortened to %d tokens)%s", len(examples),
+                     len(loaded.examples), loaded.dropped, truncated, data_args.max_length,
+                     f"; resuming from {resume_from}" if resume_from else "")
+            write_config(run_dir / "config.json", arguments, kind="finetune", model_path=model_path,
+                         data=data_report, resumed_from=str(resume_from) if resume_from else None,
+                         processes=processes.num_processes)
+        processes.wait_for_everyone()
+        if not main:  # the main process has cleaned or kept the directory: resume from what it left
+            resume_from = latest_checkpoint(run_dir)
 
         set_seed(train_args.seed)  # LoRA's A matrices are drawn here, before the Trainer seeds anything
         model = get_peft_model(base_model, build_lora_config(model_args))
@@ -373,20 +392,27 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
             callbacks=[_train_log_callback()(run_dir / "train_log.jsonl")])
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         restore_lm_head()
-        # The base lm_head is frozen: save only LoRA weights even when lm_head carries an adapter.
-        trainer.model.save_pretrained(run_dir / ADAPTER_DIR, save_embedding_layers=False)
-        tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
-        losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-        runtime = result.metrics["train_runtime"]
-        atomic_write_json(run_dir / TRAIN_METRICS, {
-            "train_runtime_s": runtime, "train_steps": trainer.state.global_step,
-            "train_tokens": trainer.state.num_input_tokens_seen,
-            "tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else None,
-            "train_loss": result.training_loss, "first_logged_loss": losses[0] if losses else None,
-            "last_logged_loss": losses[-1] if losses else None,
-            "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-            "resumed_from_step": int(resume_from.name.split("-")[1]) if resume_from else None,
-            "checkpointed_layers": checkpointed,
-            **peak_memory_gib()})
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is complete: free the disk
-    return TrainedRun(run_dir, task, trainer.model, tokenizer, labels)
+        if main:
+            _save_finished_run(trainer, tokenizer, result, run_dir, resume_from, checkpointed)
+    return TrainedRun(run_dir, task, trainer.model, tokenizer, labels, main)
+
+
+def _save_finished_run(trainer, tokenizer, result, run_dir: Path, resume_from: Path | None, checkpointed: int):
+    # The base lm_head is frozen: save only LoRA weights even when lm_head carries an adapter.
+    trainer.model.save_pretrained(run_dir / ADAPTER_DIR, save_embedding_layers=False)
+    tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    runtime = result.metrics["train_runtime"]
+    atomic_write_json(run_dir / TRAIN_METRICS, {
+        "train_runtime_s": runtime, "train_steps": trainer.state.global_step,
+        # summed over processes: the run's throughput, not one GPU's
+        "train_tokens": trainer.state.num_input_tokens_seen,
+        "tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else None,
+        "train_loss": result.training_loss, "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "resumed_from_step": int(resume_from.name.split("-")[1]) if resume_from else None,
+        "checkpointed_layers": checkpointed,
+        "processes": trainer.args.world_size,
+        **peak_memory_gib()})
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is complete: free the disk
