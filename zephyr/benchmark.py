@@ -48,7 +48,7 @@ SHAPES = {
 }
 # The original study's training settings, as the independent harness measured them.
 ORIGINAL_TRAINING = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, gradient_checkpointing="true",
-                         optim="paged_adamw_32bit", packing=True)
+                         optim="paged_adamw_32bit", packing=True, compile_layers="false")
 PRESETS = {"q,v": dict(lora_targets="attention"), "all+lm_head": dict(lora_targets="all", lora_lm_head=True)}
 # Dense bf16 matrix rate (TFLOP/s) by GPU name, from the vendors' datasheets, for MFU.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
@@ -74,6 +74,7 @@ class BenchmarkArguments:
     batched_newsgroups: int = field(default=256, metadata={"help": "Examples for the suite's batched path"})
     batched_samsum: int = field(default=128)
     eval_batch_size: Optional[int] = field(default=None, metadata={"help": "Default: the suite's"})
+    evaluate: bool = field(default=True, metadata={"help": "Also measure evaluation (False: training only)"})
     extra_settings: Optional[str] = field(
         default=None, metadata={"help": 'More training settings to time, JSON: {"name": {"flag": value, ...}}'})
     profile_dir: Optional[str] = field(
@@ -217,11 +218,11 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
     timer = _step_timer(warmup, timed, profile_path)
     train_args = replace(train_args, max_steps=warmup + timed + (1 if profile_path else 0))
     with tempfile.TemporaryDirectory() as scratch:
-        trainer, restore_lm_head, checkpointed = build_trainer(
+        trainer, restore, checkpointed = build_trainer(
             model, tokenizer, dataset, data_args, model_args, train_args, Path(scratch), callbacks=[timer])
         _reset_peak()
         trainer.train()
-        restore_lm_head()
+        restore()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tokens_per_s = timer.tokens_per_s()
     flops = training_flops_per_token(base_model.config, trainable, mean_example_tokens)
@@ -234,7 +235,8 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
         "checkpointed_layers": checkpointed, "trainable_parameters": trainable,
         "final_loss": next((r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r), None),
         "settings": {k: getattr(train_args, k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
-                                                          "gradient_checkpointing", "optim", "packing")}}
+                                                          "gradient_checkpointing", "optim", "packing",
+                                                          "compile_layers")}}
     del trainer
     base_model = model.unload()
     base_model.gradient_checkpointing_disable()
@@ -399,7 +401,7 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
     for name, param in eval_model.named_parameters():
         if "lora_B" in name:  # a trained-looking adapter, so merging has something to merge
             torch.nn.init.normal_(param, std=1e-3)
-    evaluation = measure_evaluation(eval_model, tokenizer, data_dir, labels, bench)
+    evaluation = measure_evaluation(eval_model, tokenizer, data_dir, labels, bench) if bench.evaluate else {}
     result = {
         "command_args": asdict(bench), "model_path": model_path, "shape": None if bench.model_name_or_path
         else SHAPES[bench.shape], "data_dir": data_dir, "mean_training_example_tokens": round(mean_tokens, 1),

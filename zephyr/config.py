@@ -33,6 +33,12 @@ def _check(condition: bool, flag: str, message: str) -> None:
         raise UsageError(f"--{flag}: {message}")
 
 
+def _auto_true_false(value, flag: str) -> str:
+    value = str(value).lower()
+    _check(value in ("auto", "true", "false"), flag, f"unknown value {value!r} (choose auto, true or false)")
+    return value
+
+
 @dataclass
 class DataArguments:
     task: str = field(default="newsgroups", metadata={"help": "newsgroups or samsum"})
@@ -127,6 +133,9 @@ class TrainArguments:
     train_memory_gib: float = field(
         default=20.0, metadata={"help": "GPU memory budget that --gradient_checkpointing auto plans for (20 leaves "
                                         "headroom on a 24 GB A10G)"})
+    compile_layers: str = field(
+        default="auto", metadata={"help": "auto: torch.compile each decoder layer on a GPU (not on the CPU); true; "
+                                          "false. Compiling takes about a minute once per process"})
     neftune_alpha: Optional[float] = field(default=None, metadata={"help": "NEFTune noise alpha (the study used 5)"})
     loss: str = field(default="completion", metadata={"help": "completion (answer tokens + EOS) or full (whole text)"})
     packing: bool = field(default=True, metadata={"help": "Pack examples into max_length rows, padding-free: each "
@@ -150,9 +159,8 @@ class TrainArguments:
                f"must be positive, got {self.neftune_alpha}")
         _check(self.save_steps >= 0, "save_steps", f"must be >= 0, got {self.save_steps}")
         _check(self.logging_steps > 0, "logging_steps", f"must be positive, got {self.logging_steps}")
-        self.gradient_checkpointing = str(self.gradient_checkpointing).lower()
-        _check(self.gradient_checkpointing in ("auto", "true", "false"), "gradient_checkpointing",
-               f"unknown value {self.gradient_checkpointing!r} (choose auto, true or false)")
+        self.gradient_checkpointing = _auto_true_false(self.gradient_checkpointing, "gradient_checkpointing")
+        self.compile_layers = _auto_true_false(self.compile_layers, "compile_layers")
         _check(self.train_memory_gib > 0, "train_memory_gib", f"must be positive, got {self.train_memory_gib}")
 
 

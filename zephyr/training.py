@@ -122,7 +122,7 @@ def build_training_dataset(builder: PromptBuilder, examples, max_length: int):
 
 # Arguments that may change between an interrupted run and its resumption without changing its result.
 _RESUMABLE_DIFFERENCES = {"overwrite", "do_eval", "logging_steps", "save_steps", "gradient_checkpointing",
-                          "train_memory_gib", "merge_adapter", "eval_batch_size"}
+                          "train_memory_gib", "compile_layers", "merge_adapter", "eval_batch_size"}
 
 
 @contextlib.contextmanager
@@ -296,8 +296,7 @@ def _memory_probe(model, length: int, vocab_size: int):
 def apply_checkpointing_plan(trainer, train_args: TrainArguments, max_length: int) -> int:
     """Decide ``--gradient_checkpointing auto`` on the GPU; returns how many decoder layers are checkpointed."""
     model = trainer.model
-    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
-    n_layers = len(layers) or 1
+    n_layers = len(decoder_layers(model)) or 1
     if train_args.gradient_checkpointing != "auto":
         return n_layers if train_args.gradient_checkpointing == "true" else 0
     if not torch.cuda.is_available():
@@ -318,11 +317,43 @@ def apply_checkpointing_plan(trainer, train_args: TrainArguments, max_length: in
     return checkpointed
 
 
+def decoder_layers(model) -> list:
+    return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+
+
+def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = False):
+    """Compile every decoder layer with torch.compile; returns a function that puts them back to eager.
+
+    A training step on one GPU is bound by the CPU: Python dispatches a few hundred small kernels per layer
+    (norms, rotary, LoRA dropout and scaling, residuals), several times over in the backward pass. A compiled
+    layer runs as one fused graph forward and one backward. All layers share one graph (they run the same
+    code), so compiling costs one layer's worth, once per process and shape family; the 4-bit matmuls stay
+    bitsandbytes' own kernels, which it registers as custom ops so that Dynamo does not break the graph there.
+    """
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.compile(backend=backend, dynamic=True, fullgraph=fullgraph)  # packed lengths change every step
+
+    def uncompile():
+        for layer in layers:
+            layer._compiled_call_impl = None
+        torch._dynamo.reset()  # the compiled graphs hold the LoRA modules; evaluation replaces them
+
+    return uncompile
+
+
+def should_compile(train_args: TrainArguments) -> bool:
+    if train_args.compile_layers == "auto":
+        return torch.cuda.is_available()  # on the CPU compiling takes longer than the short runs it would speed up
+    return train_args.compile_layers == "true"
+
+
 def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_args: ModelArguments,
                   train_args: TrainArguments, run_dir: Path, callbacks=()):
-    """The suite's SFTTrainer for a PEFT model, with the lm_head adapter exposed and checkpointing planned.
+    """The suite's SFTTrainer for a PEFT model: lm_head adapter exposed, checkpointing planned, layers compiled.
 
-    Returns (trainer, restore_lm_head, checkpointed_layers).
+    Returns (trainer, restore, checkpointed_layers); ``restore()`` after training undoes the lm_head view and the
+    compilation, leaving an ordinary PEFT model to save and evaluate.
     """
     from trl import SFTTrainer
 
@@ -331,7 +362,13 @@ def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_arg
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=list(callbacks))
     checkpointed = apply_checkpointing_plan(trainer, train_args, data_args.max_length)
-    return trainer, restore_lm_head, checkpointed
+    uncompile = compile_decoder_layers(model) if should_compile(train_args) else (lambda: None)
+
+    def restore():
+        uncompile()
+        restore_lm_head()
+
+    return trainer, restore, checkpointed
 
 
 def is_main_process() -> bool:
@@ -387,11 +424,11 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
 
         set_seed(train_args.seed)  # LoRA's A matrices are drawn here, before the Trainer seeds anything
         model = get_peft_model(base_model, build_lora_config(model_args))
-        trainer, restore_lm_head, checkpointed = build_trainer(
+        trainer, restore, checkpointed = build_trainer(
             model, tokenizer, dataset, data_args, model_args, train_args, run_dir,
             callbacks=[_train_log_callback()(run_dir / "train_log.jsonl")])
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        restore_lm_head()
+        restore()
         if main:
             _save_finished_run(trainer, tokenizer, result, run_dir, resume_from, checkpointed)
     return TrainedRun(run_dir, task, trainer.model, tokenizer, labels, main)
