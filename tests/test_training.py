@@ -88,34 +88,43 @@ def test_prompt_tokens_are_masked_and_eos_is_labelled(tokenizer, tmp_path, promp
 
 
 def test_packed_rows_score_exactly_like_separate_examples(tokenizer, tmp_path):
-    """Padding-free packing: each example keeps its positions and attends only to itself."""
+    """Packing: each example keeps its positions and attends only to itself, in rows of several examples,
+    padded to the longest row; the token count excludes the padding."""
     from trl import SFTTrainer
     from transformers import AutoModelForCausalLM, MistralConfig
 
     from zephyr.embedded import TINY_MISTRAL
+    from zephyr.packing import NUM_TOKENS, PackedRowsCollator
 
     builder = PromptBuilder(get_task("newsgroups"), tokenizer, "original", ["sci.space", "rec.autos"])
-    examples = [Example("1", "The rocket reached orbit.", "sci.space"), Example("2", "New brakes.", "rec.autos"),
-                Example("3", "Shuttle tiles and heat shields again.", "sci.space")]
-    dataset, _ = build_training_dataset(builder, examples, max_length=128)
+    texts = ["The rocket reached orbit.", "New brakes.", "Shuttle tiles and heat shields again.", "Cars rust.",
+             "The orbiter landed at night on the long runway.", "Tyres wear out."]
+    examples = [Example(str(i), t, "sci.space" if i % 2 == 0 else "rec.autos") for i, t in enumerate(texts)]
+    dataset, _ = build_training_dataset(builder, examples, max_length=48)
     data, _, train_args = _args("unused", "unused", tmp_path)
+    data.max_length = 48
     assert train_args.packing, "packing is the default"
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL)).eval()
     trainer = SFTTrainer(model=model, args=build_sft_config(train_args, data, tmp_path),
                          train_dataset=dataset, processing_class=tokenizer)
-    assert len(trainer.train_dataset) == 1, "three short examples share one 128-token row"
-    batch = trainer.data_collator([trainer.train_dataset[0]])
-    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+    rows = list(trainer.train_dataset)
+    assert 2 <= len(rows) < len(examples), "short examples share rows"
+    batch = PackedRowsCollator(tokenizer.pad_token_id, torch.float32)(rows)
+    assert batch["input_ids"].shape[0] == len(rows) and batch["attention_mask"].shape[1] == 1
+    assert batch.pop(NUM_TOKENS) == sum(len(row["input_ids"]) for row in dataset) < batch["input_ids"].numel()
     with torch.no_grad():
-        packed = model(**batch, fused_lm_head=True).log_probs.sum().item()
+        logp = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1].log_softmax(-1)
+        targets = batch["labels"][:, 1:]
+        scored = targets != -100
+        packed = logp.gather(2, targets.clamp(min=0).unsqueeze(2)).squeeze(2)[scored].sum().item()
         separate = 0.0
         for row in dataset:
             ids = torch.tensor([row["input_ids"]])
             logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
-            targets = ids[0, 1:]
             trained = torch.tensor(row["completion_mask"][1:], dtype=torch.bool)
-            separate += logp.gather(1, targets.unsqueeze(1)).squeeze(1)[trained].sum().item()
+            separate += logp.gather(1, ids[0, 1:].unsqueeze(1)).squeeze(1)[trained].sum().item()
+    assert scored.sum() == sum(sum(row["completion_mask"][1:]) for row in dataset)
     assert packed == pytest.approx(separate, abs=1e-3)
 
 

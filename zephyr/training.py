@@ -28,6 +28,7 @@ from zephyr.config import DataArguments, ModelArguments, TrainArguments, to_dict
 from zephyr.errors import UsageError
 from zephyr.io import atomic_write_json, atomic_write_text, read_json
 from zephyr.modeling import build_lora_config, compute_dtype, load_model, load_tokenizer, resolve_model_path
+from zephyr.packing import NUM_TOKENS, PackedRowsCollator
 from zephyr.prompting import PromptBuilder
 from zephyr.runinfo import run_name, write_config
 from zephyr.sweep import SWEEP_LOG
@@ -109,6 +110,7 @@ def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_d
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),  # lets torchrun on the CPU run DDP over gloo
+        logging_nan_inf_filter=False,  # its check waits for the GPU after every micro-step; a NaN loss shows as NaN
     )
 
 
@@ -270,8 +272,10 @@ def every_n_layers(n_layers: int, checkpointed: int) -> int:
     return max(n for n in range(1, n_layers + 1) if math.ceil(n_layers / n) >= checkpointed)
 
 
-def _memory_probe(model, length: int, vocab_size: int):
-    """``probe(rows, checkpointed)`` for plan_checkpointing: one real training step on random packed rows."""
+def _memory_probe(trainer, length: int, vocab_size: int):
+    """``probe(rows, checkpointed)`` for plan_checkpointing: one real training step on ``rows`` random rows of
+    ``length`` tokens, batched by the trainer's own collator."""
+    model = trainer.model
     backbone = model.get_base_model()
     device = next(model.parameters()).device
 
@@ -280,12 +284,12 @@ def _memory_probe(model, length: int, vocab_size: int):
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:
             backbone.gradient_checkpointing_disable()
-        ids = torch.randint(vocab_size, (1, rows * length), device=device)
-        positions = torch.arange(length, device=device).repeat(rows).unsqueeze(0)
-        labels = ids.masked_fill(positions == 0, -100)
+        examples = [{"input_ids": ids, "labels": ids, "seq_lengths": [length]}
+                    for ids in torch.randint(vocab_size, (rows, length)).tolist()]
+        batch = {k: v.to(device) for k, v in trainer.data_collator(examples).items() if isinstance(v, torch.Tensor)}
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        model(input_ids=ids, position_ids=positions, labels=labels, fused_lm_head=True).loss.backward()
+        model(**batch, use_cache=False, fused_lm_head=True).loss.backward()
         torch.cuda.synchronize()
         model.zero_grad(set_to_none=True)
         return float(torch.cuda.max_memory_allocated())
@@ -302,7 +306,7 @@ def apply_checkpointing_plan(trainer, train_args: TrainArguments, max_length: in
     if not torch.cuda.is_available():
         return 0
     with torch.random.fork_rng(devices=[torch.cuda.current_device()]):  # the probe must not shift the run's RNG
-        probe = _memory_probe(model, max_length, model.get_base_model().config.get_text_config().vocab_size)
+        probe = _memory_probe(trainer, max_length, model.get_base_model().config.get_text_config().vocab_size)
         budget = train_args.train_memory_gib * 2**30 * 0.9  # 10% for the optimizer and allocator fragmentation
         checkpointed = plan_checkpointing(probe, n_layers, train_args.per_device_train_batch_size, budget)
     model.get_base_model().gradient_checkpointing_disable()
@@ -348,6 +352,30 @@ def should_compile(train_args: TrainArguments) -> bool:
     return train_args.compile_layers == "true"
 
 
+def _suite_trainer_class():
+    from trl import SFTTrainer
+
+    class SuiteSFTTrainer(SFTTrainer):
+        """Counts tokens from the collator's ``num_tokens`` instead of summing a GPU tensor with ``.item()`` after
+        every micro-step, which made the CPU wait for the GPU to drain before it could queue the next step."""
+
+        _batch_tokens = None
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            self._batch_tokens = inputs.pop(NUM_TOKENS, None)
+            return super().training_step(model, inputs, *args, **kwargs)
+
+        def _track_num_input_tokens(self, inputs):
+            if self._batch_tokens is None:
+                return super()._track_num_input_tokens(inputs)
+            tokens = self._batch_tokens
+            if self.args.world_size > 1:  # the run's tokens: summed over the processes (a sync, as before)
+                tokens = int(self.accelerator.gather(torch.tensor(tokens, device=self.args.device)).sum().item())
+            self.state.num_input_tokens_seen += tokens
+
+    return SuiteSFTTrainer
+
+
 def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_args: ModelArguments,
                   train_args: TrainArguments, run_dir: Path, callbacks=()):
     """The suite's SFTTrainer for a PEFT model: lm_head adapter exposed, checkpointing planned, layers compiled.
@@ -355,14 +383,16 @@ def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_arg
     Returns (trainer, restore, checkpointed_layers); ``restore()`` after training undoes the lm_head view and the
     compilation, leaving an ordinary PEFT model to save and evaluate.
     """
-    from trl import SFTTrainer
-
     restore_lm_head = expose_lm_head_adapter(model)
-    config = build_sft_config(train_args, data_args, run_dir, compute_dtype(model_args.dtype))
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=list(callbacks))
-    checkpointed = apply_checkpointing_plan(trainer, train_args, data_args.max_length)
+    dtype = compute_dtype(model_args.dtype)
+    trainer = _suite_trainer_class()(model=model, args=build_sft_config(train_args, data_args, run_dir, dtype),
+                         train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
+    if train_args.packing and model_args.attn_implementation != "flash_attention_2":
+        # flash attention's varlen kernel is what TRL's padding-free rows are made for; SDPA and eager want rows
+        trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id, dtype)
     uncompile = compile_decoder_layers(model) if should_compile(train_args) else (lambda: None)
+    # after compiling: the memory probe then measures the compiled layers (and compiles them on the way)
+    checkpointed = apply_checkpointing_plan(trainer, train_args, data_args.max_length)
 
     def restore():
         uncompile()
