@@ -72,6 +72,18 @@ def test_out_of_memory_halves_the_batch_then_records_an_error():
     assert calls == [3, 1, 2, 1, 1]  # halve to 1, error row; the rest restart at full size and halve
 
 
+def test_token_budget_gives_long_prompts_smaller_batches():
+    from zephyr.generation import run_batched
+
+    calls = []
+    items = [[0] * n for n in (30, 10, 10, 10, 10, 30, 10, 10)]
+    results, _ = run_batched(items, batch_size=4, fn=lambda batch: calls.append([len(b) for b in batch]) or batch,
+                             max_tokens=80, extra_tokens=10)
+    # (30 + 10) tokens a row: 2 rows; (10 + 10): 4 rows, capped by batch_size
+    assert calls == [[30, 30], [10, 10, 10, 10], [10, 10]]
+    assert results == items
+
+
 def test_classification_metrics_match_hand_computation():
     labels = ["a", "b", "c"]
     m = classification_metrics(["a", "a", "b", "c"], ["A.", "b", "banana", None], labels)

@@ -47,8 +47,9 @@ SHAPES = {
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, sliding_window=None),
 }
 # The original study's training settings, as the independent harness measured them.
+# Everything else as stock TRL does it: its padding-free packing collator, no compilation.
 ORIGINAL_TRAINING = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, gradient_checkpointing="true",
-                         optim="paged_adamw_32bit", packing=True, compile_layers="false")
+                         optim="paged_adamw_32bit", packing=True, packed_rows=False, compile_layers="false")
 PRESETS = {"q,v": dict(lora_targets="attention"), "all+lm_head": dict(lora_targets="all", lora_lm_head=True)}
 # Dense bf16 matrix rate (TFLOP/s) by GPU name, from the vendors' datasheets, for MFU.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
@@ -236,7 +237,7 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
         "final_loss": next((r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r), None),
         "settings": {k: getattr(train_args, k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
                                                           "gradient_checkpointing", "optim", "packing",
-                                                          "compile_layers")}}
+                                                          "packed_rows", "compile_layers")}}
     del trainer
     base_model = model.unload()
     base_model.gradient_checkpointing_disable()
@@ -296,7 +297,8 @@ def measure_evaluation(model, tokenizer, data_dir: str, labels: list[str], bench
     cls_batch, sum_batch = cls_prompts[: bench.batched_newsgroups], sum_prompts[: bench.batched_samsum]
     out = {"prompt_tokens_mean": {"newsgroups": round(sum(map(len, cls_batch)) / len(cls_batch), 1),
                                   "samsum": round(sum(map(len, sum_batch)) / len(sum_batch), 1)},
-           "eval_batch_size": eval_args.eval_batch_size, "merge_adapter": eval_args.merge_adapter}
+           "eval_batch_size": eval_args.eval_batch_size, "eval_batch_tokens": eval_args.eval_batch_tokens,
+           "merge_adapter": eval_args.merge_adapter}
     model.eval()
     original = {
         "newsgroups": sampled_one_at_a_time(model, tokenizer, cls_prompts[: bench.sampled_newsgroups],
@@ -305,15 +307,15 @@ def measure_evaluation(model, tokenizer, data_dir: str, labels: list[str], bench
     if eval_args.merge_adapter:
         model = dense_for_inference(model)
     _free()
-    size = eval_args.eval_batch_size
+    size, tokens = eval_args.eval_batch_size, eval_args.eval_batch_tokens
     label_ids = builder.label_ids("")
     runs = {
-        "newsgroups_generate": (cls_batch, lambda prompts: greedy_generate(model, tokenizer, prompts,
-                                                                           newsgroups.max_new_tokens, size)),
-        "newsgroups_loglik": (cls_batch, lambda prompts: label_log_likelihoods(model, prompts, label_ids,
-                                                                               tokenizer.pad_token_id, size)),
-        "samsum_generate": (sum_batch, lambda prompts: greedy_generate(model, tokenizer, prompts,
-                                                                       samsum.max_new_tokens, size)),
+        "newsgroups_generate": (cls_batch, lambda prompts: greedy_generate(
+            model, tokenizer, prompts, newsgroups.max_new_tokens, size, tokens)),
+        "newsgroups_loglik": (cls_batch, lambda prompts: label_log_likelihoods(
+            model, prompts, label_ids, tokenizer.pad_token_id, size, tokens)),
+        "samsum_generate": (sum_batch, lambda prompts: greedy_generate(
+            model, tokenizer, prompts, samsum.max_new_tokens, size, tokens)),
     }
     for name, (prompts, fn) in runs.items():
         seconds, peak, errors = _timed(lambda: fn(prompts))

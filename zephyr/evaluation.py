@@ -59,11 +59,11 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     start = time.perf_counter()
     if eval_args.eval_method == "loglik":
         picks, errors = score_labels(model, prompt_ids, builder.label_ids(examples[0].text),
-                                     tokenizer.pad_token_id, eval_args.eval_batch_size)
+                                     tokenizer.pad_token_id, eval_args.eval_batch_size, eval_args.eval_batch_tokens)
         predictions = [builder.labels[p] if p is not None else None for p in picks]
     else:
         predictions, errors = greedy_generate(model, tokenizer, prompt_ids, max_new_tokens,
-                                              eval_args.eval_batch_size)
+                                              eval_args.eval_batch_size, eval_args.eval_batch_tokens)
     seconds = time.perf_counter() - start
     rows = [{"id": e.id, "reference": e.target, "prediction": p, "error": err, "prompt_tokens": len(enc.ids),
              "truncated": enc.truncated} for e, p, err, enc in zip(examples, predictions, errors, encoded)]
@@ -71,6 +71,7 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     metrics.update(
         n_truncated=sum(e.truncated for e in encoded), prompt_token_budget=budget,
         eval_method=eval_args.eval_method, max_new_tokens=max_new_tokens, eval_batch_size=eval_args.eval_batch_size,
+        eval_batch_tokens=eval_args.eval_batch_tokens,
         merge_adapter=eval_args.merge_adapter,
         test_source=test.source, test_rows_available=len(test.examples), test_rows_dropped_empty=test.dropped,
         eval_seconds=round(seconds, 3), examples_per_s=round(len(examples) / seconds, 3) if seconds else None,

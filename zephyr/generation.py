@@ -19,13 +19,19 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def run_batched(items: Sequence, batch_size: int, fn: Callable[[list], list]) -> tuple[list, list]:
-    """Apply ``fn`` to batches of ``items`` (longest first); returns (results, errors) in input order."""
+def run_batched(items: Sequence, batch_size: int, fn: Callable[[list], list], max_tokens: int | None = None,
+                extra_tokens: int = 0) -> tuple[list, list]:
+    """Apply ``fn`` to batches of ``items`` (longest first); returns (results, errors) in input order.
+
+    A batch holds at most ``batch_size`` items and, with ``max_tokens``, at most that many tokens counting each
+    item as long as the batch's longest plus ``extra_tokens`` (what padding and generation make of it).
+    """
     order = sorted(range(len(items)), key=lambda i: -len(items[i]))
     results, errors = [None] * len(items), [None] * len(items)
     start, size = 0, batch_size
     while start < len(order):
-        chunk = order[start:start + size]
+        fits = max_tokens // (len(items[order[start]]) + extra_tokens) if max_tokens else size
+        chunk = order[start:start + max(1, min(size, fits))]
         try:
             outputs = fn([items[i] for i in chunk])
         except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
@@ -65,8 +71,8 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 
 @torch.inference_mode()
-def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-                    batch_size: int) -> tuple[list[str | None], list[str | None]]:
+def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+                    max_batch_tokens: int | None = None) -> tuple[list[str | None], list[str | None]]:
     """Greedy continuations, cut at the first stop token (token level), decoded without special tokens."""
     from transformers import GenerationConfig
 
@@ -84,7 +90,7 @@ def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
             texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
         return texts
 
-    return run_batched(prompts, batch_size, generate)
+    return run_batched(prompts, batch_size, generate, max_batch_tokens, max_new_tokens)
 
 
 def _label_layout(label_ids: list[list[int]]):
@@ -97,7 +103,8 @@ def _label_layout(label_ids: list[list[int]]):
 
 @torch.inference_mode()
 def label_log_likelihoods(model, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int,
-                          batch_size: int) -> tuple[list[list[float] | None], list[str | None]]:
+                          batch_size: int, max_batch_tokens: int | None = None
+                          ) -> tuple[list[list[float] | None], list[str | None]]:
     """Total log-probability of each label's tokens (EOS included) after each prompt.
 
     One forward pass per batch scores every label: each row is ``[left padding][prompt][label 1]...[label K]``,
@@ -139,11 +146,11 @@ def label_log_likelihoods(model, prompts: list[list[int]], label_ids: list[list[
         totals = torch.zeros(len(batch), len(label_ids), device=device).index_add_(1, owner.to(device), token_logp)
         return totals.tolist()
 
-    return run_batched(prompts, batch_size, score)
+    return run_batched(prompts, batch_size, score, max_batch_tokens, n_label_tokens)
 
 
-def score_labels(model, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int,
-                 batch_size: int) -> tuple[list[int | None], list[str | None]]:
+def score_labels(model, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int, batch_size: int,
+                 max_batch_tokens: int | None = None) -> tuple[list[int | None], list[str | None]]:
     """Index of the most likely label after each prompt (``None`` where scoring failed)."""
-    scores, errors = label_log_likelihoods(model, prompts, label_ids, pad_id, batch_size)
+    scores, errors = label_log_likelihoods(model, prompts, label_ids, pad_id, batch_size, max_batch_tokens)
     return [None if s is None else max(range(len(s)), key=s.__getitem__) for s in scores], errors

@@ -124,7 +124,8 @@ def build_training_dataset(builder: PromptBuilder, examples, max_length: int):
 
 # Arguments that may change between an interrupted run and its resumption without changing its result.
 _RESUMABLE_DIFFERENCES = {"overwrite", "do_eval", "logging_steps", "save_steps", "gradient_checkpointing",
-                          "train_memory_gib", "compile_layers", "merge_adapter", "eval_batch_size"}
+                          "train_memory_gib", "compile_layers", "merge_adapter", "eval_batch_size",
+                          "eval_batch_tokens"}
 
 
 @contextlib.contextmanager
@@ -287,12 +288,15 @@ def _memory_probe(trainer, length: int, vocab_size: int):
         examples = [{"input_ids": ids, "labels": ids, "seq_lengths": [length]}
                     for ids in torch.randint(vocab_size, (rows, length)).tolist()]
         batch = {k: v.to(device) for k, v in trainer.data_collator(examples).items() if isinstance(v, torch.Tensor)}
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        model(**batch, use_cache=False, fused_lm_head=True).loss.backward()
-        torch.cuda.synchronize()
-        model.zero_grad(set_to_none=True)
-        return float(torch.cuda.max_memory_allocated())
+        peaks = []
+        for _ in range(2):  # the first pass may compile the layers, whose autotuning allocates memory of its own
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            model(**batch, use_cache=False, fused_lm_head=True).loss.backward()
+            torch.cuda.synchronize()
+            model.zero_grad(set_to_none=True)
+            peaks.append(float(torch.cuda.max_memory_allocated()))
+        return peaks[-1]
 
     return probe
 
@@ -387,7 +391,7 @@ def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_arg
     dtype = compute_dtype(model_args.dtype)
     trainer = _suite_trainer_class()(model=model, args=build_sft_config(train_args, data_args, run_dir, dtype),
                          train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
-    if train_args.packing and model_args.attn_implementation != "flash_attention_2":
+    if train_args.packing and train_args.packed_rows and model_args.attn_implementation != "flash_attention_2":
         # flash attention's varlen kernel is what TRL's padding-free rows are made for; SDPA and eager want rows
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id, dtype)
     uncompile = compile_decoder_layers(model) if should_compile(train_args) else (lambda: None)
