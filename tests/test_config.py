@@ -16,7 +16,8 @@ def test_defaults_are_the_study_settings():
         8, 16, 0.1, ["q_proj", "v_proj"])
     assert (train.learning_rate, train.lr_scheduler_type, train.warmup_ratio, train.max_grad_norm) == (
         2e-4, "constant_with_warmup", 0.03, 0.3)
-    assert (train.per_device_train_batch_size, train.gradient_accumulation_steps, data.max_length) == (4, 2, 512)
+    # the study's 8 packed rows of 512 per optimizer step, in one micro-batch (it ran 4 x 2)
+    assert (train.per_device_train_batch_size * train.gradient_accumulation_steps, data.max_length) == (8, 512)
     assert train.loss == "completion"
 
 
