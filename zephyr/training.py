@@ -80,7 +80,7 @@ def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_d
     """The SFTConfig for one run: the study's optimisation settings plus completion-only loss and EOS."""
     from trl import SFTConfig
 
-    return SFTConfig(
+    config = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=train_args.num_train_epochs,
         max_steps=train_args.max_steps,
@@ -112,6 +112,12 @@ def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_d
         use_cpu=not torch.cuda.is_available(),  # lets torchrun on the CPU run DDP over gloo
         logging_nan_inf_filter=False,  # its check waits for the GPU after every micro-step; a NaN loss shows as NaN
     )
+    if config.n_gpu > 1:
+        # One process that sees several GPUs would get nn.DataParallel, which TRL refuses: train on this process's
+        # GPU (where the model was loaded) and leave several GPUs to `accelerate launch` (DDP).
+        log.info("%d GPUs visible to one process: training on one; use accelerate launch for DDP", config.n_gpu)
+        config._n_gpu = 1
+    return config
 
 
 def build_training_dataset(builder: PromptBuilder, examples, max_length: int):
