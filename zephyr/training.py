@@ -204,7 +204,7 @@ def run_directory(data_args: DataArguments, model_args: ModelArguments, train_ar
 def finished_with_same_settings(run_dir: Path, arguments: dict) -> bool:
     """True when ``run_dir`` holds a finished training run of exactly these settings (so a rerun that was killed
     during evaluation only needs to evaluate)."""
-    if not (run_dir / TRAIN_METRICS).is_file() or not (run_dir / "config.json").is_file():
+    if not all((run_dir / name).is_file() for name in (TRAIN_METRICS, "config.json", f"{ADAPTER_DIR}/adapter_config.json")):
         return False
     previous = _flatten(read_json(run_dir / "config.json").get("arguments", {}))
     current = _flatten(arguments)
