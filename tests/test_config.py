@@ -62,6 +62,9 @@ def test_unknown_flag_is_an_error():
     (["--num_train_epochs", "-1"], "--num_train_epochs: must be positive"),
     (["--task", "imdb"], "--task: unknown task 'imdb'"),
     (["--lora_targets", "everything!"], "--lora_targets: unknown preset"),
+    (["--compile_layers", "sometimes"], "--compile_layers: unknown value 'sometimes' \\(choose auto, true or false\\)"),
+    (["--gradient_checkpointing", "maybe"], "--gradient_checkpointing: unknown value 'maybe'"),
+    (["--eval_batch_tokens", "0"], "--eval_batch_tokens: must be positive, got 0"),
 ])
 def test_invalid_values_name_the_flag(argv, message):
     with pytest.raises(UsageError, match=message):

@@ -57,7 +57,7 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, 
 
 @dataclass
 class BenchmarkArguments:
-    shape: str = field(default="mistral-7b", metadata={"help": "Random model shape: mistral-7b or tiny"})
+    shape: str = field(default="mistral-7b", metadata={"help": "Random model shape: mistral-7b, smollm2-135m or tiny"})
     model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Benchmark this checkpoint (dir, .gguf or hub id) instead of a random one"})
     checkpoint_dir: str = field(default="/tmp/zephyr-benchmark/mistral-7b-random",
