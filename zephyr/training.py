@@ -204,7 +204,8 @@ def run_directory(data_args: DataArguments, model_args: ModelArguments, train_ar
 def finished_with_same_settings(run_dir: Path, arguments: dict) -> bool:
     """True when ``run_dir`` holds a finished training run of exactly these settings (so a rerun that was killed
     during evaluation only needs to evaluate)."""
-    if not all((run_dir / name).is_file() for name in (TRAIN_METRICS, "config.json", f"{ADAPTER_DIR}/adapter_config.json")):
+    needed = (TRAIN_METRICS, "config.json", f"{ADAPTER_DIR}/adapter_config.json")
+    if not all((run_dir / name).is_file() for name in needed):
         return False
     previous = _flatten(read_json(run_dir / "config.json").get("arguments", {}))
     current = _flatten(arguments)
@@ -340,8 +341,9 @@ def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = F
 
     A training step on one GPU is bound by the CPU: Python dispatches a few hundred small kernels per layer
     (norms, rotary, LoRA dropout and scaling, residuals), several times over in the backward pass. A compiled
-    layer runs as one fused graph forward and one backward. All layers share one graph (they run the same
-    code), so compiling costs one layer's worth, once per process and shape family; the 4-bit matmuls stay
+    layer runs as one fused graph forward and one backward. The layers run the same code and share its graph
+    (the first layer gets a second one: its input needs no gradient), so compiling costs about a minute once
+    per process, not once per layer; the 4-bit matmuls stay
     bitsandbytes' own kernels, which it registers as custom ops so that Dynamo does not break the graph there.
     """
     layers = decoder_layers(model)
