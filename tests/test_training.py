@@ -44,6 +44,8 @@ def test_real_4bit_qlora_path_trains_only_lora_weights(tiny_model_dir, synthetic
     assert config["arguments"]["ModelArguments"]["quantization"] == "4bit" and config["versions"]["peft"]
     log_rows = [json.loads(l) for l in (run.run_dir / "train_log.jsonl").read_text().splitlines()]
     assert {"loss", "tokens_per_s", "learning_rate"} <= set(log_rows[0])
+    assert all(0 <= row["mean_token_accuracy"] <= 1 and row["entropy"] > 0 and row["num_tokens"] == row["tokens_seen"]
+               for row in log_rows if "loss" in row)
 
 
 def test_base_weights_stay_frozen_and_loss_falls(tiny_model_dir, synthetic_data, tmp_path):
@@ -87,14 +89,11 @@ def test_prompt_tokens_are_masked_and_eos_is_labelled(tokenizer, tmp_path, promp
         assert example.text in prompt and prompt.rstrip().endswith(cue)
 
 
-def test_packed_rows_score_exactly_like_separate_examples(tokenizer, tmp_path):
-    """Packing: each example keeps its positions and attends only to itself, in rows of several examples,
-    padded to the longest row; the token count excludes the padding."""
-    from trl import SFTTrainer
+def _packed_rows_trainer(tokenizer, tmp_path, trainer_class):
+    """A tiny random Mistral, six short Newsgroups examples packed into rows, and ``trainer_class`` over them."""
     from transformers import AutoModelForCausalLM, MistralConfig
 
     from zephyr.embedded import TINY_MISTRAL
-    from zephyr.packing import NUM_TOKENS, PackedRowsCollator
 
     builder = PromptBuilder(get_task("newsgroups"), tokenizer, "original", ["sci.space", "rec.autos"])
     texts = ["The rocket reached orbit.", "New brakes.", "Shuttle tiles and heat shields again.", "Cars rust.",
@@ -106,8 +105,20 @@ def test_packed_rows_score_exactly_like_separate_examples(tokenizer, tmp_path):
     assert train_args.packing, "packing is the default"
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL)).eval()
-    trainer = SFTTrainer(model=model, args=build_sft_config(train_args, data, tmp_path),
-                         train_dataset=dataset, processing_class=tokenizer)
+    trainer = trainer_class(model=model, args=build_sft_config(train_args, data, tmp_path),
+                            train_dataset=dataset, processing_class=tokenizer)
+    return trainer, dataset, examples
+
+
+def test_packed_rows_score_exactly_like_separate_examples(tokenizer, tmp_path):
+    """Packing: each example keeps its positions and attends only to itself, in rows of several examples,
+    padded to the longest row; the token count excludes the padding."""
+    from trl import SFTTrainer
+
+    from zephyr.packing import NUM_TOKENS, PackedRowsCollator
+
+    trainer, dataset, examples = _packed_rows_trainer(tokenizer, tmp_path, SFTTrainer)
+    model = trainer.model
     rows = list(trainer.train_dataset)
     assert 2 <= len(rows) < len(examples), "short examples share rows"
     batch = PackedRowsCollator(tokenizer.pad_token_id, torch.float32)(rows)
@@ -126,6 +137,33 @@ def test_packed_rows_score_exactly_like_separate_examples(tokenizer, tmp_path):
             separate += logp.gather(1, ids[0, 1:].unsqueeze(1)).squeeze(1)[trained].sum().item()
     assert scored.sum() == sum(sum(row["completion_mask"][1:]) for row in dataset)
     assert packed == pytest.approx(separate, abs=1e-3)
+
+
+def test_suite_trainer_loss_and_metrics_equal_trl_without_a_sync(tokenizer, tmp_path):
+    """The suite's sync-free training step computes TRL's loss, and at the logging step TRL's entropy and token
+    accuracy; its token count is the collator's, not TRL's sum over a 4-D mask."""
+    from trl import SFTTrainer
+
+    from zephyr.packing import NUM_TOKENS, PackedRowsCollator
+    from zephyr.training import _suite_trainer_class
+
+    trainer, _, _ = _packed_rows_trainer(tokenizer, tmp_path, _suite_trainer_class())
+    trainer.model.train()
+    batch = PackedRowsCollator(tokenizer.pad_token_id, torch.float32)(list(trainer.train_dataset))
+    tokens = batch.pop(NUM_TOKENS)
+    with torch.no_grad():
+        expected = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))
+        stock = {key: trainer._metrics["train"].pop(key) for key in ("entropy", "mean_token_accuracy")}
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+    assert torch.equal(loss, expected)
+    assert not trainer._metrics["train"]["entropy"], "nothing is read back before the logging step"
+    trainer.state.num_input_tokens_seen = tokens
+    logged = []
+    trainer.callback_handler.on_log = lambda args, state, control, logs: logged.append(logs)
+    trainer.log({"loss": loss.item()})
+    assert logged[0]["entropy"] == pytest.approx(stock["entropy"][0], rel=1e-6)
+    assert logged[0]["mean_token_accuracy"] == pytest.approx(stock["mean_token_accuracy"][0], rel=1e-6)
+    assert logged[0]["num_tokens"] == tokens
 
 
 def test_long_inputs_are_shortened_so_the_answer_survives(tokenizer):
@@ -166,7 +204,7 @@ def test_finished_run_is_not_overwritten_without_the_flag(tiny_model_dir, synthe
 
 
 def test_checkpointing_plan_covers_only_the_layers_memory_needs():
-    from zephyr.training import every_n_layers, plan_checkpointing
+    from zephyr.training import plan_checkpointing, spread_layers
 
     gib = 2**30
 
@@ -177,7 +215,23 @@ def test_checkpointing_plan_covers_only_the_layers_memory_needs():
     # 16 rows: 4 + 16 * (0.1 + 0.05 * resident) <= 20.5 allows 18 resident layers, one of them recomputed.
     assert plan_checkpointing(probe, 32, rows=16, budget=20.5 * gib) == 15
     assert plan_checkpointing(probe, 32, rows=1000, budget=20 * gib) == 32  # nothing fits: checkpoint all
-    assert [every_n_layers(32, k) for k in (1, 8, 15, 16, 17, 32)] == [32, 4, 2, 2, 1, 1]
+    for k in (0, 1, 8, 15, 17, 31, 32):
+        flags = spread_layers(32, k)
+        assert sum(flags) == k and len(flags) == 32
+    assert spread_layers(8, 2) == [False, False, False, True, False, False, False, True]
+
+
+def test_planned_layers_alone_stay_checkpointed_once_the_trainer_enables_it():
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    from zephyr.embedded import TINY_MISTRAL
+    from zephyr.training import _checkpoint_only_callback, decoder_layers
+
+    model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL))
+    model.gradient_checkpointing_enable()  # what Trainer.train does before on_train_begin
+    assert [layer.gradient_checkpointing for layer in decoder_layers(model)] == [True, True]
+    _checkpoint_only_callback([False, True]).on_train_begin(None, None, None, model=model)
+    assert [layer.gradient_checkpointing for layer in decoder_layers(model)] == [False, True]
 
 
 def test_compiled_layers_are_one_graph_with_eager_losses_and_gradients(tiny_model_dir):
@@ -213,5 +267,44 @@ def test_compiled_layers_are_one_graph_with_eager_losses_and_gradients(tiny_mode
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # both layers ran the one compiled graph
     assert torch._dynamo.utils.counters["graph_break"] == {}
+    assert {type(m.base_layer).__name__ for m in model.modules() if hasattr(m, "lora_A")} == {"TraceableLinear4bit"}
     uncompile()
     assert all(layer._compiled_call_impl is None for layer in decoder_layers(model))
+    assert {type(m.base_layer).__name__ for m in model.modules() if hasattr(m, "lora_A")} == {"Linear4bit"}
+
+
+@pytest.mark.parametrize("shape,double_quant", [((96, 64), True), ((100, 72), True), ((7, 9), True), ((96, 64), False)])
+def test_nf4_dequantized_in_torch_equals_bitsandbytes_bit_for_bit(shape, double_quant):
+    """The compiled layers' 4-bit matmul (zephyr/nf4.py) gives bitsandbytes' exact weights, outputs and input
+    gradients, also for nested absmax and a weight whose size is no multiple of the 64-value block."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
+    from zephyr.nf4 import dequantize_nf4, make_nf4_linears_traceable, nf4_absmax
+
+    torch.manual_seed(0)
+    linear = bnb.nn.Linear4bit(shape[1], shape[0], bias=True, compute_dtype=torch.bfloat16, quant_type="nf4",
+                               compress_statistics=double_quant)
+    linear.weight = bnb.nn.Params4bit(torch.randn(shape), requires_grad=False, quant_type="nf4",
+                                      compress_statistics=double_quant)._quantize("cpu")
+    state = linear.weight.quant_state
+    assert state.nested == double_quant
+    expected = bnbf.dequantize_4bit(linear.weight.data, state).to(torch.bfloat16)
+    weight = dequantize_nf4(linear.weight, state.code, nf4_absmax(state), state.blocksize, tuple(state.shape),
+                            torch.bfloat16)
+    assert torch.equal(weight, expected)
+
+    x = torch.randn(3, 5, shape[1], dtype=torch.bfloat16, requires_grad=True)
+
+    def output_and_grad():
+        x.grad = None
+        out = linear(x)
+        out.float().square().sum().backward()
+        return out.detach(), x.grad.clone()
+
+    bnb_out, bnb_grad = output_and_grad()
+    undo = make_nf4_linears_traceable(linear)
+    torch_out, torch_grad = output_and_grad()
+    undo()
+    assert type(linear) is bnb.nn.Linear4bit
+    assert torch.equal(torch_out, bnb_out) and torch.equal(torch_grad, bnb_grad)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import resource
 import shutil
@@ -28,6 +27,7 @@ from zephyr.config import DataArguments, ModelArguments, TrainArguments, to_dict
 from zephyr.errors import UsageError
 from zephyr.io import atomic_write_json, atomic_write_text, read_json
 from zephyr.modeling import build_lora_config, compute_dtype, load_model, load_tokenizer, resolve_model_path
+from zephyr.nf4 import make_nf4_linears_traceable
 from zephyr.packing import NUM_TOKENS, PackedRowsCollator
 from zephyr.prompting import PromptBuilder
 from zephyr.runinfo import run_name, write_config
@@ -275,9 +275,26 @@ def plan_checkpointing(probe: Callable[[int, bool], float], n_layers: int, rows:
     return n_layers
 
 
-def every_n_layers(n_layers: int, checkpointed: int) -> int:
-    """The largest stride whose every-n-th-layer checkpointing covers at least ``checkpointed`` layers."""
-    return max(n for n in range(1, n_layers + 1) if math.ceil(n_layers / n) >= checkpointed)
+def spread_layers(n_layers: int, checkpointed: int) -> list[bool]:
+    """Which layers to checkpoint: exactly ``checkpointed`` of ``n_layers``, spread evenly over the stack.
+
+    transformers' own ``every_n_layers`` can only checkpoint every n-th layer: needing 17 of 32 layers meant a
+    stride of 1 and all 32 recomputed.
+    """
+    return [(i * checkpointed) // n_layers != ((i + 1) * checkpointed) // n_layers for i in range(n_layers)]
+
+
+def _checkpoint_only_callback(flags: list[bool]):
+    from transformers import TrainerCallback
+
+    class CheckpointOnly(TrainerCallback):
+        """Turns checkpointing off again for the layers the plan keeps, after the Trainer has enabled it."""
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            for layer, checkpointed in zip(decoder_layers(model), flags, strict=True):
+                layer.gradient_checkpointing = checkpointed
+
+    return CheckpointOnly()
 
 
 def _memory_probe(trainer, length: int, vocab_size: int):
@@ -322,10 +339,8 @@ def apply_checkpointing_plan(trainer, train_args: TrainArguments, max_length: in
         checkpointed = plan_checkpointing(probe, n_layers, train_args.per_device_train_batch_size, budget)
     model.get_base_model().gradient_checkpointing_disable()
     if checkpointed:
-        stride = every_n_layers(n_layers, checkpointed)
         trainer.args.gradient_checkpointing = True
-        trainer.args.gradient_checkpointing_kwargs = {"use_reentrant": False, "every_n_layers": stride}
-        checkpointed = math.ceil(n_layers / stride)
+        trainer.add_callback(_checkpoint_only_callback(spread_layers(n_layers, checkpointed)))
     torch.cuda.empty_cache()
     log.info("activation checkpointing: %d of %d layers (budget %.1f GiB)", checkpointed, n_layers,
              train_args.train_memory_gib)
@@ -343,16 +358,18 @@ def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = F
     (norms, rotary, LoRA dropout and scaling, residuals), several times over in the backward pass. A compiled
     layer runs as one fused graph forward and one backward. The layers run the same code and share its graph
     (the first layer gets a second one: its input needs no gradient), so compiling costs about a minute once
-    per process, not once per layer; the 4-bit matmuls stay
-    bitsandbytes' own kernels, which it registers as custom ops so that Dynamo does not break the graph there.
+    per process, not once per layer. The 4-bit NF4 matmuls are dequantized by plain tensor operations in the graph (zephyr/nf4.py), since
+    bitsandbytes' own Python dispatch of each one cost more CPU time than a small model's whole layer.
     """
     layers = decoder_layers(model)
+    restore_linears = [make_nf4_linears_traceable(layer) for layer in layers]
     for layer in layers:
         layer.compile(backend=backend, dynamic=True, fullgraph=fullgraph)  # packed lengths change every step
 
     def uncompile():
-        for layer in layers:
+        for layer, restore_linear in zip(layers, restore_linears):
             layer._compiled_call_impl = None
+            restore_linear()
         torch._dynamo.reset()  # the compiled graphs hold the LoRA modules; evaluation replaces them
 
     return uncompile
@@ -368,10 +385,17 @@ def _suite_trainer_class():
     from trl import SFTTrainer
 
     class SuiteSFTTrainer(SFTTrainer):
-        """Counts tokens from the collator's ``num_tokens`` instead of summing a GPU tensor with ``.item()`` after
-        every micro-step, which made the CPU wait for the GPU to drain before it could queue the next step."""
+        """SFTTrainer without a GPU-to-CPU sync in the training step.
+
+        TRL reads its entropy and token-accuracy metrics with ``.item()`` right after the forward pass, and the
+        Trainer counted tokens the same way, so the CPU waited for the GPU to drain before queueing the backward
+        pass; a small model, bound by the CPU, paid for the GPU time on top. Here the metrics are summed on the
+        device and read once per logging step (token-weighted over the steps since the last log), and tokens are
+        counted from the collator's ``num_tokens``.
+        """
 
         _batch_tokens = None
+        _metric_sums = None  # label tokens, entropy sum, top-1 hits since the last log
 
         def training_step(self, model, inputs, *args, **kwargs):
             self._batch_tokens = inputs.pop(NUM_TOKENS, None)
@@ -384,6 +408,32 @@ def _suite_trainer_class():
             if self.args.world_size > 1:  # the run's tokens: summed over the processes (a sync, as before)
                 tokens = int(self.accelerator.gather(torch.tensor(tokens, device=self.args.device)).sum().item())
             self.state.num_input_tokens_seen += tokens
+
+        def _plain_nll(self) -> bool:
+            """TRL's default loss, the only one the suite trains with; anything else goes to TRL unchanged."""
+            return (self.compute_loss_func is None and self.label_smoother is None and self.args.loss_type == "nll"
+                    and not self.aux_loss_enabled and getattr(self.accelerator, "parallelism_config", None) is None)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or not model.training or not self._plain_nll():
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+            num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = -outputs.log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)  # as TRL: zero where ignored
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            sums = torch.stack([outputs.label_mask.sum(), outputs.entropy.detach().sum(), outputs.is_top1.sum()])
+            self._metric_sums = sums.float() if self._metric_sums is None else self._metric_sums + sums
+            return loss
+
+        def log(self, logs, start_time=None):
+            if self._metric_sums is not None:
+                valid, entropy, correct = self.accelerator.reduce(self._metric_sums, reduction="sum").tolist()
+                self._metric_sums = None
+                self._metrics["train"]["entropy"].append(entropy / valid if valid else 0.0)
+                self._metrics["train"]["mean_token_accuracy"].append(correct / valid if valid else 0.0)
+                self._metrics["train"]["num_tokens"] = [self.state.num_input_tokens_seen]
+            super().log(logs, start_time)
 
     return SuiteSFTTrainer
 
