@@ -308,3 +308,27 @@ def test_nf4_dequantized_in_torch_equals_bitsandbytes_bit_for_bit(shape, double_
     undo()
     assert type(linear) is bnb.nn.Linear4bit
     assert torch.equal(torch_out, bnb_out) and torch.equal(torch_grad, bnb_grad)
+
+
+def test_compiled_nf4_linear_saves_the_4bit_weight_not_a_16bit_copy():
+    """With the partitioner inductor uses, the backward pass dequantizes again: what the forward saves holds no
+    [out, in] 16-bit weight (which at 7B would cost the memory of several more un-checkpointed layers)."""
+    import bitsandbytes as bnb
+
+    from zephyr.nf4 import make_nf4_linears_traceable
+
+    torch.manual_seed(0)
+    linear = bnb.nn.Linear4bit(128, 256, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+    linear.weight = bnb.nn.Params4bit(torch.randn(256, 128), requires_grad=False, quant_type="nf4")._quantize("cpu")
+    make_nf4_linears_traceable(linear)
+    torch._dynamo.reset()
+    loss = torch.compile(lambda x: linear(x).float().square().sum(), backend="aot_eager_decomp_partition",
+                         fullgraph=True)
+    x = torch.randn(4, 16, 128, dtype=torch.bfloat16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = loss(x)
+    out.backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert any(t.dtype == torch.uint8 for t in saved), "the packed 4-bit weight is what the backward reads"
+    assert not [tuple(t.shape) for t in saved if t.dtype.is_floating_point and t.numel() >= 256 * 128]
