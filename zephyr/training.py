@@ -27,7 +27,7 @@ from zephyr.config import DataArguments, ModelArguments, TrainArguments, to_dict
 from zephyr.errors import UsageError
 from zephyr.io import atomic_write_json, atomic_write_text, read_json
 from zephyr.modeling import build_lora_config, compute_dtype, load_model, load_tokenizer, resolve_model_path
-from zephyr.nf4 import make_nf4_linears_traceable
+from zephyr.nf4 import backend_without_cse, make_nf4_linears_traceable
 from zephyr.packing import NUM_TOKENS, PackedRowsCollator
 from zephyr.prompting import PromptBuilder
 from zephyr.runinfo import run_name, write_config
@@ -368,7 +368,7 @@ def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = F
     layers = decoder_layers(model)
     restore_linears = [make_nf4_linears_traceable(layer) for layer in layers]
     for layer in layers:
-        layer.compile(backend=backend, dynamic=True, fullgraph=fullgraph)  # packed lengths change every step
+        layer.compile(backend=backend_without_cse(backend), dynamic=True, fullgraph=fullgraph)  # lengths vary
 
     def uncompile():
         for layer, restore_linear in zip(layers, restore_linears):
