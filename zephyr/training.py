@@ -362,8 +362,9 @@ def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = F
     (norms, rotary, LoRA dropout and scaling, residuals), several times over in the backward pass. A compiled
     layer runs as one fused graph forward and one backward. The layers run the same code and share its graph
     (the first layer gets a second one: its input needs no gradient), so compiling costs about a minute once
-    per process, not once per layer. The 4-bit NF4 matmuls are dequantized by plain tensor operations in the graph (zephyr/nf4.py), since
-    bitsandbytes' own Python dispatch of each one cost more CPU time than a small model's whole layer.
+    per process, not once per layer. The 4-bit NF4 matmuls are dequantized by plain tensor operations in the
+    graph (zephyr/nf4.py): bitsandbytes' own Python dispatch of each one cost more CPU time than a small
+    model's whole layer.
     """
     layers = decoder_layers(model)
     restore_linears = [make_nf4_linears_traceable(layer) for layer in layers]
