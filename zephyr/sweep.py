@@ -42,6 +42,7 @@ class Job:
 
 SWEEP_LOG = "sweep.log"  # a run's stdout/stderr, written into its run directory before the run starts
 
+
 def read_jobs(path: str | Path) -> list[Job]:
     jobs = []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
