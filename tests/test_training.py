@@ -208,13 +208,20 @@ def test_checkpointing_plan_covers_only_the_layers_memory_needs():
 
     gib = 2**30
 
-    def probe(rows, checkpointed):  # 4 GiB of weights, 0.1 GiB a row, each layer kept adds 0.05 GiB a row
-        return 4 * gib + rows * 0.1 * gib + (0 if checkpointed else rows * 32 * 0.05 * gib)
+    probed = []
 
-    assert plan_checkpointing(probe, 32, rows=4, budget=20 * gib) == 0  # 10.8 GiB without any
+    def probe(rows, checkpointed):  # 4 GiB of weights, 0.1 GiB a row, each layer kept adds 0.05 GiB a row
+        probed.append((rows, checkpointed))
+        peak = 4 * gib + rows * 0.1 * gib + (0 if checkpointed else rows * 32 * 0.05 * gib)
+        return float("inf") if peak > 40 * gib else peak  # a 40 GiB GPU runs out of memory
+
+    # 10.8 GiB without any: the training batch alone was probed, so only its shape gets compiled
+    assert plan_checkpointing(probe, 32, rows=4, budget=20 * gib) == 0 and probed == [(4, False)]
     # 16 rows: 4 + 16 * (0.1 + 0.05 * resident) <= 20.5 allows 18 resident layers, one of them recomputed.
     assert plan_checkpointing(probe, 32, rows=16, budget=20.5 * gib) == 15
-    assert plan_checkpointing(probe, 32, rows=1000, budget=20 * gib) == 32  # nothing fits: checkpoint all
+    assert probed[1:] == [(16, False), (1, True), (2, True), (1, False)]
+    # 1000 rows ran out of memory and nothing fits: checkpoint all
+    assert plan_checkpointing(probe, 32, rows=1000, budget=20 * gib) == 32
     for k in (0, 1, 8, 15, 17, 31, 32):
         flags = spread_layers(32, k)
         assert sum(flags) == k and len(flags) == 32

@@ -265,9 +265,14 @@ def plan_checkpointing(probe: Callable[[int, bool], float], n_layers: int, rows:
     """Fewest decoder layers to checkpoint so that a step of ``rows`` packed rows stays within ``budget`` bytes.
 
     ``probe(rows, checkpointed)`` returns the peak memory of one forward and backward pass with every layer
-    checkpointed or none. Three small probes give the fixed cost (weights), the cost per row with every layer
-    checkpointed, and what each un-checkpointed layer adds per row; peak memory is linear in rows.
+    checkpointed or none (infinite when it ran out of memory). A whole step without checkpointing is tried
+    first: a model that fits (every small one) is then compiled for the training batch alone, where each
+    further probe shape would cost a compilation. Otherwise three small probes give the fixed cost (weights),
+    the cost per row with every layer checkpointed, and what each un-checkpointed layer adds per row; peak
+    memory is linear in rows.
     """
+    if probe(rows, False) <= budget:
+        return 0
     one, two, one_full = probe(1, True), probe(2, True), probe(1, False)
     per_row = two - one
     per_layer_row = max(0.0, (one_full - one) / n_layers)
@@ -318,13 +323,18 @@ def _memory_probe(trainer, length: int, vocab_size: int):
                     for ids in torch.randint(vocab_size, (rows, length)).tolist()]
         batch = {k: v.to(device) for k, v in trainer.data_collator(examples).items() if isinstance(v, torch.Tensor)}
         peaks = []
-        for _ in range(2):  # the first pass may compile the layers, whose autotuning allocates memory of its own
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            model(**batch, use_cache=False, fused_lm_head=True).loss.backward()
-            torch.cuda.synchronize()
+        try:
+            for _ in range(2):  # the first pass may compile the layers, whose autotuning allocates memory of its own
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                model(**batch, use_cache=False, fused_lm_head=True).loss.backward()
+                torch.cuda.synchronize()
+                model.zero_grad(set_to_none=True)
+                peaks.append(float(torch.cuda.max_memory_allocated()))
+        except torch.cuda.OutOfMemoryError:  # a whole step without checkpointing, on a small GPU
             model.zero_grad(set_to_none=True)
-            peaks.append(float(torch.cuda.max_memory_allocated()))
+            torch.cuda.empty_cache()
+            return float("inf")
         return peaks[-1]
 
     return probe
