@@ -91,7 +91,7 @@ def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_d
         gradient_accumulation_steps=train_args.gradient_accumulation_steps,
         max_grad_norm=train_args.max_grad_norm,
         optim=train_args.optim,
-        # "auto" is decided by plan_checkpointing once the model is on the GPU.
+        # "auto" is decided by prepare_layers once the model is on the GPU.
         gradient_checkpointing=train_args.gradient_checkpointing == "true",
         gradient_checkpointing_kwargs={"use_reentrant": False},
         neftune_noise_alpha=train_args.neftune_alpha,
@@ -135,7 +135,7 @@ def build_training_dataset(builder: PromptBuilder, examples, max_length: int):
 
 # Arguments that may change between an interrupted run and its resumption without changing its result.
 _RESUMABLE_DIFFERENCES = {"overwrite", "do_eval", "logging_steps", "save_steps", "gradient_checkpointing",
-                          "train_memory_gib", "compile_layers", "merge_adapter", "eval_batch_size",
+                          "train_memory_gib", "compile_layers", "cuda_graphs", "merge_adapter", "eval_batch_size",
                           "eval_batch_tokens"}
 
 
@@ -322,12 +322,15 @@ def _memory_probe(trainer, length: int, vocab_size: int):
         examples = [{"input_ids": ids, "labels": ids, "seq_lengths": [length]}
                     for ids in torch.randint(vocab_size, (rows, length)).tolist()]
         batch = {k: v.to(device) for k, v in trainer.data_collator(examples).items() if isinstance(v, torch.Tensor)}
+        model.train()  # as in training: dropout on, and the compiled layers' graphs are those of training
         peaks = []
         try:
             for _ in range(2):  # the first pass may compile the layers, whose autotuning allocates memory of its own
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-                model(**batch, use_cache=False, fused_lm_head=True).loss.backward()
+                with trainer.accelerator.autocast():  # as in training: its compiled layers are the ones probed
+                    loss = model(**batch, use_cache=False, fused_lm_head=True).loss
+                loss.backward()
                 torch.cuda.synchronize()
                 model.zero_grad(set_to_none=True)
                 peaks.append(float(torch.cuda.max_memory_allocated()))
@@ -340,33 +343,51 @@ def _memory_probe(trainer, length: int, vocab_size: int):
     return probe
 
 
-def apply_checkpointing_plan(trainer, train_args: TrainArguments, max_length: int) -> int:
-    """Decide ``--gradient_checkpointing auto`` on the GPU; returns how many decoder layers are checkpointed."""
+def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
+    """Plan activation checkpointing and compile the decoder layers; returns (checkpointed layers, uncompile).
+
+    ``--gradient_checkpointing auto`` on the GPU first tries one whole training step with nothing checkpointed,
+    before compiling: a model whose eager step fits (every small one; compiled layers save fewer activations than
+    eager ones) is compiled once, for the training batch, as CUDA graphs. Otherwise the plan is sized by probing the compiled
+    layers, whose fused activations take less memory than eager ones. Each probe shape the compiled layers see
+    costs a compilation of about ten seconds, and a checkpointed layer's recomputation would run inside the
+    backward pass's graph replay, so CUDA graphs are kept to plans without checkpointing.
+    """
     model = trainer.model
     n_layers = len(decoder_layers(model)) or 1
-    if train_args.gradient_checkpointing != "auto":
-        return n_layers if train_args.gradient_checkpointing == "true" else 0
-    if not torch.cuda.is_available():
-        return 0
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()]):  # the probe must not shift the run's RNG
-        probe = _memory_probe(trainer, max_length, model.get_base_model().config.get_text_config().vocab_size)
-        budget = train_args.train_memory_gib * 2**30 * 0.9  # 10% for the optimizer and allocator fragmentation
-        checkpointed = plan_checkpointing(probe, n_layers, train_args.per_device_train_batch_size, budget)
-    model.get_base_model().gradient_checkpointing_disable()
-    if checkpointed:
-        trainer.args.gradient_checkpointing = True
-        trainer.add_callback(_checkpoint_only_callback(spread_layers(n_layers, checkpointed)))
-    torch.cuda.empty_cache()
-    log.info("activation checkpointing: %d of %d layers (budget %.1f GiB)", checkpointed, n_layers,
-             train_args.train_memory_gib)
-    return checkpointed
+    rows = train_args.per_device_train_batch_size
+    budget = train_args.train_memory_gib * 2**30 * 0.9  # 10% for the optimizer and allocator fragmentation
+    probing = train_args.gradient_checkpointing == "auto" and torch.cuda.is_available()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if probing else []):  # keep the run's RNG
+        if probing:
+            probe = _memory_probe(trainer, max_length, model.get_base_model().config.get_text_config().vocab_size)
+            checkpointed = 0 if probe(rows, False) <= budget else None
+        else:
+            checkpointed = n_layers if train_args.gradient_checkpointing == "true" else 0
+        cuda_graphs = (checkpointed == 0 and train_args.cuda_graphs and torch.cuda.is_available()
+                       and trainer.args.world_size == 1)
+        compiled = should_compile(train_args)
+        uncompile = compile_decoder_layers(model, cuda_graphs=cuda_graphs) if compiled else (lambda: None)
+        if checkpointed is None:
+            checkpointed = plan_checkpointing(probe, n_layers, rows, budget)
+    if probing:
+        model.get_base_model().gradient_checkpointing_disable()
+        if checkpointed:
+            trainer.args.gradient_checkpointing = True
+            trainer.add_callback(_checkpoint_only_callback(spread_layers(n_layers, checkpointed)))
+        torch.cuda.empty_cache()
+        log.info("activation checkpointing: %d of %d layers (budget %.1f GiB)", checkpointed, n_layers,
+                 train_args.train_memory_gib)
+    log.info("decoder layers: %s", "compiled, replayed as CUDA graphs" if compiled and cuda_graphs
+             else "compiled" if compiled else "eager")
+    return checkpointed, uncompile
 
 
 def decoder_layers(model) -> list:
     return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
 
 
-def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = False):
+def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = False, cuda_graphs: bool = False):
     """Compile every decoder layer with torch.compile; returns a function that puts them back to eager.
 
     A training step on one GPU is bound by the CPU: Python dispatches a few hundred small kernels per layer
@@ -380,7 +401,7 @@ def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = F
     layers = decoder_layers(model)
     restore_linears = [make_nf4_linears_traceable(layer) for layer in layers]
     for layer in layers:
-        layer.compile(backend=backend_without_cse(backend), dynamic=True, fullgraph=fullgraph)  # lengths vary
+        layer.compile(backend=backend_without_cse(backend, cuda_graphs), dynamic=True, fullgraph=fullgraph)
 
     def uncompile():
         for layer, restore_linear in zip(layers, restore_linears):
@@ -468,9 +489,7 @@ def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_arg
     if train_args.packing and train_args.packed_rows and model_args.attn_implementation != "flash_attention_2":
         # flash attention's varlen kernel is what TRL's padding-free rows are made for; SDPA and eager want rows
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id, dtype)
-    uncompile = compile_decoder_layers(model) if should_compile(train_args) else (lambda: None)
-    # after compiling: the memory probe then measures the compiled layers (and compiles them on the way)
-    checkpointed = apply_checkpointing_plan(trainer, train_args, data_args.max_length)
+    checkpointed, uncompile = prepare_layers(trainer, train_args, data_args.max_length)
 
     def restore():
         uncompile()
