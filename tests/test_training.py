@@ -280,6 +280,23 @@ def test_compiled_layers_are_one_graph_with_eager_losses_and_gradients(tiny_mode
     assert {type(m.base_layer).__name__ for m in model.modules() if hasattr(m, "lora_A")} == {"Linear4bit"}
 
 
+def test_cuda_graphs_are_on_while_compiled_and_off_after():
+    """CUDA graphs go through inductor's global flag (per-compilation patches crashed on replay); uncompiling
+    must hand the flag back, or a later compilation in the process would record graphs it never asked for."""
+    import torch._inductor.config as inductor_config
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    from zephyr.embedded import TINY_MISTRAL
+    from zephyr.training import compile_decoder_layers
+
+    model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL))
+    assert inductor_config.triton.cudagraphs is False
+    uncompile = compile_decoder_layers(model, backend="aot_eager", cuda_graphs=True)
+    assert inductor_config.triton.cudagraphs is True
+    uncompile()
+    assert inductor_config.triton.cudagraphs is False
+
+
 @pytest.mark.parametrize("shape,double_quant", [((96, 64), True), ((100, 72), True), ((7, 9), True), ((96, 64), False)])
 def test_nf4_dequantized_in_torch_equals_bitsandbytes_bit_for_bit(shape, double_quant):
     """The compiled layers' 4-bit matmul (zephyr/nf4.py) gives bitsandbytes' exact weights, outputs and input

@@ -43,22 +43,18 @@ def dequantize_nf4(packed: torch.Tensor, table: torch.Tensor, absmax: torch.Tens
 
 
 @functools.cache  # one backend object: Dynamo reuses a graph across layers only for the same backend
-def backend_without_cse(backend: str, cuda_graphs: bool = False):
+def backend_without_cse(backend: str):
     """A torch.compile backend that partitions forward and backward without common-subexpression elimination.
 
     CSE would merge the backward pass's dequantization into the forward's, and a 16-bit weight read by a backward
     matmul is one the partitioner must save: every layer's weights, held for the whole step, cost Mistral-7B's
-    memory plan 23 more checkpointed layers on the H100 (q,v: 7 of 32 became 30 of 32). ``cuda_graphs`` (inductor
-    only) records the compiled forward and backward as CUDA graphs, replayed with one launch each.
+    memory plan 23 more checkpointed layers on the H100 (q,v: 7 of 32 became 30 of 32).
     """
     compiler = torch._dynamo.lookup_backend(backend)
-    if cuda_graphs and backend != "inductor":
-        raise ValueError(f"CUDA graphs need the inductor backend, not {backend!r}")
-    options = {"config_patches": {"triton.cudagraphs": True}} if cuda_graphs else {}
 
     def compile_without_cse(graph, example_inputs):
         with torch._functorch.config.patch(cse=False):
-            return compiler(graph, example_inputs, **options)
+            return compiler(graph, example_inputs)
 
     return compile_without_cse
 

@@ -397,17 +397,27 @@ def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = F
     per process, not once per layer. The 4-bit NF4 matmuls are dequantized by plain tensor operations in the
     graph (zephyr/nf4.py): bitsandbytes' own Python dispatch of each one cost more CPU time than a small
     model's whole layer.
+
+    ``cuda_graphs`` (inductor) records each compiled forward and backward as a CUDA graph, replayed with one
+    launch: a SmolLM2-sized step has about 20 ms of GPU work behind 100 ms of kernel launches. It is set in
+    inductor's global config until ``uncompile``; passing it per compilation (``config_patches``) crashed the
+    first replay with a segmentation fault (torch 2.11).
     """
+    import torch._inductor.config as inductor_config
+
     layers = decoder_layers(model)
     restore_linears = [make_nf4_linears_traceable(layer) for layer in layers]
+    graphs_before = inductor_config.triton.cudagraphs
+    inductor_config.triton.cudagraphs = cuda_graphs
     for layer in layers:
-        layer.compile(backend=backend_without_cse(backend, cuda_graphs), dynamic=True, fullgraph=fullgraph)
+        layer.compile(backend=backend_without_cse(backend), dynamic=True, fullgraph=fullgraph)  # lengths vary
 
     def uncompile():
         for layer, restore_linear in zip(layers, restore_linears):
             layer._compiled_call_impl = None
             restore_linear()
         torch._dynamo.reset()  # the compiled graphs hold the LoRA modules; evaluation replaces them
+        inductor_config.triton.cudagraphs = graphs_before
 
     return uncompile
 
