@@ -347,11 +347,11 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     """Plan activation checkpointing and compile the decoder layers; returns (checkpointed layers, uncompile).
 
     ``--gradient_checkpointing auto`` on the GPU first tries one whole training step with nothing checkpointed,
-    before compiling: a model whose eager step fits (every small one; compiled layers save fewer activations than
-    eager ones) is compiled once, for the training batch, as CUDA graphs. Otherwise the plan is sized by probing the compiled
-    layers, whose fused activations take less memory than eager ones. Each probe shape the compiled layers see
-    costs a compilation of about ten seconds, and a checkpointed layer's recomputation would run inside the
-    backward pass's graph replay, so CUDA graphs are kept to plans without checkpointing.
+    before compiling: a model whose eager step fits (every small one) is then compiled once, for the training
+    batch, as CUDA graphs. Otherwise the plan is sized by probing the compiled layers, which save fewer
+    activations than eager ones. Each shape the compiled layers see costs a compilation of about ten seconds,
+    and a checkpointed layer's recomputation would run inside the backward pass's graph replay, so CUDA graphs
+    are kept to plans without checkpointing.
     """
     model = trainer.model
     n_layers = len(decoder_layers(model)) or 1
