@@ -140,7 +140,8 @@ class TrainArguments:
                                           "false. Compiling takes about a minute once per process"})
     cuda_graphs: bool = field(
         default=True, metadata={"help": "Replay the compiled layers as CUDA graphs when no layer is checkpointed (one "
-                                        "process): a small model's step is bound by the CPU launching kernels"})
+                                        "process, packed rows): a small model's step is bound by the CPU launching "
+                                        "kernels"})
     neftune_alpha: Optional[float] = field(default=None, metadata={"help": "NEFTune noise alpha (the study used 5)"})
     loss: str = field(default="completion", metadata={"help": "completion (answer tokens + EOS) or full (whole text)"})
     packing: bool = field(default=True, metadata={"help": "Pack examples into max_length rows, padding-free: each "

@@ -351,7 +351,7 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     batch, as CUDA graphs. Otherwise the plan is sized by probing the compiled layers, which save fewer
     activations than eager ones. Each shape the compiled layers see costs a compilation of about ten seconds,
     and a checkpointed layer's recomputation would run inside the backward pass's graph replay, so CUDA graphs
-    are kept to plans without checkpointing.
+    are kept to plans without checkpointing, in one process, on packed rows.
     """
     model = trainer.model
     n_layers = len(decoder_layers(model)) or 1
@@ -364,8 +364,9 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
             checkpointed = 0 if probe(rows, False) <= budget else None
         else:
             checkpointed = n_layers if train_args.gradient_checkpointing == "true" else 0
+        # A graph is recorded for each batch shape: packed rows keep one (rows x max_length, bar the last batch).
         cuda_graphs = (checkpointed == 0 and train_args.cuda_graphs and torch.cuda.is_available()
-                       and trainer.args.world_size == 1)
+                       and trainer.args.world_size == 1 and isinstance(trainer.data_collator, PackedRowsCollator))
         compiled = should_compile(train_args)
         uncompile = compile_decoder_layers(model, cuda_graphs=cuda_graphs) if compiled else (lambda: None)
         if checkpointed is None:
