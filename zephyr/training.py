@@ -266,10 +266,10 @@ def plan_checkpointing(probe: Callable[[int, bool], float], n_layers: int, rows:
 
     ``probe(rows, checkpointed)`` returns the peak memory of one forward and backward pass with every layer
     checkpointed or none (infinite when it ran out of memory). A whole step without checkpointing is tried
-    first: a model that fits (every small one) is then compiled for the training batch alone, where each
-    further probe shape would cost a compilation. Otherwise three small probes give the fixed cost (weights),
-    the cost per row with every layer checkpointed, and what each un-checkpointed layer adds per row; peak
-    memory is linear in rows.
+    first: compiled layers may fit where the eager step did not (prepare_layers), and the training batch's
+    shape is one they compile anyway. Otherwise three small probes give the fixed cost (weights), the cost per
+    row with every layer checkpointed, and what each un-checkpointed layer adds per row; peak memory is linear
+    in rows.
     """
     if probe(rows, False) <= budget:
         return 0
