@@ -308,7 +308,7 @@ def _checkpoint_only_callback(flags: list[bool]):
 
 
 def _memory_probe(trainer, length: int, vocab_size: int):
-    """``probe(rows, checkpointed)`` for plan_checkpointing: one real training step on ``rows`` random rows of
+    """``probe(rows, checkpointed)`` for prepare_layers: one real training step on ``rows`` random rows of
     ``length`` tokens, batched by the trainer's own collator."""
     model = trainer.model
     backbone = model.get_base_model()
@@ -364,10 +364,10 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
             checkpointed = 0 if probe(rows, False) <= budget else None
         else:
             checkpointed = n_layers if train_args.gradient_checkpointing == "true" else 0
-        # A graph is recorded for each batch shape: packed rows keep one (rows x max_length, bar the last batch).
-        cuda_graphs = (checkpointed == 0 and train_args.cuda_graphs and torch.cuda.is_available()
-                       and trainer.args.world_size == 1 and isinstance(trainer.data_collator, PackedRowsCollator))
         compiled = should_compile(train_args)
+        # A graph is recorded for each batch shape: packed rows keep one (rows x max_length, bar the last batch).
+        cuda_graphs = (compiled and checkpointed == 0 and train_args.cuda_graphs and torch.cuda.is_available()
+                       and trainer.args.world_size == 1 and isinstance(trainer.data_collator, PackedRowsCollator))
         uncompile = compile_decoder_layers(model, cuda_graphs=cuda_graphs) if compiled else (lambda: None)
         if checkpointed is None:
             checkpointed = plan_checkpointing(probe, n_layers, rows, budget)
@@ -379,7 +379,7 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
         torch.cuda.empty_cache()
         log.info("activation checkpointing: %d of %d layers (budget %.1f GiB)", checkpointed, n_layers,
                  train_args.train_memory_gib)
-    log.info("decoder layers: %s", "compiled, replayed as CUDA graphs" if compiled and cuda_graphs
+    log.info("decoder layers: %s", "compiled, replayed as CUDA graphs" if cuda_graphs
              else "compiled" if compiled else "eager")
     return checkpointed, uncompile
 
