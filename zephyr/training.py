@@ -17,7 +17,6 @@ import os
 import resource
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -389,9 +388,6 @@ def decoder_layers(model) -> list:
     return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
 
 
-CUDA_GRAPH_LOOP_WARNING = "Unable to hit fast path of CUDAGraphs"
-
-
 def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = False, cuda_graphs: bool = False):
     """Compile every decoder layer with torch.compile; returns a function that puts them back to eager.
 
@@ -407,21 +403,13 @@ def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = F
     launch: a SmolLM2-sized step has about 20 ms of GPU work behind 100 ms of kernel launches. It is set in
     inductor's global config until ``uncompile``; passing it per compilation (``config_patches``) crashed the
     first replay with a segmentation fault (torch 2.11).
-
-    With graphs on, torch warns "Unable to hit fast path of CUDAGraphs" once per run. Its heuristic reads the
-    shared layer graph, called by every layer before any backward runs, as a loop that keeps re-recording. In
-    fact one step's path is recorded once and then replayed (the SmolLM2-shaped benchmark went from 33,976 to
-    88,001 tokens/s), so the warning is silenced until ``uncompile``.
     """
     import torch._inductor.config as inductor_config
 
     layers = decoder_layers(model)
     restore_linears = [make_nf4_linears_traceable(layer) for layer in layers]
     graphs_before = inductor_config.triton.cudagraphs
-    filters_before = warnings.filters[:]
     inductor_config.triton.cudagraphs = cuda_graphs
-    if cuda_graphs:
-        warnings.filterwarnings("ignore", message=CUDA_GRAPH_LOOP_WARNING, category=UserWarning)
     for layer in layers:
         layer.compile(backend=backend_without_cse(backend), dynamic=True, fullgraph=fullgraph)  # lengths vary
 
@@ -431,7 +419,6 @@ def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = F
             restore_linear()
         torch._dynamo.reset()  # the compiled graphs hold the LoRA modules; evaluation replaces them
         inductor_config.triton.cudagraphs = graphs_before
-        warnings.filters[:] = filters_before
 
     return uncompile
 
