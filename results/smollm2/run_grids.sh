@@ -4,8 +4,8 @@
 #   GGUF=../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf DATA=../shared/data GPUS=0,1 \
 #     bash results/smollm2/run_grids.sh
 # Protocol (chosen to fit about 30 GPU-minutes): 1 epoch, 8 packed rows per optimizer step as micro-batch 8;
-#   Table 1: 20 Newsgroups, max_length 128, label log-likelihood on the first 1,000 test rows;
-#   Table 2: SAMSum, 10 % of the training rows, max_length 512, greedy generation on the first 200 test rows,
+#   Table 1: 20 Newsgroups, max_length 128, label log-likelihood on all 7,532 test rows;
+#   Table 2: SAMSum, 10 % of the training rows, max_length 512, greedy generation on all 819 test rows,
 #            zero-shot and 3-shot baselines on the same rows.
 set -uo pipefail
 : "${GGUF:?path of SmolLM2-135M-Instruct.Q4_1.gguf}" "${DATA:?data root holding samsum/ and newsgroups/}"
@@ -16,7 +16,7 @@ python -c "import sys; from zephyr.modeling import resolve_model_path; print(res
   || exit 2  # converted once here, not by two runs at the same time
 status=0
 micro="--per_device_train_batch_size 8 --gradient_accumulation_steps 1 --eval_batch_size 64"
-TASK=samsum FRACTIONS=0.1 MAX_TEST_ROWS=200 EXTRA_ARGS="$micro" bash sample_ablate.sh || status=1
-TASK=newsgroups MAX_TEST_ROWS=1000 EXTRA_ARGS="$micro --max_length 128 --eval_method loglik" bash sample_ablate.sh || status=1
-TASKS=samsum SHOTS="0 3" MAX_TEST_ROWS=200 EXTRA_ARGS="--eval_batch_size 64" bash baseline_inference.sh || status=1
+TASK=samsum FRACTIONS=0.1 EXTRA_ARGS="$micro" bash sample_ablate.sh || status=1
+TASK=newsgroups EXTRA_ARGS="$micro --max_length 128 --eval_method loglik" bash sample_ablate.sh || status=1
+TASKS=samsum SHOTS="0 3" EXTRA_ARGS="--eval_batch_size 64" bash baseline_inference.sh || status=1
 exit $status
