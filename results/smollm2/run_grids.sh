@@ -3,8 +3,8 @@
 # results/smollm2/grids/. One sweep process spreads the runs over the GPUs in $GPUS (one run per GPU at a time).
 #   GGUF=../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf DATA=../shared/data GPUS=0,1 \
 #     bash results/smollm2/run_grids.sh
-# Protocol (chosen to fit about 30 GPU-minutes): 1 epoch, 8 packed rows per optimizer step as micro-batch 8;
-#   Table 1: 20 Newsgroups, max_length 128, label log-likelihood on all 7,532 test rows;
+# Protocol (14 min 32 s for all 30 runs on 4x H200 with GPUS=0,1,2,3; see results/smollm2/grids/): 1 epoch, 8 packed rows per optimizer step as micro-batch 8;
+#   Table 1: 20 Newsgroups, max_length 128, label log-likelihood on all test rows (7,317 of 7,532 are non-empty);
 #   Table 2: SAMSum, 10 % of the training rows, max_length 512, greedy generation on all 819 test rows,
 #            zero-shot and 3-shot baselines on the same rows.
 set -uo pipefail
