@@ -297,6 +297,18 @@ def test_cuda_graphs_are_on_while_compiled_and_off_after():
     assert inductor_config.triton.cudagraphs is False
 
 
+def _nf4_linear(shape, bias, double_quant=True):
+    """A bitsandbytes 4-bit NF4 linear of weight ``shape`` [out, in], quantized on the CPU from a seeded random weight."""
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    linear = bnb.nn.Linear4bit(shape[1], shape[0], bias=bias, compute_dtype=torch.bfloat16, quant_type="nf4",
+                               compress_statistics=double_quant)
+    linear.weight = bnb.nn.Params4bit(torch.randn(shape), requires_grad=False, quant_type="nf4",
+                                      compress_statistics=double_quant)._quantize("cpu")
+    return linear
+
+
 @pytest.mark.parametrize("shape,double_quant", [((96, 64), True), ((100, 72), True), ((7, 9), True), ((96, 64), False)])
 def test_nf4_dequantized_in_torch_equals_bitsandbytes_bit_for_bit(shape, double_quant):
     """The compiled layers' 4-bit matmul (zephyr/nf4.py) gives bitsandbytes' exact weights, outputs and input
@@ -306,11 +318,7 @@ def test_nf4_dequantized_in_torch_equals_bitsandbytes_bit_for_bit(shape, double_
 
     from zephyr.nf4 import dequantize_nf4, make_nf4_linears_traceable, nf4_absmax
 
-    torch.manual_seed(0)
-    linear = bnb.nn.Linear4bit(shape[1], shape[0], bias=True, compute_dtype=torch.bfloat16, quant_type="nf4",
-                               compress_statistics=double_quant)
-    linear.weight = bnb.nn.Params4bit(torch.randn(shape), requires_grad=False, quant_type="nf4",
-                                      compress_statistics=double_quant)._quantize("cpu")
+    linear = _nf4_linear(shape, bias=True, double_quant=double_quant)
     state = linear.weight.quant_state
     assert state.nested == double_quant
     expected = bnbf.dequantize_4bit(linear.weight.data, state).to(torch.bfloat16)
@@ -337,13 +345,9 @@ def test_nf4_dequantized_in_torch_equals_bitsandbytes_bit_for_bit(shape, double_
 def test_compiled_nf4_linear_saves_the_4bit_weight_not_a_16bit_copy():
     """With the partitioner inductor uses, the backward pass dequantizes again: what the forward saves holds no
     [out, in] 16-bit weight (which at 7B would cost the memory of several more un-checkpointed layers)."""
-    import bitsandbytes as bnb
-
     from zephyr.nf4 import backend_without_cse, make_nf4_linears_traceable
 
-    torch.manual_seed(0)
-    linear = bnb.nn.Linear4bit(128, 256, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
-    linear.weight = bnb.nn.Params4bit(torch.randn(256, 128), requires_grad=False, quant_type="nf4")._quantize("cpu")
+    linear = _nf4_linear((256, 128), bias=False)
     make_nf4_linears_traceable(linear)
     torch._dynamo.reset()
     loss = torch.compile(lambda x: linear(x).float().square().sum(), fullgraph=True,
