@@ -188,9 +188,10 @@ class EvalArguments:
     max_prompt_tokens: Optional[int] = field(
         default=None, metadata={"help": "Prompt budget (default: model context minus max_new_tokens)"})
     merge_adapter: bool = field(
-        default=True, metadata={"help": "Evaluate with dense weights: de-quantize 4-bit layers and merge the LoRA "
-                                        "adapter into them (the same function, several times faster; 2 bytes per "
-                                        "parameter, about 14.5 GB for a 7B model)"})
+        default=True, metadata={"help": "Evaluate with dense weights: 4-bit layers de-quantized to the exact values "
+                                        "their forward uses, the LoRA adapter kept beside them unmerged (the same "
+                                        "function, several times faster; 2 bytes per parameter, about 14.5 GB for "
+                                        "a 7B model). False: the 4-bit model with its PEFT adapter"})
 
     def __post_init__(self):
         _check(self.eval_batch_size > 0, "eval_batch_size", f"must be positive, got {self.eval_batch_size}")

@@ -15,7 +15,8 @@ from zephyr.config import DataArguments, EvalArguments, ModelArguments, to_dict
 from zephyr.errors import UsageError
 from zephyr.generation import greedy_generate, score_labels
 from zephyr.io import atomic_write_json, atomic_write_jsonl, read_json
-from zephyr.modeling import context_length, dense_for_inference, load_model, load_tokenizer, resolve_model_path
+from zephyr.dense import dense_for_inference
+from zephyr.modeling import context_length, load_model, load_tokenizer, resolve_model_path
 from zephyr.prompting import PromptBuilder
 from zephyr.runinfo import model_short_name, write_config
 from zephyr.tasks import Task, get_task
