@@ -200,3 +200,16 @@ def test_dense_weight_is_right_after_bitsandbytes_repacks_for_avx512_bf16(tiny_m
     assert torch.equal(repacked, expected)
     assert ((repacked.float() - plain.float()).norm() / plain.float().norm()).item() < 4e-3  # only the scales' rounding
     assert layer.weight.quant_state.packing_format_for_cpu  # the layer's own state is left as bitsandbytes made it
+
+
+def test_bitsandbytes_kernels_advice_is_filtered_and_other_messages_are_not(caplog):
+    import logging
+
+    import zephyr  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you "
+                       "already `pip install kernels` and the kernels >= 0.11.1", "no module")
+        logger.warning("another bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["another bitsandbytes warning"]
