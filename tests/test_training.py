@@ -166,6 +166,42 @@ def test_suite_trainer_loss_and_metrics_equal_trl_without_a_sync(tokenizer, tmp_
     assert logged[0]["num_tokens"] == tokens
 
 
+def test_plain_twin_of_the_suite_trainer_computes_trls_loss_and_metrics(tokenizer, tmp_path):
+    """``--sync_free_metrics False`` (the quality benchmark's plain twin) leaves the loss to TRL."""
+    from zephyr.packing import NUM_TOKENS, PackedRowsCollator
+    from zephyr.training import _suite_trainer_class
+
+    trainer, _, _ = _packed_rows_trainer(tokenizer, tmp_path, _suite_trainer_class())
+    trainer.sync_free_metrics = False
+    trainer.model.train()
+    batch = PackedRowsCollator(tokenizer.pad_token_id, torch.float32)(list(trainer.train_dataset))
+    batch.pop(NUM_TOKENS)
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, dict(batch))
+    assert trainer._metric_sums is None and len(trainer._metrics["train"]["entropy"]) == 1  # read by TRL at once
+
+
+def test_compile_auto_only_for_batches_of_one_shape_on_a_gpu():
+    from zephyr.training import should_compile
+
+    assert should_compile("auto", on_gpu=True, fixed_shape=True)
+    assert not should_compile("auto", on_gpu=True, fixed_shape=False)  # measured slower than eager (docstring)
+    assert not should_compile("auto", on_gpu=False, fixed_shape=True)
+    assert should_compile("true", on_gpu=False, fixed_shape=False) and not should_compile("false", True, True)
+
+
+def test_a_layer_count_checkpoints_exactly_that_many_layers(tokenizer, tmp_path):
+    from zephyr.config import TrainArguments
+    from zephyr.training import _suite_trainer_class, decoder_layers, prepare_layers
+
+    trainer, _, _ = _packed_rows_trainer(tokenizer, tmp_path, _suite_trainer_class())
+    checkpointed, _ = prepare_layers(trainer, TrainArguments(gradient_checkpointing="1", compile_layers="false"), 48)
+    assert checkpointed == 1 and trainer.args.gradient_checkpointing
+    trainer.model.gradient_checkpointing_enable()  # what Trainer.train does before on_train_begin
+    trainer.callback_handler.on_train_begin(trainer.args, trainer.state, trainer.control)
+    assert [layer.gradient_checkpointing for layer in decoder_layers(trainer.model)] == [False, True]
+
+
 def test_long_inputs_are_shortened_so_the_answer_survives(tokenizer):
     builder = PromptBuilder(get_task("samsum"), tokenizer, "original")
     example = Example("1", "A: " + "words and more words " * 200, "A talked a lot.")

@@ -131,13 +131,22 @@ class TrainArguments:
     gradient_checkpointing: str = field(
         default="auto", metadata={"help": "auto: checkpoint only as many decoder layers as needed to keep the training "
                                           "peak under --train_memory_gib (sized by a short probe on the GPU; off on "
-                                          "the CPU); true: every layer (the study's); false: none"})
+                                          "the CPU); true: every layer (the study's); false: none; a number N: "
+                                          "exactly N layers, spread over the stack"})
     train_memory_gib: float = field(
         default=20.0, metadata={"help": "GPU memory budget that --gradient_checkpointing auto plans for (20 leaves "
                                         "headroom on a 24 GB A10G)"})
     compile_layers: str = field(
         default="auto", metadata={"help": "auto: torch.compile each decoder layer on a GPU (not on the CPU); true; "
                                           "false. Compiling takes about a minute once per process"})
+    fused_nf4: bool = field(
+        default=True, metadata={"help": "In compiled layers, de-quantize NF4 weights with plain tensor operations "
+                                        "fused into the graph (bit for bit bitsandbytes' values); False: "
+                                        "bitsandbytes' own 4-bit matmul"})
+    sync_free_metrics: bool = field(
+        default=True, metadata={"help": "Sum TRL's loss metrics (entropy, token accuracy) on the GPU and read them "
+                                        "at logging steps; False: TRL's own loss, which waits for the GPU at every "
+                                        "step"})
     cuda_graphs: bool = field(
         default=True, metadata={"help": "Replay the compiled layers as CUDA graphs when no layer is checkpointed (one "
                                         "process, packed rows): a small model's step is bound by the CPU launching "
@@ -168,7 +177,10 @@ class TrainArguments:
                f"must be positive, got {self.neftune_alpha}")
         _check(self.save_steps >= 0, "save_steps", f"must be >= 0, got {self.save_steps}")
         _check(self.logging_steps > 0, "logging_steps", f"must be positive, got {self.logging_steps}")
-        self.gradient_checkpointing = _auto_true_false(self.gradient_checkpointing, "gradient_checkpointing")
+        if str(self.gradient_checkpointing).isdigit():
+            self.gradient_checkpointing = str(int(self.gradient_checkpointing))  # a layer count
+        else:
+            self.gradient_checkpointing = _auto_true_false(self.gradient_checkpointing, "gradient_checkpointing")
         self.compile_layers = _auto_true_false(self.compile_layers, "compile_layers")
         _check(self.train_memory_gib > 0, "train_memory_gib", f"must be positive, got {self.train_memory_gib}")
 
