@@ -1,0 +1,59 @@
+"""The quality benchmark's plan and statistics (the runs themselves need a GPU: results/quality/)."""
+
+import json
+
+import pytest
+
+from zephyr.quality import CONFIGS, LEVERS, Plan, paired_delta, to_markdown, write_summary
+
+
+def _flags(config: str) -> dict:
+    flags = CONFIGS[config][1]
+    return dict(zip(flags[::2], flags[1::2]))
+
+
+def test_each_training_lever_changes_only_its_own_flags():
+    expected = {
+        "packed rows": {"--packed_rows"}, "compiled": {"--compile_layers"}, "CUDA graphs": {"--cuda_graphs"},
+        "NF4": {"--fused_nf4"}, "partial checkpointing": {"--gradient_checkpointing"},
+        "sync-free": {"--sync_free_metrics"}, "fused AdamW": {"--optim"}}
+    for lever in LEVERS:
+        if lever.fast.config == lever.plain.config:
+            assert lever.fast.evaluation != lever.plain.evaluation  # the same adapter, evaluated two ways
+            continue
+        fast, plain = _flags(lever.fast.config), _flags(lever.plain.config)
+        changed = {k for k in fast.keys() | plain.keys() if fast.get(k) != plain.get(k)}
+        [key] = [k for k in expected if lever.name.startswith(k)]
+        assert changed == expected[key], (lever.name, changed)
+
+
+def test_paired_delta_and_the_noise_rule():
+    result = paired_delta([40.0, 41.0, 39.0], [39.0, 40.5, 38.0])
+    assert result["mean_delta"] == pytest.approx(5 / 6) and result["stderr"] == pytest.approx(0.1666667, rel=1e-4)
+    assert result["within_noise"] is False  # 0.83 > 0.3 and > 2 standard errors
+    assert paired_delta([40.0, 42.0], [39.5, 40.5])["within_noise"] is True  # 1.0 ± 0.5: within 2 standard errors
+    assert paired_delta([40.2], [40.0])["within_noise"] is True  # within 0.3 points
+    assert paired_delta([None], [40.0]) == {"mean_delta": None, "stderr": None, "within_noise": None}
+
+
+def test_summary_reads_every_run_and_writes_the_schema(tmp_path):
+    plan = Plan("model.gguf", "data", tmp_path / "runs", seeds=[1, 2])
+    jobs = plan.training_jobs() + plan.evaluation_jobs()
+    assert len({job.run_dir for job in jobs}) == len(jobs)
+    for number, job in enumerate(jobs):
+        run = job.run_dir
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "metrics.json").write_text(json.dumps({"rouge1": 30.0 + number % 3, "accuracy": 50.0,
+                                                       "eval_seconds": 10.0}))
+        if "eval-" not in run.name:
+            (run / "train_metrics.json").write_text(json.dumps({"train_runtime_s": 60.0, "train_steps": 70}))
+            (run / "config.json").write_text(json.dumps({"git_commit": "abc", "device": {"name": "NVIDIA H200"}}))
+    summary = write_summary(plan, tmp_path / "results")
+    saved = json.loads((tmp_path / "results" / "quality.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert {"commit", "gpu", "levers"} <= set(saved) and saved["commit"] == "abc" and saved["gpu"] == "NVIDIA H200"
+    for lever in saved["levers"]:
+        assert {"name", "task", "metric", "plain", "fast", "mean_delta", "stderr"} <= set(lever)
+        assert None not in lever["fast"] + lever["plain"]
+    assert saved["protocols"][0]["examples"]["optimizer_steps"] == [70, 70]
+    assert "| CUDA graphs" in to_markdown(summary)

@@ -1,0 +1,298 @@
+"""The quality benchmark: every speed lever against its plain twin, on real data, over several seeds.
+
+A speed lever is only a feature if it leaves quality where it was. Each lever is measured as a pair of runs that
+differ in that lever alone (same data, rows per optimizer step, steps and seed), fine-tuned and evaluated on the
+real test set. Training levers are measured in the packed-rows protocol, where all of them are active; the
+evaluation levers evaluate the same adapter twice. The two training protocols (the study's packed rows, and
+batches of whole examples) are compared on both tasks, for quality and wall time.
+
+Phase 1 fine-tunes and evaluates every configuration and seed; phase 2 re-evaluates finished adapters (4-bit
+model, label log-likelihood); then ``quality.json`` and ``quality.md`` are written. Runs go through the sweep
+runner, several at a time on one GPU, and finished runs are skipped, so an interrupted benchmark resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zephyr.errors import UsageError
+from zephyr.io import atomic_write_json, atomic_write_text, read_json
+from zephyr.sweep import Job, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = {"samsum": ("zephyr_summarization.py", "zephyr_summarization_inference.py"),
+           "newsgroups": ("zephyr_classification.py", "zephyr_classification_inference.py")}
+METRIC = {"samsum": "rouge1", "newsgroups": "accuracy"}
+# The issue-2 acceptance settings: 10 % of the training rows, one epoch (SAMSum) or two (Newsgroups).
+TASK_SETTINGS = {
+    "samsum": ["--train_fraction", "0.1", "--num_train_epochs", "1", "--lora_r", "64", "--lora_targets", "all"],
+    "newsgroups": ["--train_fraction", "0.1", "--num_train_epochs", "2", "--lora_r", "8", "--lora_targets", "all"],
+}
+COMMON = ["--max_length", "512", "--do_eval", "True", "--eval_batch_size", "64", "--save_steps", "0",
+          "--gradient_checkpointing", "false", "--logging_steps", "10"]
+# Every lever spelled out, so that a change of the suite's defaults does not change what a row measures.
+PACKED = ["--packing", "True", "--packed_rows", "True", "--per_device_train_batch_size", "8",
+          "--gradient_accumulation_steps", "1", "--compile_layers", "true", "--cuda_graphs", "True",
+          "--fused_nf4", "True", "--sync_free_metrics", "True", "--optim", "adamw_torch_fused"]
+EXAMPLES = ["--packing", "False", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
+            "--compile_layers", "false", "--optim", "adamw_torch_fused"]
+
+
+def _with(base: list[str], **flags: str) -> list[str]:
+    """``base`` with some flags' values replaced (or appended)."""
+    out = list(base)
+    for name, value in flags.items():
+        flag = f"--{name}"
+        if flag in out:
+            out[out.index(flag) + 1] = value
+        else:
+            out += [flag, value]
+    return out
+
+
+# name -> (task, flags): one fine-tuning configuration.
+CONFIGS = {
+    "packed": ("samsum", PACKED),
+    "packed_no_graphs": ("samsum", _with(PACKED, cuda_graphs="False")),
+    "trl_packing": ("samsum", _with(PACKED, packed_rows="False", cuda_graphs="False")),
+    "packed_eager": ("samsum", _with(PACKED, compile_layers="false", cuda_graphs="False")),
+    "bnb_nf4": ("samsum", _with(PACKED, cuda_graphs="False", fused_nf4="False")),
+    "checkpointed": ("samsum", _with(PACKED, cuda_graphs="False", gradient_checkpointing="15")),
+    "trl_metrics": ("samsum", _with(PACKED, sync_free_metrics="False")),
+    "paged_adamw": ("samsum", _with(PACKED, optim="paged_adamw_32bit")),
+    "examples": ("samsum", EXAMPLES),
+    "ng_packed": ("newsgroups", PACKED),
+    "ng_examples": ("newsgroups", EXAMPLES),
+}
+# Re-evaluations of a finished adapter: name -> flags of the inference script.
+EVALS = {"4bit": ["--merge_adapter", "False"], "loglik": ["--eval_method", "loglik"]}
+
+
+@dataclass
+class QualityArguments:
+    model_name_or_path: str = field(
+        default="../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
+        metadata={"help": "The small real model the levers are measured on (.gguf, checkpoint directory or hub id)"})
+    data_dir: str = field(default="../shared/data", metadata={"help": "Data root holding samsum/ and newsgroups/"})
+    output_root: str = field(default="runs/quality", metadata={"help": "Where the runs go (resumable)"})
+    results_dir: str = field(default="results/quality", metadata={"help": "Where quality.json and quality.md go"})
+    seeds: str = field(default="1,2,3", metadata={"help": "Comma-separated training seeds"})
+    runs_per_gpu: int = field(default=8, metadata={"help": "Runs at a time on the one GPU"})
+    gpu: str = field(default="0", metadata={"help": "The GPU the runs share"})
+    summary_only: bool = field(default=False, metadata={"help": "Only write the summary from the runs there are"})
+    dry_run: bool = field(default=False, metadata={"help": "Print the commands, run nothing"})
+
+    def __post_init__(self):
+        try:
+            self.seed_list = [int(s) for s in self.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--seeds: expected comma-separated integers, got {self.seeds!r}") from None
+        if not self.seed_list:
+            raise UsageError("--seeds: give at least one seed")
+        if self.runs_per_gpu < 1:
+            raise UsageError(f"--runs_per_gpu: must be positive, got {self.runs_per_gpu}")
+
+
+@dataclass(frozen=True)
+class Side:
+    config: str
+    evaluation: str | None = None  # None: the fine-tuning run's own evaluation (dense, generation)
+
+
+@dataclass(frozen=True)
+class Lever:
+    name: str
+    fast: Side
+    plain: Side
+    required: bool = True  # False: a different method, reported but not expected to match
+    seeds: int | None = None  # fewer seeds than the benchmark's (a long evaluation)
+
+    @property
+    def task(self) -> str:
+        return CONFIGS[self.fast.config][0]
+
+
+LEVERS = [
+    Lever("packed rows with a block mask (vs TRL's padding-free packing)", Side("packed_no_graphs"),
+          Side("trl_packing")),
+    Lever("compiled decoder layers (vs eager)", Side("packed_no_graphs"), Side("packed_eager")),
+    Lever("CUDA graphs (vs compiled layers without)", Side("packed"), Side("packed_no_graphs")),
+    Lever("NF4 de-quantized in the compiled graph (vs bitsandbytes' matmul)", Side("packed_no_graphs"),
+          Side("bnb_nf4")),
+    Lever("partial checkpointing, 15 of 30 layers (vs none)", Side("checkpointed"), Side("packed_no_graphs")),
+    Lever("sync-free trainer metrics (vs TRL's loss)", Side("packed"), Side("trl_metrics")),
+    Lever("fused AdamW (vs the study's paged_adamw_32bit)", Side("packed"), Side("paged_adamw")),
+    Lever("dense evaluation (vs the 4-bit model with its adapter)", Side("packed"), Side("packed", "4bit")),
+    Lever("dense evaluation (vs the 4-bit model with its adapter)", Side("ng_examples"), Side("ng_examples", "4bit"),
+          seeds=1),
+    Lever("label log-likelihood (vs generation)", Side("ng_examples", "loglik"), Side("ng_examples"),
+          required=False),
+]
+PROTOCOLS = [("samsum", "packed", "examples"), ("newsgroups", "ng_packed", "ng_examples")]
+
+
+@dataclass
+class Plan:
+    model: str
+    data_dir: str
+    out_root: Path
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    python: str = sys.executable
+
+    def run_dir(self, config: str, seed: int) -> Path:
+        return self.out_root / f"{config}_seed{seed}"
+
+    def metrics_dir(self, side: Side, seed: int) -> Path:
+        run = self.run_dir(side.config, seed)
+        return run if side.evaluation is None else run / f"eval-{side.evaluation}"
+
+    def _seeds(self, lever: Lever) -> list[int]:
+        return self.seeds[: lever.seeds] if lever.seeds else self.seeds
+
+    def training_jobs(self) -> list[Job]:
+        """Seed by seed, so that an interrupted benchmark has whole seeds of every configuration."""
+        jobs = []
+        for seed in self.seeds:
+            for config, (task, flags) in CONFIGS.items():
+                script = str(REPO / "scripts" / SCRIPTS[task][0])
+                jobs.append(Job(self.run_dir(config, seed), [
+                    self.python, script, "--model_name_or_path", self.model, "--data_dir", self.data_dir,
+                    "--output_root", str(self.out_root), "--run_name", f"{config}_seed{seed}", "--seed", str(seed),
+                    *TASK_SETTINGS[task], *COMMON, *flags]))
+        return jobs
+
+    def evaluation_jobs(self) -> list[Job]:
+        wanted = {(side, seed) for lever in LEVERS for side in (lever.fast, lever.plain) if side.evaluation
+                  for seed in self._seeds(lever)}
+        jobs = []
+        for side, seed in sorted(wanted, key=lambda item: (item[1], item[0].config, item[0].evaluation)):
+            task = CONFIGS[side.config][0]
+            script = str(REPO / "scripts" / SCRIPTS[task][1])
+            jobs.append(Job(self.metrics_dir(side, seed), [
+                self.python, script, "--run_dir", str(self.run_dir(side.config, seed)), "--data_dir", self.data_dir,
+                "--eval_output_dir", str(self.metrics_dir(side, seed)), "--eval_batch_size", "64",
+                *EVALS[side.evaluation]]))
+        return jobs
+
+    def _value(self, side: Side, seed: int) -> float | None:
+        path = self.metrics_dir(side, seed) / "metrics.json"
+        return read_json(path)[METRIC[CONFIGS[side.config][0]]] if path.is_file() else None
+
+    def summary(self, commit: str | None = None) -> dict:
+        levers = []
+        for lever in LEVERS:
+            seeds = self._seeds(lever)
+            fast = [self._value(lever.fast, s) for s in seeds]
+            plain = [self._value(lever.plain, s) for s in seeds]
+            levers.append({"name": lever.name, "task": lever.task, "metric": METRIC[lever.task],
+                           "fast_config": lever.fast.config, "fast_evaluation": lever.fast.evaluation or "dense",
+                           "plain_config": lever.plain.config, "plain_evaluation": lever.plain.evaluation or "dense",
+                           "seeds": seeds, "fast": fast, "plain": plain, "required": lever.required,
+                           **paired_delta(fast, plain)})
+        return {"commit": commit or _commit_of_runs(self), "gpu": _gpu_of_runs(self), "seeds": self.seeds,
+                "protocol": {"model": self.model, "settings": {t: TASK_SETTINGS[t] + COMMON for t in TASK_SETTINGS},
+                             "configs": {name: flags for name, (_, flags) in CONFIGS.items()}},
+                "levers": levers, "protocols": [self._protocol(*p) for p in PROTOCOLS]}
+
+    def _protocol(self, task: str, packed: str, examples: str) -> dict:
+        out = {"task": task, "metric": METRIC[task]}
+        for label, config in (("packed_rows", packed), ("examples", examples)):
+            values, train_s, eval_s, steps = [], [], [], []
+            for seed in self.seeds:
+                run = self.run_dir(config, seed)
+                if not (run / "metrics.json").is_file():
+                    continue
+                values.append(read_json(run / "metrics.json")[METRIC[task]])
+                eval_s.append(read_json(run / "metrics.json")["eval_seconds"])
+                trained = read_json(run / "train_metrics.json")
+                train_s.append(trained["train_runtime_s"])
+                steps.append(trained["train_steps"])
+            out[label] = {"config": config, "values": values, **mean_and_stderr(values),
+                          "train_s": train_s, "eval_s": eval_s, "optimizer_steps": steps}
+        return out
+
+
+def mean_and_stderr(values: list) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "stderr": None}
+    stderr = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "stderr": stderr}
+
+
+def paired_delta(fast: list, plain: list) -> dict:
+    """Mean of the per-seed differences fast - plain and its standard error; ``within_noise`` applies the rule
+    that a lever is a bug (or off by default) when it moves the metric by more than 2 standard errors and more
+    than 0.3 points."""
+    deltas = [f - p for f, p in zip(fast, plain) if f is not None and p is not None]
+    stats = mean_and_stderr(deltas)
+    mean, stderr = stats["mean"], stats["stderr"]
+    within = None if mean is None else (abs(mean) <= 0.3 or (stderr is not None and abs(mean) <= 2 * stderr))
+    return {"mean_delta": mean, "stderr": stderr, "within_noise": within}
+
+
+def _runs(plan: Plan) -> list[Path]:
+    return [p for p in sorted(plan.out_root.glob("*_seed*")) if (p / "config.json").is_file()]
+
+
+def _commit_of_runs(plan: Plan) -> str | None:
+    commits = {read_json(p / "config.json").get("git_commit") for p in _runs(plan)}
+    return commits.pop() if len(commits) == 1 else (", ".join(sorted(map(str, commits))) or None)
+
+
+def _gpu_of_runs(plan: Plan) -> str | None:
+    names = {read_json(p / "config.json").get("device", {}).get("name") for p in _runs(plan)}
+    return ", ".join(sorted(map(str, names))) or None
+
+
+def _pm(mean, stderr, digits=2) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.{digits}f}" + (f" ± {stderr:.{digits}f}" if stderr is not None else "")
+
+
+def to_markdown(summary: dict) -> str:
+    lines = [f"Commit `{summary['commit']}`, {summary['gpu']}, seeds {summary['seeds']}.", "",
+             "| lever | task | metric | plain | fast | Δ fast − plain | within noise |", "|---|---|---|---|---|---|---|"]
+    for lever in summary["levers"]:
+        plain, fast = mean_and_stderr(lever["plain"]), mean_and_stderr(lever["fast"])
+        verdict = {True: "yes", False: "**no**", None: "—"}[lever["within_noise"]]
+        if not lever["required"]:
+            verdict += " (a different method)"
+        lines.append(f"| {lever['name']} | {lever['task']} | {lever['metric']} | {_pm(**plain)} | {_pm(**fast)} | "
+                     f"{_pm(lever['mean_delta'], lever['stderr'])} | {verdict} |")
+    lines += ["", "| task | protocol | metric | optimizer steps | train s | eval s |", "|---|---|---|---|---|---|"]
+    for protocol in summary["protocols"]:
+        for label in ("packed_rows", "examples"):
+            row = protocol[label]
+            lines.append(f"| {protocol['task']} | {label.replace('_', ' ')} ({row['config']}) | "
+                         f"{_pm(row['mean'], row['stderr'])} | {_fmt_list(row['optimizer_steps'])} | "
+                         f"{_fmt_list(row['train_s'])} | {_fmt_list(row['eval_s'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_list(values: list) -> str:
+    return ", ".join(f"{v:.0f}" for v in values) or "—"
+
+
+def run(plan: Plan, runs_per_gpu: int, gpu: str = "0", dry_run: bool = False, out=None) -> int:
+    """Both phases, then the summary (written even when some runs failed: their cells stay empty)."""
+    # Several runs share the GPU machine's cores: each gets two threads, and compiles with one worker.
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+    slots = [gpu] * runs_per_gpu
+    status = run_sweep(plan.training_jobs(), slots, plan.out_root / "sweep.csv", dry_run, out)
+    status |= run_sweep(plan.evaluation_jobs(), slots, plan.out_root / "sweep.csv", dry_run, out)
+    return status
+
+
+def write_summary(plan: Plan, out_dir: Path, commit: str | None = None) -> dict:
+    summary = plan.summary(commit)
+    atomic_write_json(out_dir / "quality.json", summary)
+    atomic_write_text(out_dir / "quality.md", to_markdown(summary))
+    return summary
