@@ -112,6 +112,16 @@ def test_rouge_matches_hand_computation():
     assert rouge_metrics(["Amanda runs"], ["amanda running"])["rouge1"] == pytest.approx(100.0)  # stemming
 
 
+def test_a_copy_of_the_prompt_counts_as_an_echo_and_a_summary_does_not():
+    from zephyr.metrics import echoes_prompt
+
+    prompt = "Summarize the following dialogue.\n\nDialogue:\nAmanda: I baked cookies.\r\nJerry: Sure!\n\nSummary:"
+    assert echoes_prompt("Dialogue:", prompt) and echoes_prompt("Amanda: I baked  cookies", prompt)
+    assert echoes_prompt("amanda: i baked cookies. jerry: sure!", prompt)  # case, punctuation and line breaks
+    assert not echoes_prompt("Amanda baked cookies for Jerry.", prompt)
+    assert not echoes_prompt("", prompt) and not echoes_prompt(None, prompt)
+
+
 ORDINARY = ["Hello world! The quick brown fox jumps over the lazy dog.",
             "Amanda: I baked cookies. Do you want some?\r\nJerry: Sure!",
             "In 1969, Apollo 11 landed on the Moon; it cost $25.4 billion (about 150% over budget).",

@@ -15,6 +15,7 @@ from zephyr.config import DataArguments, EvalArguments, ModelArguments, to_dict
 from zephyr.errors import UsageError
 from zephyr.generation import greedy_generate, score_labels
 from zephyr.io import atomic_write_json, atomic_write_jsonl, read_json
+from zephyr.metrics import echoes_prompt
 from zephyr.dense import dense_for_inference
 from zephyr.modeling import context_length, load_model, load_tokenizer, resolve_model_path
 from zephyr.prompting import PromptBuilder
@@ -70,6 +71,8 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
              "truncated": enc.truncated} for e, p, err, enc in zip(examples, predictions, errors, encoded)]
     metrics = task.score([e.target for e in examples], predictions, builder.labels)
     metrics.update(
+        n_empty=sum(not (p or "").strip() for p in predictions),
+        n_echo=sum(echoes_prompt(p, tokenizer.decode(enc.ids)) for p, enc in zip(predictions, encoded)),
         n_truncated=sum(e.truncated for e in encoded), prompt_token_budget=budget,
         eval_method=eval_args.eval_method, max_new_tokens=max_new_tokens, eval_batch_size=eval_args.eval_batch_size,
         eval_batch_tokens=eval_args.eval_batch_tokens,

@@ -81,6 +81,20 @@ def rouge_metrics(references: list[str], predictions: list[str | None]) -> dict:
             totals[key] += scores[key].fmeasure
     n = len(references)
     out = {key: 100 * _ratio(totals[key], n) for key in keys}
-    out.update(n_examples=n, n_errors=sum(p is None for p in predictions),
-               n_empty=sum(not (p or "").strip() for p in predictions))
+    out.update(n_examples=n, n_errors=sum(p is None for p in predictions))
     return out
+
+
+def _words(text: str) -> list[str]:
+    return [word.strip(string.punctuation) for word in text.lower().split() if word.strip(string.punctuation)]
+
+
+def echoes_prompt(prediction: str | None, prompt: str) -> bool:
+    """True when a non-empty prediction is only a copy: its words form one contiguous run of the prompt's words
+    (a line of the dialogue, the whole dialogue, or the prompt's own cue such as ``Dialogue:``)."""
+    words = _words(prediction or "")
+    if not words:
+        return False
+    haystack = _words(prompt)
+    n = len(words)
+    return any(haystack[i:i + n] == words for i in range(len(haystack) - n + 1))
