@@ -117,6 +117,18 @@ def test_runs_share_out_gpus_one_at_a_time_and_failures_are_recorded(tmp_path, c
     assert {r["rouge1"] for r in rows if r["status"] == "ok"} == {"40.0"}
 
 
+def test_a_job_that_writes_only_metrics_gets_its_csv_row(tmp_path, capsys):
+    """Re-evaluations (the quality benchmark's 4-bit and log-likelihood passes) write metrics.json without a
+    config.json of their own; the sweep records them instead of dying in its worker thread."""
+    out = tmp_path / "run" / "eval-4bit"
+    code = run_sweep([Job(out, [sys.executable, "-c", f"import json, pathlib; p = pathlib.Path({str(out)!r}); "
+                                "(p / 'metrics.json').write_text(json.dumps({'rouge1': 1.0}))"])],
+                     ["0", "0"], tmp_path / "sweep.csv")
+    assert code == 0 and "sweep: 1 ran, 0 skipped, 0 failed" in capsys.readouterr().out
+    [row] = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert (row["status"], row["run"]) == ("ok", "eval-4bit")
+
+
 def test_killed_sweep_restarts_with_only_the_missing_runs(tmp_path):
     jobs = fake_jobs(tmp_path, 3, sleep=1.5)
     job_file = tmp_path / "jobs.tsv"

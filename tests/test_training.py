@@ -100,9 +100,8 @@ def _packed_rows_trainer(tokenizer, tmp_path, trainer_class):
              "The orbiter landed at night on the long runway.", "Tyres wear out."]
     examples = [Example(str(i), t, "sci.space" if i % 2 == 0 else "rec.autos") for i, t in enumerate(texts)]
     dataset, _ = build_training_dataset(builder, examples, max_length=48)
-    data, _, train_args = _args("unused", "unused", tmp_path)
+    data, _, train_args = _args("unused", "unused", tmp_path, packing=True)
     data.max_length = 48
-    assert train_args.packing, "packing is the default"
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL)).eval()
     trainer = trainer_class(model=model, args=build_sft_config(train_args, data, tmp_path),

@@ -114,7 +114,10 @@ def run_job(job: Job, gpu: str | None, csv_log: CsvLog) -> str | None:
                                preexec_fn=_die_with_parent)
     wall = round(time.perf_counter() - start, 1)
     if code == 0 and job.done():
-        csv_log.append({"status": "ok", "wall_s": wall, **summarize_run(job.run_dir)})
+        # A re-evaluation writes only metrics and predictions into its own folder: it gets a row by name.
+        has_config = (job.run_dir / "config.json").is_file()
+        csv_log.append({"status": "ok", "wall_s": wall,
+                        **(summarize_run(job.run_dir) if has_config else {"run": job.run_dir.name})})
         return None
     reason = f"exit code {code}" if code else "exited 0 without metrics.json"
     csv_log.append({"status": "failed", "wall_s": wall, "run": job.run_dir.name})
