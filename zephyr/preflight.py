@@ -19,6 +19,7 @@ from pathlib import Path
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, to_dict
 from zephyr.errors import UsageError
+from zephyr.modeling import check_model_path
 from zephyr.tasks import LoadedSplit, Task
 
 LOG_LEVEL_ENV = "LOGLEVEL"
@@ -63,8 +64,8 @@ def model_config(name: str, cache_dir: str | None, flag: str, hub: bool = True):
     """The config of the model a run will load, read without loading weights or writing anything; None for a
     hub id when ``hub`` is False. A GGUF file not yet converted is checked whole (header, tensor table, size) and
     its cache location must be writable."""
-    from zephyr.modeling import (causal_config, check_causal, check_model_path, checked_gguf_config,
-                                 gguf_cache_target, is_gguf, model_cache_root)
+    from zephyr.modeling import (causal_config, check_causal, checked_gguf_config, gguf_cache_target, is_gguf,
+                                 model_cache_root)
 
     path = check_model_path(name, flag)
     if is_gguf(name):
@@ -196,6 +197,7 @@ def finetune(task: Task, data_args: DataArguments, model_args: ModelArguments, t
         plan.evaluate_only = not train_args.overwrite and finished_with_same_settings(run_dir, arguments)
     if not plan.evaluate_only:
         prepare_run_dir(run_dir, arguments, train_args.overwrite, dry_run=True)
+    check_model_path(model_args.model_name_or_path)  # a mistyped path fails before the data is read
     labels = []
     if hub or not is_hub_source(task, "train", data_args):
         loaded = load_split(task, "train", data_args)
@@ -235,6 +237,7 @@ def baseline(task: Task, data_args: DataArguments, model_args: ModelArguments, e
 
     check_eval_method(task, eval_args)
     writable_dir(out_dir, "--eval_output_dir" if eval_args.eval_output_dir else "output directory")
+    check_model_path(model_args.model_name_or_path)
     needs_train = task.is_classification or eval_args.num_shots > 0
     plan = BaselinePlan(out_dir, None, [], [], None, None)
     if needs_train and (hub or not is_hub_source(task, "train", data_args)):
@@ -270,14 +273,14 @@ def shots_fit(task: Task, model_args: ModelArguments, plan: BaselinePlan, budget
     PromptBuilder(task, load_tokenizer(name), "chat", plan.labels, plan.shots).fit_shots(budget)
 
 
-def tables(runs: list[str], out: str) -> None:
-    """make_tables.py: every --runs folder holds finished runs, and --out can be written."""
-    for root in map(Path, runs):
-        if not root.is_dir():
-            raise UsageError(f"--runs: {root}: directory not found")
-        if next(root.rglob("metrics.json"), None) is None:
-            raise UsageError(f"--runs: {root}: no finished run in it (no metrics.json below it)")
+def tables(runs: list[str], out: str) -> list[dict]:
+    """make_tables.py: the summaries of the finished runs below every --runs folder (each must hold one), and an
+    --out that can be written."""
+    from zephyr.results import collect
+
+    rows = collect(runs)
     writable_dir(out, "--out")
+    return rows
 
 
 @dataclass
@@ -305,8 +308,6 @@ def _arguments_from(config: dict, cls, source: Path):
 def base_model(run_dir: Path, config: dict, eval_args: EvalArguments) -> tuple[str, str]:
     """(model, flag naming it): ``--base_model``, else the checkpoint config.json records, else the model it was
     made from (a GGUF file converts again). A copied run directory whose base model is elsewhere needs the flag."""
-    from zephyr.modeling import check_model_path
-
     if eval_args.base_model:
         return eval_args.base_model, "--base_model"
     recorded = [name for name in (config.get("model_path"), config.get("base_model")) if name]
