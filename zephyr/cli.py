@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -109,6 +110,19 @@ QUICKSTART_DEFAULTS = dict(
     logging_steps=5, do_eval=True, eval_batch_size=20)
 
 
+@contextlib.contextmanager
+def _quiet_progress_bars():
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def quickstart(argv=None) -> Path:
     """Train and evaluate offline: tiny Mistral + Zephyr tokenizer + generated data unless told otherwise.
 
@@ -128,7 +142,7 @@ def quickstart(argv=None) -> Path:
     if data_args.data_dir is None and not data_args.train_file:
         made["data_dir"] = (root / "data", write_synthetic_data)
     final = {flag: str(folder) for flag, (folder, _) in made.items()}
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, _quiet_progress_bars():  # the pre-flight says only its verdict
         staged = {}
         for flag, (folder, make) in made.items():
             if not folder.exists():
