@@ -68,6 +68,9 @@ def space(tmp_path, tiny_model_dir, monkeypatch):
     bad = tmp_path / "latin1data" / "newsgroups"
     bad.mkdir(parents=True)
     (bad / "train.jsonl").write_bytes(b'{"text": "caf\xe9", "label": "a"}\n')
+    big = tmp_path / "bigcsv" / "newsgroups"
+    big.mkdir(parents=True)
+    (big / "train.csv").write_text('text,label\n"' + "x" * 140_000 + '",a\n')
     write_gguf(tmp_path / "truncated.gguf", cut_to=0.5)
     (tmp_path / "garbage.gguf").write_bytes(b"GGUF" + bytes(range(60)))
     (tmp_path / "noruns").mkdir()
@@ -125,6 +128,10 @@ CASES = {
                               "--output_root: {root}/file.txt/runs: {root}/file.txt is a file, not a directory"),
     "data file not UTF-8": (train_cls, _base_train, ["--data_dir", "{root}/latin1data"], {},
                             "latin1data/newsgroups/train.jsonl: not UTF-8 text (byte 0xe9 at offset"),
+    "CSV the csv module cannot read": (train_cls, _base_train, ["--data_dir", "{root}/bigcsv"], {},
+                                       "bigcsv/newsgroups/train.csv: not valid CSV (field larger than field limit"),
+    "flash attention not installed": (train_cls, _base_train, ["--attn_implementation", "flash_attention_2"], {},
+                                      "--attn_implementation: flash_attention_2 needs the flash-attn package"),
     "config file not UTF-8": (train_cls, _base_train, ["--config", "{root}/latin1.yaml"], {},
                               "latin1.yaml: not UTF-8 text (byte 0xe9"),
     "truncated GGUF": (train_cls, _base_train, ["--model_name_or_path", "{root}/truncated.gguf"], {},
@@ -279,6 +286,8 @@ def test_sweep_refuses_loglik_with_samsum_and_a_bad_dry_run_value(tiny_model_dir
     assert sweep_main(["--jobs", str(jobs), "--csv", str(tmp_path / "s.csv"), "--dry_run"]) == 2
     assert capsys.readouterr().err == "error: samsum: --eval_method: loglik needs a classification task, not samsum\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "jobs.tsv"]
+    assert sweep_main(["--jobs", str(jobs), "--csv", str(tmp_path / "s.csv"), "--gpus", "a,b", "--dry_run"]) == 2
+    assert capsys.readouterr().err == "error: --gpus: 'a,b': GPU ids are indices (0,1) or GPU-/MIG- UUIDs\n"
     result = subprocess.run(["bash", str(REPO / "baseline_inference.sh")], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "DRY_RUN": "yes", "OUT_ROOT": str(tmp_path / "o")},
                             timeout=60)

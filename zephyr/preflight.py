@@ -19,7 +19,6 @@ from pathlib import Path
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, to_dict
 from zephyr.errors import UsageError
-from zephyr.modeling import check_model_path
 from zephyr.tasks import LoadedSplit, Task
 
 LOG_LEVEL_ENV = "LOGLEVEL"
@@ -64,8 +63,8 @@ def model_config(name: str, cache_dir: str | None, flag: str, hub: bool = True):
     """The config of the model a run will load, read without loading weights or writing anything; None for a
     hub id when ``hub`` is False. A GGUF file not yet converted is checked whole (header, tensor table, size) and
     its cache location must be writable."""
-    from zephyr.modeling import (causal_config, check_causal, checked_gguf_config, gguf_cache_target, is_gguf,
-                                 model_cache_root)
+    from zephyr.modeling import (causal_config, check_causal, check_model_path, checked_gguf_config,
+                                 gguf_cache_target, is_gguf, model_cache_root)
 
     path = check_model_path(name, flag)
     if is_gguf(name):
@@ -197,6 +196,8 @@ def finetune(task: Task, data_args: DataArguments, model_args: ModelArguments, t
         plan.evaluate_only = not train_args.overwrite and finished_with_same_settings(run_dir, arguments)
     if not plan.evaluate_only:
         prepare_run_dir(run_dir, arguments, train_args.overwrite, dry_run=True)
+    from zephyr.modeling import check_model_path
+
     check_model_path(model_args.model_name_or_path)  # a mistyped path fails before the data is read
     labels = []
     if hub or not is_hub_source(task, "train", data_args):
@@ -237,6 +238,8 @@ def baseline(task: Task, data_args: DataArguments, model_args: ModelArguments, e
 
     check_eval_method(task, eval_args)
     writable_dir(out_dir, "--eval_output_dir" if eval_args.eval_output_dir else "output directory")
+    from zephyr.modeling import check_model_path
+
     check_model_path(model_args.model_name_or_path)
     needs_train = task.is_classification or eval_args.num_shots > 0
     plan = BaselinePlan(out_dir, None, [], [], None, None)
@@ -308,6 +311,8 @@ def _arguments_from(config: dict, cls, source: Path):
 def base_model(run_dir: Path, config: dict, eval_args: EvalArguments) -> tuple[str, str]:
     """(model, flag naming it): ``--base_model``, else the checkpoint config.json records, else the model it was
     made from (a GGUF file converts again). A copied run directory whose base model is elsewhere needs the flag."""
+    from zephyr.modeling import check_model_path
+
     if eval_args.base_model:
         return eval_args.base_model, "--base_model"
     recorded = [name for name in (config.get("model_path"), config.get("base_model")) if name]
@@ -357,7 +362,10 @@ def inference(data_args: DataArguments, eval_args: EvalArguments, task_name: str
     test, examples = test_rows(task, data_args, labels) if hub or not is_hub_source(task, "test", data_args) \
         else (None, None)
     name, flag = base_model(run_dir, config, eval_args)
-    model_runtime(model_args)
+    try:
+        model_runtime(model_args)
+    except UsageError as err:  # the settings are the run's, not flags of this script
+        raise UsageError(f"--run_dir: {run_dir} was trained with {err}") from None
     model = model_config(name, model_args.model_cache_dir, flag, hub)
     if model is not None:
         prompt_budget(model, eval_args, eval_args.max_new_tokens or task.max_new_tokens, data_args.max_length)
