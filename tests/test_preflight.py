@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -237,6 +238,11 @@ def test_resumed_run_reports_the_losses_of_an_uninterrupted_one(tiny_model_dir, 
         assert (run_dir / name).stat().st_mode & 0o777 == 0o644, name
     config = json.loads((run_dir / "config.json").read_text())
     assert config["base_model"] == str(Path(tiny_model_dir).resolve())
+    # The run directory travels: a copy evaluates from another working directory.
+    shutil.copytree(run_dir, tmp_path / "elsewhere" / "copy")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    metrics = inference("newsgroups", ["--run_dir", "copy", "--data_dir", str(synthetic_data), "--max_test_rows", "4"])
+    assert metrics["n_examples"] == 4 and (tmp_path / "elsewhere" / "copy" / "metrics.json").is_file()
 
 
 def test_rerun_without_a_checkpoint_says_it_starts_over(tiny_model_dir, synthetic_data, tmp_path, caplog):
