@@ -11,8 +11,9 @@ Missing cells are shown as missing, never as zero.
 
 import argparse
 
+from zephyr import preflight
 from zephyr.cli import entry_point
-from zephyr.results import collect, write_tables
+from zephyr.results import write_tables
 
 
 @entry_point
@@ -23,7 +24,8 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output folder for tables and plots")
     parser.add_argument("--protocol", default="", help="one line stating how the runs were made")
     args = parser.parse_args(argv)
-    for name, path in write_tables(collect(args.runs), args.out, args.protocol).items():
+    rows = preflight.tables(args.runs, args.out)
+    for name, path in write_tables(rows, args.out, args.protocol).items():
         print(f"{name}: {path}")
 
 

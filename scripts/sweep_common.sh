@@ -60,6 +60,7 @@ add_job() {  # add_job RUN_NAME COMMAND...: one line "<run_dir>\t<quoted command
 
 run_jobs() {
   local dry=()
+  case $DRY_RUN in 0|1) ;; *) echo "error: DRY_RUN: must be 0 or 1, got '$DRY_RUN'" >&2; exit 2 ;; esac
   [ "$DRY_RUN" = 1 ] && dry=(--dry_run)
   "$PYTHON" -m zephyr.sweep --jobs "$JOBS_FILE" --csv "$OUT_ROOT/sweep.csv" --gpus "$GPUS" "${dry[@]}"
 }

@@ -91,4 +91,4 @@ def test_one_run_on_two_processes_trains_once_and_evaluates_once(tiny_model_dir,
     assert json.loads((run_dir / "config.json").read_text())["processes"] == 2
     assert json.loads((run_dir / "metrics.json").read_text())["n_examples"] == 6
     assert result.stdout.count('"metrics"') == 1  # evaluated by the main process only
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".ddp.lock", "ddp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # no lock file left behind

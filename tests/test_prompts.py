@@ -1,6 +1,9 @@
 """Prompt rendering: formats, deterministic few-shot picks, and fitting the context."""
 
+import pytest
+
 from zephyr.data import Example
+from zephyr.errors import UsageError
 from zephyr.prompting import PromptBuilder
 from zephyr.tasks import get_task
 
@@ -25,8 +28,9 @@ def test_few_shot_prompt_holds_the_shots_and_fits_its_budget(tokenizer):
     encoded = builder.encode_prompt(long_query, budget=300)
     assert encoded.truncated and len(encoded.ids) <= 300
     lengths = [len(builder.encode(builder.prompt_text("", builder.shots[:k]))) for k in range(4)]
-    builder.fit_shots(budget=2 * lengths[1])  # shots may take at most half the budget: only one fits
-    assert len(builder.shots) == 1 and lengths[2] > lengths[1]
+    builder.fit_shots(budget=2 * lengths[3])  # shots may take at most half the budget
+    with pytest.raises(UsageError, match="--num_shots: 3 examples take"):  # never dropped silently
+        builder.fit_shots(budget=2 * lengths[3] - 2)
 
 
 def test_original_format_is_the_study_template(tokenizer):

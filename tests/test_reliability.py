@@ -205,17 +205,22 @@ def test_killed_training_resumes_to_the_same_adapter(tiny_model_dir, synthetic_d
     for name in reference:
         torch.testing.assert_close(after_kill[name], reference[name], rtol=1e-5, atol=1e-6)
     assert _losses(run_dir) == pytest.approx(_losses(tmp_path / "ref" / "run"), rel=1e-5)
+    uninterrupted = json.loads((tmp_path / "ref" / "run" / "train_metrics.json").read_text())
+    for key in ("train_loss", "first_logged_loss", "last_logged_loss"):  # the whole run's, not this process's
+        assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-5), key
     assert not (run_dir / "checkpoints").exists()  # removed once the run is complete
+    assert list((tmp_path / "killed").iterdir()) == [run_dir]  # no lock file left, even after kill -9
 
 
 def test_second_writer_of_a_run_gets_a_clear_error(tiny_model_dir, synthetic_data, tmp_path, capsys):
     from zephyr.training import run_lock
 
-    with run_lock(tmp_path / "run"):
+    with run_lock(tmp_path / "run"):  # the lock is held on the run directory itself
+        before = snapshot(tmp_path)
         with pytest.raises(SystemExit):
             train_cls(_train_argv(tiny_model_dir, synthetic_data, tmp_path, max_steps=1))
+        assert snapshot(tmp_path) == before and not any((tmp_path / "run").iterdir())
     assert "another process is writing this run" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
 
 
 def test_unfinished_run_with_other_settings_is_not_resumed(tiny_model_dir, synthetic_data, tmp_path, capsys):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from zephyr.embedded import write_synthetic_data
 from zephyr.results import collect, write_tables
 from zephyr.sweep import Job, assign_gpus, run_sweep
 
@@ -56,16 +57,22 @@ def sweep_script(name: str, env: dict, *flags: str) -> subprocess.CompletedProce
                           env={**os.environ, "PYTHON": sys.executable, **env}, timeout=120)
 
 
-def test_dry_run_prints_the_ablation_grid(tmp_path):
-    result = sweep_script("sample_ablate.sh", {"DRY_RUN": "1", "OUT_ROOT": str(tmp_path), "DATA_DIR": "/data",
-                                               "GPUS": "0,1", "MODEL": "/models/tiny"})
+def test_dry_run_prints_the_ablation_grid(tmp_path, tiny_model_dir):
+    # Every job is checked before anything starts, so the model and the data must be real.
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny").symlink_to(tiny_model_dir)
+    data = write_synthetic_data(tmp_path / "data", seed=0, train_rows=160, test_rows=8)
+    out = tmp_path / "out"
+    result = sweep_script("sample_ablate.sh", {"DRY_RUN": "1", "OUT_ROOT": str(out), "DATA_DIR": str(data),
+                                               "GPUS": "0,1", "MODEL": str(tmp_path / "models" / "tiny")})
     lines = result.stdout.splitlines()
     assert result.returncode == 0 and len(lines) == 24, result.stderr
     assert all(line.startswith(f"CUDA_VISIBLE_DEVICES={i % 2} ") for i, line in enumerate(lines))
     assert "--run_name newsgroups_tiny_frac0.025_base --train_fraction 0.025 --do_eval True" in lines[0]
     assert "--train_fraction 1.0 --lora_targets all --lora_lm_head True --neftune_alpha 5 --do_eval True" in lines[-1]
-    assert all("--data_dir /data" in line and "--model_name_or_path /models/tiny" in line for line in lines)
-    assert not list(tmp_path.iterdir()), "a dry run writes nothing"
+    assert all(f"--data_dir {data}" in line and f"--model_name_or_path {tmp_path}/models/tiny" in line
+               for line in lines)
+    assert not out.exists(), "a dry run writes nothing"
 
 
 def test_dry_run_of_the_lora_grid_and_baselines(tmp_path):

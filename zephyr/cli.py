@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
+from zephyr import preflight
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, parse_args
 from zephyr.errors import UsageError
 from zephyr.tasks import get_task
@@ -21,8 +24,8 @@ def entry_point(main):
 
     @functools.wraps(main)
     def wrapper(argv=None):
-        logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
         try:
+            logging.basicConfig(level=preflight.log_level(), format="%(levelname)s %(name)s: %(message)s")
             return main(argv)
         except UsageError as err:
             print(f"error: {err}", file=sys.stderr)
@@ -42,33 +45,32 @@ def _check_task(data_args: DataArguments, task_name: str) -> None:
         raise UsageError(f"--task: this script is for {task_name}; use the {data_args.task} script instead")
 
 
+def parse_finetune(task_name: str, argv=None, defaults: dict | None = None):
+    task = get_task(task_name)
+    parsed = parse_args((DataArguments, ModelArguments, TrainArguments, EvalArguments), argv,
+                        defaults={"task": task_name, **task.defaults, **(defaults or {})})
+    _check_task(parsed[0], task_name)
+    return parsed
+
+
 def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
     """Fine-tune (and with ``--do_eval True`` evaluate) one run; returns its directory."""
     from dataclasses import replace
 
-    from zephyr.config import to_dict
-    from zephyr.evaluation import check_eval_method, evaluate, evaluate_run, load_test
+    from zephyr.evaluation import evaluate, evaluate_run
     from zephyr.prompting import PromptBuilder
-    from zephyr.training import finished_with_same_settings, is_main_process, run_directory, train
+    from zephyr.training import is_main_process, train
 
     task = get_task(task_name)
-    data_args, model_args, train_args, eval_args = parse_args(
-        (DataArguments, ModelArguments, TrainArguments, EvalArguments), argv,
-        defaults={"task": task_name, **task.defaults, **(defaults or {})})
-    _check_task(data_args, task_name)
-    if train_args.do_eval:  # a bad test file must fail before hours of training, not after
-        check_eval_method(task, eval_args)
-        train_labels = task.labels(task.load_split("train", data_args.data_dir, data_args.train_file).examples)
-        test, examples = load_test(task, data_args, train_labels)
-        run_dir = run_directory(data_args, model_args, train_args)
-        if not train_args.overwrite and finished_with_same_settings(
-                run_dir, to_dict(data_args, model_args, train_args)):
-            # Training finished but evaluation did not (a killed sweep): evaluate what is there.
-            if is_main_process():
-                logging.getLogger(__name__).info("%s: training already finished; evaluating it", run_dir)
-                metrics = evaluate_run(data_args, replace(eval_args, run_dir=str(run_dir)), task_name)
-                _print_metrics(Path(eval_args.eval_output_dir or run_dir) / "metrics.json", metrics)
-            return run_dir
+    data_args, model_args, train_args, eval_args = parse_finetune(task_name, argv, defaults)
+    plan = preflight.finetune(task, data_args, model_args, train_args, eval_args)
+    if plan.evaluate_only:
+        # Training finished but evaluation did not (a killed sweep): evaluate what is there.
+        if is_main_process():
+            logging.getLogger(__name__).info("%s: training already finished; evaluating it", plan.run_dir)
+            metrics = evaluate_run(data_args, replace(eval_args, run_dir=str(plan.run_dir)), task_name)
+            _print_metrics(Path(eval_args.eval_output_dir or plan.run_dir) / "metrics.json", metrics)
+        return plan.run_dir
     run = train(data_args, model_args, train_args)
     if not run.is_main_process:
         return run.run_dir
@@ -76,7 +78,7 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
     if train_args.do_eval:
         builder = PromptBuilder(task, run.tokenizer, data_args.prompt_format, run.labels)
         out_dir = Path(eval_args.eval_output_dir or run.run_dir)
-        metrics = evaluate(task, run.model, run.tokenizer, builder, test, examples, eval_args, out_dir,
+        metrics = evaluate(task, run.model, run.tokenizer, builder, plan.test, plan.examples, eval_args, out_dir,
                            data_args.max_length)
         _print_metrics(out_dir / "metrics.json", metrics)
     return run.run_dir
@@ -108,17 +110,68 @@ QUICKSTART_DEFAULTS = dict(
     logging_steps=5, do_eval=True, eval_batch_size=20)
 
 
+@contextlib.contextmanager
+def _quiet_progress_bars():
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def quickstart(argv=None) -> Path:
-    """Train and evaluate offline: tiny Mistral + Zephyr tokenizer + generated data unless told otherwise."""
+    """Train and evaluate offline: tiny Mistral + Zephyr tokenizer + generated data unless told otherwise.
+
+    The tiny model and the data are made in a scratch folder and checked there with the rest of the run, so bad
+    input leaves nothing behind; they move into ``--output_root`` only once the run is going ahead.
+    """
     from zephyr.embedded import build_tiny_model, write_synthetic_data
 
     argv = list(sys.argv[1:] if argv is None else argv)
     data_args, model_args, train_args, _ = parse_args(
         (DataArguments, ModelArguments, TrainArguments, EvalArguments), argv, defaults=QUICKSTART_DEFAULTS)
     root = Path(train_args.output_root)
-    extra = {}
+    preflight.writable_dir(root, "--output_root")
+    made = {}  # flag -> folder to make, for what is not there yet
     if model_args.model_name_or_path == EMBEDDED:
-        extra["model_name_or_path"] = str(build_tiny_model(root / "embedded-tiny-mistral"))
+        made["model_name_or_path"] = (root / "embedded-tiny-mistral", build_tiny_model)
     if data_args.data_dir is None and not data_args.train_file:
-        extra["data_dir"] = str(write_synthetic_data(root / "data"))
-    return finetune(data_args.task, argv, defaults={**QUICKSTART_DEFAULTS, **extra})
+        made["data_dir"] = (root / "data", write_synthetic_data)
+    final = {flag: str(folder) for flag, (folder, _) in made.items()}
+    with tempfile.TemporaryDirectory() as scratch, _quiet_progress_bars():  # the pre-flight says only its verdict
+        staged = {}
+        for flag, (folder, make) in made.items():
+            if not folder.exists():
+                staged[flag] = make(Path(scratch) / folder.name)
+        checked = {**final, **{flag: str(path) for flag, path in staged.items()}}
+        preflight.finetune(get_task(data_args.task),
+                           *parse_finetune(data_args.task, argv, {**QUICKSTART_DEFAULTS, **checked}))
+        root.mkdir(parents=True, exist_ok=True)
+        for flag, path in staged.items():
+            shutil.move(str(path), made[flag][0])
+    return finetune(data_args.task, argv, defaults={**QUICKSTART_DEFAULTS, **final})
+
+
+def preflight_command(command: list[str], hub: bool = False) -> None:
+    """The pre-flight of a suite script's command line, as a sweep will launch it, without running it (and, with
+    ``hub`` False, without the network). Commands of other programs pass unchecked."""
+    scripts = [i for i, arg in enumerate(command) if arg.endswith(".py")]
+    if not scripts:
+        return
+    script, argv = Path(command[scripts[0]]).name, command[scripts[0] + 1:]
+    if script in FINETUNE_SCRIPTS:
+        task = get_task(FINETUNE_SCRIPTS[script])
+        preflight.finetune(task, *parse_finetune(task.name, argv), hub=hub)
+    elif script == "zephyr_baseline_inference.py":
+        data_args, model_args, eval_args = parse_args((DataArguments, ModelArguments, EvalArguments), argv)
+        from zephyr.evaluation import baseline_output_dir
+
+        preflight.baseline(get_task(data_args.task), data_args, model_args, eval_args,
+                           baseline_output_dir(data_args, model_args, eval_args), hub=hub)
+
+
+FINETUNE_SCRIPTS = {"zephyr_classification.py": "newsgroups", "zephyr_summarization.py": "samsum"}

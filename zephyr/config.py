@@ -18,8 +18,11 @@ from typing import Optional
 import yaml
 
 from zephyr.errors import UsageError
+from zephyr.io import not_utf8
 
 DATA_DIR_ENV = "ZEPHYR_DATA_DIR"
+SEED_RANGE = 2**32  # numpy's seed range: transformers' set_seed seeds numpy too
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 TARGET_PRESETS = {
     # The study's default adapters: query and value projections only.
     "attention": ["q_proj", "v_proj"],
@@ -31,6 +34,15 @@ TARGET_PRESETS = {
 def _check(condition: bool, flag: str, message: str) -> None:
     if not condition:
         raise UsageError(f"--{flag}: {message}")
+
+
+def _check_finite(value: float, flag: str, low: float, message: str) -> None:
+    """``value`` is a finite number above ``low`` (NaN and infinity are refused)."""
+    _check(math.isfinite(value) and value > low, flag, f"{message} and finite, got {value}")
+
+
+def _check_seed(value: int, flag: str) -> None:
+    _check(0 <= value < SEED_RANGE, flag, f"must be in [0, 2**32), got {value}")
 
 
 def _auto_true_false(value, flag: str) -> str:
@@ -60,8 +72,11 @@ class DataArguments:
         from zephyr.tasks import TASKS
 
         _check(self.task in TASKS, "task", f"unknown task {self.task!r} (choose from {', '.join(TASKS)})")
-        if self.data_dir is None:
-            self.data_dir = os.environ.get(DATA_DIR_ENV) or None
+        if self.data_dir is None and os.environ.get(DATA_DIR_ENV):
+            self.data_dir = os.environ[DATA_DIR_ENV]
+            if not Path(self.data_dir).is_dir():
+                raise UsageError(f"{DATA_DIR_ENV}: {self.data_dir}: directory not found")
+        _check_seed(self.data_seed, "data_seed")
         _check(not math.isnan(self.train_fraction) and 0 < self.train_fraction <= 1, "train_fraction",
                f"must be in (0, 1], got {self.train_fraction}")
         _check(self.max_test_rows is None or self.max_test_rows > 0, "max_test_rows",
@@ -97,6 +112,8 @@ class ModelArguments:
         _check(self.lora_r > 0, "lora_r", f"must be positive, got {self.lora_r}")
         _check(self.lora_alpha > 0, "lora_alpha", f"must be positive, got {self.lora_alpha}")
         _check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        _check(self.attn_implementation in ATTENTION_IMPLEMENTATIONS, "attn_implementation",
+               f"unknown value {self.attn_implementation!r} (choose {', '.join(ATTENTION_IMPLEMENTATIONS)})")
         self.target_modules()  # validates the preset
 
     def target_modules(self) -> list[str]:
@@ -165,33 +182,50 @@ class TrainArguments:
                                         "TRL's padding-free concatenation (always used with flash_attention_2)"})
     seed: int = field(default=42)
     logging_steps: int = field(default=10)
-    save_steps: int = field(default=200, metadata={"help": "Checkpoint every N optimizer steps, so a killed run "
-                                                           "resumes when rerun (0: no checkpoints)"})
+    save_steps: Optional[int] = field(
+        default=None, metadata={"help": "Checkpoint every N optimizer steps, so a killed run resumes when rerun (0: no "
+                                        "checkpoints; default: every 200 steps or a tenth of the run, if shorter)"})
     do_eval: bool = field(default=False, metadata={"help": "Evaluate on the test split right after training"})
     overwrite: bool = field(default=False, metadata={"help": "Replace a finished run directory of the same name"})
 
     def __post_init__(self):
-        _check(self.num_train_epochs > 0, "num_train_epochs", f"must be positive, got {self.num_train_epochs}")
-        _check(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
+        from transformers.trainer_utils import SchedulerType
+        from transformers.training_args import OptimizerNames
+
+        _check_finite(self.num_train_epochs, "num_train_epochs", 0, "must be positive")
+        _check(self.max_steps == -1 or self.max_steps > 0, "max_steps", f"must be -1 or positive, got {self.max_steps}")
+        _check_finite(self.learning_rate, "learning_rate", 0, "must be positive")
+        _check(math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0, "max_grad_norm",
+               f"must be >= 0 (0: no clipping), got {self.max_grad_norm}")
+        _check_seed(self.seed, "seed")
+        schedulers = [s.value for s in SchedulerType]
+        _check(self.lr_scheduler_type in schedulers, "lr_scheduler_type",
+               f"unknown value {self.lr_scheduler_type!r} (choose from {', '.join(schedulers)})")
+        optimizers = [o.value for o in OptimizerNames]
+        _check(self.optim in optimizers, "optim", f"unknown optimizer {self.optim!r} (e.g. adamw_torch_fused, "
+                                                  "adamw_torch, paged_adamw_32bit)")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         _check(self.per_device_train_batch_size > 0, "per_device_train_batch_size", "must be positive")
         _check(self.gradient_accumulation_steps > 0, "gradient_accumulation_steps", "must be positive")
         _check(self.loss in ("completion", "full"), "loss", f"unknown value {self.loss!r} (choose completion or full)")
-        _check(self.neftune_alpha is None or self.neftune_alpha > 0, "neftune_alpha",
-               f"must be positive, got {self.neftune_alpha}")
-        _check(self.save_steps >= 0, "save_steps", f"must be >= 0, got {self.save_steps}")
+        if self.neftune_alpha is not None:
+            _check_finite(self.neftune_alpha, "neftune_alpha", 0, "must be positive")
+        _check(self.save_steps is None or self.save_steps >= 0, "save_steps", f"must be >= 0, got {self.save_steps}")
         _check(self.logging_steps > 0, "logging_steps", f"must be positive, got {self.logging_steps}")
         if str(self.gradient_checkpointing).isdigit():
             self.gradient_checkpointing = str(int(self.gradient_checkpointing))  # a layer count
         else:
             self.gradient_checkpointing = _auto_true_false(self.gradient_checkpointing, "gradient_checkpointing")
         self.compile_layers = _auto_true_false(self.compile_layers, "compile_layers")
-        _check(self.train_memory_gib > 0, "train_memory_gib", f"must be positive, got {self.train_memory_gib}")
+        _check_finite(self.train_memory_gib, "train_memory_gib", 0, "must be positive")
 
 
 @dataclass
 class EvalArguments:
     run_dir: Optional[str] = field(default=None, metadata={"help": "Fine-tuned run directory to evaluate"})
+    base_model: Optional[str] = field(
+        default=None, metadata={"help": "Base model of --run_dir (default: the one its config.json records): for a "
+                                        "run directory copied from another machine"})
     eval_output_dir: Optional[str] = field(
         default=None, metadata={"help": "Where predictions.jsonl and metrics.json go (default: the run directory)"})
     eval_batch_size: int = field(default=64, metadata={"help": "Most prompts per batch (halved on OOM)"})
@@ -212,7 +246,10 @@ class EvalArguments:
     def __post_init__(self):
         _check(self.eval_batch_size > 0, "eval_batch_size", f"must be positive, got {self.eval_batch_size}")
         _check(self.eval_batch_tokens > 0, "eval_batch_tokens", f"must be positive, got {self.eval_batch_tokens}")
-        _check(self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens", "must be positive")
+        _check(self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens",
+               f"must be positive, got {self.max_new_tokens}")
+        _check(self.max_prompt_tokens is None or self.max_prompt_tokens > 0, "max_prompt_tokens",
+               f"must be positive, got {self.max_prompt_tokens}")
         _check(self.eval_method in ("generate", "loglik"), "eval_method",
                f"unknown value {self.eval_method!r} (choose generate or loglik)")
         _check(self.num_shots >= 0, "num_shots", f"must be >= 0, got {self.num_shots}")
@@ -227,6 +264,10 @@ def _config_to_flags(path: str, allowed: set[str]) -> list[str]:
             data = json.load(handle) if file.suffix == ".json" else yaml.safe_load(handle)
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         raise UsageError(f"{path}: cannot parse config ({str(err).splitlines()[0]})") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: {not_utf8(err)}") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read config ({err.strerror})") from None
     data = data or {}
     if not isinstance(data, dict):
         raise UsageError(f"{path}: config must be a mapping of argument names to values")

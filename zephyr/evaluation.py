@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
+from zephyr import preflight
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, to_dict
 from zephyr.errors import UsageError
-from zephyr.generation import greedy_generate, score_labels
-from zephyr.io import atomic_write_json, atomic_write_jsonl, read_json
-from zephyr.metrics import echoes_prompt
 from zephyr.dense import dense_for_inference
+from zephyr.generation import greedy_generate, score_labels
+from zephyr.io import atomic_write_json, atomic_write_jsonl
+from zephyr.metrics import echoes_prompt
 from zephyr.modeling import context_length, load_model, load_tokenizer, resolve_model_path
 from zephyr.prompting import PromptBuilder
 from zephyr.runinfo import model_short_name, write_config
 from zephyr.tasks import Task, get_task
-from zephyr.training import ADAPTER_DIR, peak_memory_gib
+from zephyr.training import peak_memory_gib
 
 log = logging.getLogger(__name__)
+BASELINE_ROOT = "runs/baselines"
 
 
 def check_eval_method(task: Task, eval_args: EvalArguments) -> None:
@@ -31,15 +32,15 @@ def check_eval_method(task: Task, eval_args: EvalArguments) -> None:
         raise UsageError(f"--eval_method: loglik needs a classification task, not {task.name}")
 
 
-def load_test(task: Task, data_args: DataArguments, labels: list[str]):
-    test = task.load_split("test", data_args.data_dir, data_args.test_file)
+def select_test(task: Task, test, data_args: DataArguments, labels: list[str]) -> list:
+    """The test rows to score: the first ``--max_test_rows``; every label must be one training saw."""
     examples = test.examples[: data_args.max_test_rows] if data_args.max_test_rows else test.examples
     if task.is_classification:
         unseen = sorted({e.target for e in examples} - set(labels))
         if unseen:
             raise UsageError(f"{test.source}: test label {unseen[0]!r} never appears in the training labels "
                              f"({len(unseen)} unseen label(s))")
-    return test, examples
+    return examples
 
 
 def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, examples, eval_args: EvalArguments,
@@ -88,41 +89,18 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     return metrics
 
 
-def _arguments_from(config: dict, cls, source: Path):
-    try:
-        return cls(**config["arguments"][cls.__name__])
-    except (KeyError, TypeError) as err:
-        raise UsageError(f"{source}: no usable {cls.__name__} ({err})") from None
-
-
 def evaluate_run(data_args: DataArguments, eval_args: EvalArguments, task_name: str | None = None) -> dict:
     """Evaluate the adapter of a fine-tuning run on the test split, with the prompt format it was trained on."""
     from peft import PeftModel
 
-    if not eval_args.run_dir:
-        raise UsageError("--run_dir: required (a directory written by a fine-tuning script)")
-    run_dir = Path(eval_args.run_dir)
-    adapter = run_dir / ADAPTER_DIR
-    if not (adapter / "adapter_config.json").is_file():
-        raise UsageError(f"--run_dir: {run_dir}: no adapter ({ADAPTER_DIR}/adapter_config.json); "
-                         "did training finish?")
-    config = read_json(run_dir / "config.json")
-    trained_data = _arguments_from(config, DataArguments, run_dir / "config.json")
-    if task_name and trained_data.task != task_name:
-        raise UsageError(f"--run_dir: {run_dir} is a {trained_data.task} run; use that task's inference script")
-    model_args = _arguments_from(config, ModelArguments, run_dir / "config.json")
-    # The prompt format and task come from training; where the test data lives comes from this command.
-    data_args = replace(trained_data, data_dir=data_args.data_dir, test_file=data_args.test_file,
-                        max_test_rows=data_args.max_test_rows)
-    task = get_task(data_args.task)
-    check_eval_method(task, eval_args)
-    labels = config.get("data", {}).get("labels", [])
-    test, examples = load_test(task, data_args, labels)
-    tokenizer = load_tokenizer(str(adapter))
-    model = PeftModel.from_pretrained(load_model(model_args, config.get("model_path")), adapter)
-    builder = PromptBuilder(task, tokenizer, data_args.prompt_format, labels)
-    out_dir = Path(eval_args.eval_output_dir or run_dir)
-    return evaluate(task, model, tokenizer, builder, test, examples, eval_args, out_dir, data_args.max_length)
+    plan = preflight.inference(data_args, eval_args, task_name)
+    tokenizer = load_tokenizer(str(plan.adapter))
+    base = load_model(plan.model_args, resolve_model_path(plan.base_model, plan.model_args.model_cache_dir,
+                                                          plan.base_flag), plan.base_flag)
+    model = PeftModel.from_pretrained(base, plan.adapter)
+    builder = PromptBuilder(plan.task, tokenizer, plan.data_args.prompt_format, plan.labels)
+    return evaluate(plan.task, model, tokenizer, builder, plan.test, plan.examples, eval_args, plan.out_dir,
+                    plan.data_args.max_length)
 
 
 def baseline_name(data_args: DataArguments, model_args: ModelArguments, eval_args: EvalArguments) -> str:
@@ -133,23 +111,21 @@ def baseline_name(data_args: DataArguments, model_args: ModelArguments, eval_arg
     return "_".join(parts)
 
 
-def run_baseline(data_args: DataArguments, model_args: ModelArguments, eval_args: EvalArguments,
-                 output_root: str = "runs/baselines") -> tuple[Path, dict]:
+def baseline_output_dir(data_args: DataArguments, model_args: ModelArguments, eval_args: EvalArguments) -> Path:
+    return Path(eval_args.eval_output_dir or Path(BASELINE_ROOT) / baseline_name(data_args, model_args, eval_args))
+
+
+def run_baseline(data_args: DataArguments, model_args: ModelArguments, eval_args: EvalArguments) -> tuple[Path, dict]:
     """Zero-shot (``--num_shots 0``) or few-shot evaluation of the base model, chat-formatted; returns the output
     directory and the metrics."""
     task = get_task(data_args.task)
-    check_eval_method(task, eval_args)
+    out_dir = baseline_output_dir(data_args, model_args, eval_args)
+    plan = preflight.baseline(task, data_args, model_args, eval_args, out_dir)
     model_path = resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir)
-    needs_train = task.is_classification or eval_args.num_shots > 0
-    train = task.load_split("train", data_args.data_dir, data_args.train_file) if needs_train else None
-    labels = task.labels(train.examples) if train else []
-    shots = task.pick_shots(train.examples, eval_args.num_shots, data_args.data_seed) if train else []
-    test, examples = load_test(task, data_args, labels)
-    out_dir = Path(eval_args.eval_output_dir or Path(output_root) / baseline_name(data_args, model_args, eval_args))
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_args, model_path)
     write_config(out_dir / "config.json", to_dict(data_args, model_args, eval_args), kind="baseline",
-                 model_path=model_path, data={"labels": labels, "shot_ids": [s.id for s in shots]})
-    builder = PromptBuilder(task, tokenizer, "chat", labels, shots)
-    return out_dir, evaluate(task, model, tokenizer, builder, test, examples, eval_args, out_dir)
-
+                 model_path=model_path, base_model=model_args.model_name_or_path,
+                 data={"labels": plan.labels, "shot_ids": [s.id for s in plan.shots]})
+    builder = PromptBuilder(task, tokenizer, "chat", plan.labels, plan.shots)
+    return out_dir, evaluate(task, model, tokenizer, builder, plan.test, plan.examples, eval_args, out_dir)

@@ -13,6 +13,9 @@ from typing import Iterable
 from zephyr.errors import UsageError
 
 DATA_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give (0644 under the usual umask); mkstemp gives 0600
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -20,6 +23,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -47,11 +51,29 @@ def read_json(path: str | Path) -> dict:
         raise UsageError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
         raise UsageError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: {not_utf8(err)}") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def not_utf8(err: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a .jsonl, .json (array, or {"data": [...]}), .csv or .parquet file."""
-    path = Path(path)
+    """Rows of a .jsonl, .json (array, or {"data": [...]}), .csv or .parquet file (text files in UTF-8)."""
+    try:
+        return _read_rows(Path(path))
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: {not_utf8(err)}") from None
+    except csv.Error as err:
+        raise UsageError(f"{path}: not valid CSV ({err})") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def _read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise UsageError(f"{path}: data file not found")
     suffix = path.suffix.lower()

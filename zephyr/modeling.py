@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -14,6 +15,7 @@ from zephyr.config import ModelArguments
 from zephyr.errors import UsageError
 
 FLAG = "--model_name_or_path"
+CACHE_ENV = "ZEPHYR_CACHE"
 
 
 # -- pure factories ---------------------------------------------------------------------------------
@@ -53,29 +55,48 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def resolve_model_path(name: str, cache_dir: str | None = None) -> str:
+def resolve_model_path(name: str, cache_dir: str | None = None, flag: str = FLAG) -> str:
     """A local checkpoint directory or hub id; a .gguf file is converted once into a checkpoint directory."""
+    path = check_model_path(name, flag)
+    return str(convert_gguf(path, cache_dir, flag)) if is_gguf(name) else str(path if path.exists() else name)
+
+
+def is_gguf(name: str) -> bool:
+    return name.lower().endswith(".gguf")
+
+
+def check_model_path(name: str, flag: str = FLAG) -> Path:
+    """Refuse a model path that cannot be a checkpoint directory, a .gguf file or a hub id; reads nothing."""
     path = Path(name).expanduser()
-    if name.lower().endswith(".gguf"):
+    if is_gguf(name):
         if not path.is_file():
-            raise UsageError(f"{FLAG}: {name}: GGUF file not found")
-        return str(convert_gguf(path, cache_dir))
+            raise UsageError(f"{flag}: {name}: GGUF file not found")
+        return path
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UsageError(f"{FLAG}: {name}: directory has no config.json (not a transformers checkpoint)")
-        return str(path)
+            raise UsageError(f"{flag}: {name}: directory has no config.json (not a transformers checkpoint)")
+        return path
     if path.exists():
-        raise UsageError(f"{FLAG}: {name}: is a file; give a checkpoint directory, a .gguf file or a hub id")
+        raise UsageError(f"{flag}: {name}: is a file; give a checkpoint directory, a .gguf file or a hub id")
     if _looks_local(name):
-        raise UsageError(f"{FLAG}: {name}: no such directory")
-    return name
+        raise UsageError(f"{flag}: {name}: no such directory")
+    return path
 
 
-def _default_cache() -> Path:
-    return Path(os.environ.get("ZEPHYR_CACHE", Path.home() / ".cache" / "zephyr-suite"))
+def model_cache_root(cache_dir: str | None = None) -> tuple[Path, str]:
+    """Where GGUF conversions go, and the flag or variable that chose it (for error messages)."""
+    if cache_dir:
+        return Path(cache_dir).expanduser(), "--model_cache_dir"
+    configured = os.environ.get(CACHE_ENV)
+    if configured is not None:
+        if not configured.strip():
+            raise UsageError(f"{CACHE_ENV}: set but empty (unset it or give a directory)")
+        return Path(configured).expanduser(), CACHE_ENV
+    return Path.home() / ".cache" / "zephyr-suite", CACHE_ENV
 
 
-def _file_digest(path: Path) -> str:
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file is hashed again
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -83,21 +104,58 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def convert_gguf(path: Path, cache_dir: str | None = None) -> Path:
+def gguf_cache_target(path: Path, cache_dir: str | None = None) -> Path:
+    """The checkpoint directory a GGUF file converts to (named by its content hash, so a changed file converts
+    again)."""
+    stat = path.stat()
+    return model_cache_root(cache_dir)[0] / "gguf" / f"{path.stem}-{_file_digest(path, stat.st_size, stat.st_mtime_ns)[:16]}"
+
+
+@functools.lru_cache(maxsize=4)
+def _gguf_config(path: Path, size: int, mtime_ns: int, flag: str):
+    return gguf_config(path, flag)
+
+
+def checked_gguf_config(path: Path, flag: str = FLAG):
+    """gguf_config, parsed once per file version in a process (the preflight and the conversion both ask)."""
+    stat = path.stat()
+    return _gguf_config(path, stat.st_size, stat.st_mtime_ns, flag)
+
+
+def gguf_config(path: Path, flag: str = FLAG):
+    """The model config inside a GGUF file, after checking its header, tensor table and size.
+
+    transformers' reader (the gguf package's GGUFReader) maps every tensor of the table onto the file: a file
+    cut short or a corrupt table fails here, in seconds, before a conversion writes anything.
+    """
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise UsageError(f"{flag}: {path}: reading GGUF files needs the 'gguf' package (pip install gguf==0.19.0)")
+    from transformers import AutoConfig
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    try:
+        parsed = load_gguf_checkpoint(str(path), return_tensors=False)["config"]
+        model_type = parsed.pop("model_type")
+        return AutoConfig.for_model(model_type, **parsed)
+    except Exception as err:  # the reader raises ValueError, IndexError, KeyError... for broken files
+        detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise UsageError(f"{flag}: {path}: not a readable GGUF model (truncated or corrupt? {detail})") from None
+
+
+def convert_gguf(path: Path, cache_dir: str | None = None, flag: str = FLAG) -> Path:
     """Dequantize a GGUF file into a plain checkpoint (once; cached by content hash).
 
     A model loaded from GGUF refuses ``save_pretrained`` and 4-bit re-quantization, so a plain model is
     rebuilt from its config, given the loaded weights, and saved as an ordinary bf16 checkpoint.
     """
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        raise UsageError(f"{FLAG}: {path}: reading GGUF files needs the 'gguf' package (pip install gguf==0.19.0)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target = Path(cache_dir or _default_cache()) / "gguf" / f"{path.stem}-{_file_digest(path)[:16]}"
+    target = gguf_cache_target(path, cache_dir)
     if (target / "config.json").is_file():
         return target
+    checked_gguf_config(path, flag)  # a broken file fails before the cache folder is created
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     target.parent.mkdir(parents=True, exist_ok=True)
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     config = loaded.config
@@ -129,13 +187,13 @@ def convert_gguf(path: Path, cache_dir: str | None = None) -> Path:
 
 
 # -- loading ----------------------------------------------------------------------------------------
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, flag: str = FLAG):
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise UsageError(f"{FLAG}: {path}: cannot load a tokenizer ({str(err).splitlines()[0][:200]})") from None
+        raise UsageError(f"{flag}: {path}: cannot load a tokenizer ({str(err).splitlines()[0][:200]})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -148,26 +206,43 @@ def device_map():
     return None
 
 
-def load_model(model_args: ModelArguments, path: str | None = None):
-    """The base causal LM, quantized to 4-bit NF4 unless ``--quantization none``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+def causal_config(path: str, flag: str = FLAG):
+    """The config of a checkpoint directory or hub id, which must be a causal language model's."""
+    from transformers import AutoConfig
 
-    path = path or resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir)
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise UsageError(f"{FLAG}: {path}: cannot load a model config ({str(err).splitlines()[0][:200]})") from None
+        raise UsageError(f"{flag}: {path}: cannot load a model config ({str(err).splitlines()[0][:200]})") from None
+    check_causal(config, path, flag)
+    return config
+
+
+def check_causal(config, path, flag: str = FLAG) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise UsageError(f"{FLAG}: {path}: a {config.model_type!r} checkpoint is not a causal language model")
-    dtype = compute_dtype(model_args.dtype)
-    quantization = build_bnb_config(model_args, dtype)
-    if quantization is not None:
+        raise UsageError(f"{flag}: {path}: a {config.model_type!r} checkpoint is not a causal language model")
+
+
+def check_quantization_backend(model_args: ModelArguments) -> None:
+    if model_args.quantization == "4bit":
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise UsageError("--quantization 4bit: bitsandbytes is not installed "
                              "(pip install bitsandbytes==0.50.2, or pass --quantization none)") from None
+
+
+def load_model(model_args: ModelArguments, path: str | None = None, flag: str = FLAG):
+    """The base causal LM, quantized to 4-bit NF4 unless ``--quantization none``."""
+    from transformers import AutoModelForCausalLM
+
+    path = path or resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir, flag)
+    config = causal_config(path, flag)
+    dtype = compute_dtype(model_args.dtype)
+    quantization = build_bnb_config(model_args, dtype)
+    check_quantization_backend(model_args)
     avoid_per_shape_attention_plans()
     return AutoModelForCausalLM.from_pretrained(
         path, config=config, quantization_config=quantization, dtype=dtype,
@@ -185,5 +260,8 @@ def avoid_per_shape_attention_plans() -> None:
 
 
 def context_length(model) -> int:
-    config = model.config
+    return config_context_length(model.config)
+
+
+def config_context_length(config) -> int:
     return int(getattr(config, "max_position_embeddings", None) or 2048)

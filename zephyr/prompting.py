@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import prompts
 from zephyr.data import Example
+from zephyr.errors import UsageError
 from zephyr.tasks.base import Task
 
 _MAX_FIT_ATTEMPTS = 6
@@ -32,10 +33,12 @@ class PromptBuilder:
         self.shots = [(self._head(s.text, shot_max_tokens), s.target) for s in shots]
 
     def fit_shots(self, budget: int) -> None:
-        """Drop few-shot examples (last first) until the prompt without its query text takes at most half of
-        ``budget`` tokens, leaving the other half for the query."""
-        while self.shots and len(self.encode(self.prompt_text(""))) > budget // 2:
-            self.shots.pop()
+        """Refuse few-shot examples that take more than half of ``budget`` tokens (the prompt without its query
+        text), so the other half is left for the query: dropping some would silently change --num_shots."""
+        used = len(self.encode(self.prompt_text(""))) if self.shots else 0
+        if used > budget // 2:
+            raise UsageError(f"--num_shots: {len(self.shots)} examples take {used} prompt tokens, more than half "
+                             f"the prompt budget of {budget}; ask for fewer shots or a larger --max_prompt_tokens")
 
     # -- text ---------------------------------------------------------------------------------------
     def _messages(self, text: str, shots) -> list[dict]:

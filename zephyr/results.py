@@ -63,8 +63,10 @@ def collect(roots: list[str | Path]) -> list[dict]:
     for root in map(Path, roots):
         if not root.is_dir():
             raise UsageError(f"--runs: {root}: directory not found")
-        for metrics in sorted(root.rglob("metrics.json")):
-            rows.append(summarize_run(metrics.parent))
+        found = sorted(root.rglob("metrics.json"))
+        if not found:
+            raise UsageError(f"--runs: {root}: no finished run in it (no metrics.json below it)")
+        rows += [summarize_run(metrics.parent) for metrics in found]
     return rows
 
 

@@ -82,8 +82,19 @@ def device_info() -> dict:
     return {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
 
 
-def write_config(path: Path, arguments: dict, **extra) -> dict:
-    config = {"arguments": arguments, **extra, "versions": versions(), "git_commit": git_commit(),
+def absolute_if_local(name: str) -> str:
+    """A model path that exists here as an absolute path (so it works from any directory); a hub id unchanged."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def write_config(path: Path, arguments: dict, model_path: str | None = None, base_model: str | None = None,
+                 **extra) -> dict:
+    """config.json; ``model_path`` (the checkpoint loaded) and ``base_model`` (as given: a .gguf file, a directory
+    or a hub id) are recorded absolute, so evaluation finds the base model from any working directory."""
+    models = {} if model_path is None else {"model_path": absolute_if_local(model_path),
+                                              "base_model": absolute_if_local(base_model or model_path)}
+    config = {"arguments": arguments, **models, **extra, "versions": versions(), "git_commit": git_commit(),
               "device": device_info(), "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}
     atomic_write_json(path, config)
     return config

@@ -55,6 +55,18 @@ def read_jobs(path: str | Path) -> list[Job]:
     return jobs
 
 
+def check_jobs(jobs: list[Job]) -> None:
+    """Every job's pre-flight, before the first one starts (and in a dry run): a bad grid value or combination
+    fails in seconds, not after the good runs. Hub models and datasets are left to each run's own pre-flight."""
+    from zephyr.cli import preflight_command
+
+    for job in jobs:
+        try:
+            preflight_command(job.command)
+        except UsageError as err:
+            raise UsageError(f"{job.run_dir.name}: {err}") from None
+
+
 def assign_gpus(jobs: list[Job], gpus: list[str]) -> list[tuple[Job, str | None]]:
     """The order jobs start in, each with the GPU it would get if run one after another per GPU slot.
 
@@ -175,7 +187,11 @@ def main(argv=None) -> int:
         gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
         if len(set(gpus)) != len(gpus):
             raise UsageError(f"--gpus: {args.gpus!r} names a GPU twice")
-        return run_sweep(read_jobs(args.jobs), gpus, Path(args.csv), args.dry_run)
+        if not all(g.isdigit() or g.startswith(("GPU-", "MIG-")) for g in gpus):
+            raise UsageError(f"--gpus: {args.gpus!r}: GPU ids are indices (0,1) or GPU-/MIG- UUIDs")
+        jobs = read_jobs(args.jobs)
+        check_jobs([job for job in jobs if not job.done()])
+        return run_sweep(jobs, gpus, Path(args.csv), args.dry_run)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

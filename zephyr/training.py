@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import resource
 import shutil
@@ -37,6 +38,25 @@ from zephyr.tasks import Task, get_task
 log = logging.getLogger(__name__)
 ADAPTER_DIR = "adapter"
 TRAIN_METRICS = "train_metrics.json"
+LOSS_SUM = "loss_sum.json"  # in a checkpoint: the training loss summed over its steps, for the resumed run's mean
+DEFAULT_SAVE_STEPS = 200
+
+
+def default_save_steps(total_steps: int) -> int:
+    """Every 200 steps, or a tenth of the run if that is shorter: a killed run of any length can resume."""
+    return max(1, min(DEFAULT_SAVE_STEPS, math.ceil(total_steps / 10)))
+
+
+def _checkpoint_interval_callback():
+    from transformers import TrainerCallback
+
+    class CheckpointInterval(TrainerCallback):
+        """Sets the default checkpoint interval once the Trainer knows the run's length."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            state.save_steps = default_save_steps(state.max_steps)
+
+    return CheckpointInterval()
 
 
 def peak_memory_gib() -> dict:
@@ -101,8 +121,8 @@ def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_d
         seed=train_args.seed,
         data_seed=data_args.data_seed,
         logging_steps=train_args.logging_steps,
-        save_strategy="steps" if train_args.save_steps else "no",
-        save_steps=train_args.save_steps or 500,
+        save_strategy="no" if train_args.save_steps == 0 else "steps",
+        save_steps=train_args.save_steps or DEFAULT_SAVE_STEPS,  # no --save_steps: set per run (CheckpointInterval)
         save_total_limit=2,
         report_to="none",
         bf16=dtype == torch.bfloat16,
@@ -141,20 +161,20 @@ _RESUMABLE_DIFFERENCES = {"overwrite", "do_eval", "logging_steps", "save_steps",
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
-    """Exclusive lock on a run (a file beside it, released by the OS even on kill -9)."""
+    """Exclusive lock on a run, held on the run directory itself: the OS releases it even on kill -9, and no lock
+    file is left behind however the run ends."""
     import fcntl
 
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = run_dir.parent / f".{run_dir.name}.lock"
-    with open(lock_path, "w") as handle:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = os.open(run_dir, os.O_RDONLY)
+    try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(f"{run_dir}: another process is writing this run (lock {lock_path})") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            raise UsageError(f"{run_dir}: another process is writing this run") from None
+        yield
+    finally:
+        os.close(handle)  # releases the lock
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -176,10 +196,10 @@ def prepare_run_dir(run_dir: Path, arguments: dict, overwrite: bool, dry_run: bo
         if not overwrite:
             raise UsageError(f"{run_dir}: a finished run is already there; pass --overwrite True to replace it")
         if not dry_run:
-            shutil.rmtree(run_dir)
+            _empty_run_dir(run_dir)
     elif (run_dir / "config.json").is_file() and overwrite:
         if not dry_run:
-            shutil.rmtree(run_dir)
+            _empty_run_dir(run_dir)
     elif (run_dir / "config.json").is_file():
         previous = _flatten(read_json(run_dir / "config.json").get("arguments", {}))
         current = _flatten(arguments)
@@ -192,6 +212,8 @@ def prepare_run_dir(run_dir: Path, arguments: dict, overwrite: bool, dry_run: bo
         if checkpoint is not None and not dry_run:
             _trim_log(run_dir / "train_log.jsonl", int(checkpoint.name.split("-")[1]))
             return checkpoint
+        if not dry_run:
+            log.warning("%s: an unfinished run with no checkpoint to resume from: starting over", run_dir)
     elif run_dir.is_dir() and any(path.name != SWEEP_LOG for path in run_dir.iterdir()):
         raise UsageError(f"{run_dir}: exists and is not a run directory of this suite; "
                          "choose another --run_name or --output_root")
@@ -200,6 +222,17 @@ def prepare_run_dir(run_dir: Path, arguments: dict, overwrite: bool, dry_run: bo
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "train_log.jsonl").unlink(missing_ok=True)
     return None
+
+
+def _empty_run_dir(run_dir: Path) -> None:
+    """Remove a run's files but keep the directory (it holds the run lock) and the sweep's open log."""
+    for child in run_dir.iterdir():
+        if child.name == SWEEP_LOG:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def run_directory(data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments) -> Path:
@@ -459,6 +492,25 @@ def _suite_trainer_class():
         _batch_tokens = None
         _metric_sums = None  # label tokens, entropy sum, top-1 hits since the last log
         sync_free_metrics = True  # False: TRL's own loss and metrics (the plain twin of this trainer)
+        _running_loss = None  # the loss summed since the last log (the Trainer's tr_loss)
+        loss_before_resume = 0.0  # the loss summed over the steps of the checkpoint this run resumed from
+
+        def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
+            self._running_loss = tr_loss
+            return super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+
+        def _save_checkpoint(self, model, trial):
+            # Written before the Trainer's own files: trainer_state.json, written last, marks a complete checkpoint.
+            if self.args.should_save and self.loss_before_resume is not None:
+                folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+                total = self.loss_before_resume + self._total_loss_scalar + float(self._running_loss)
+                atomic_write_json(folder / LOSS_SUM, {"step": self.state.global_step, "loss_sum": total})
+            super()._save_checkpoint(model, trial)
+
+        def _finalize_training(self, *args, **kwargs):
+            # The Trainer's mean training loss counts only the steps run in this process, over all steps.
+            self._total_loss_scalar += self.loss_before_resume or 0.0
+            return super()._finalize_training(*args, **kwargs)
 
         def training_step(self, model, inputs, *args, **kwargs):
             self._batch_tokens = inputs.pop(NUM_TOKENS, None)
@@ -571,6 +623,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
                      len(loaded.examples), loaded.dropped, truncated, data_args.max_length,
                      f"; resuming from {resume_from}" if resume_from else "")
             write_config(run_dir / "config.json", arguments, kind="finetune", model_path=model_path,
+                         base_model=model_args.model_name_or_path,
                          data=data_report, resumed_from=str(resume_from) if resume_from else None,
                          processes=processes.num_processes)
         processes.wait_for_everyone()
@@ -579,14 +632,24 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
 
         set_seed(train_args.seed)  # LoRA's A matrices are drawn here, before the Trainer seeds anything
         model = get_peft_model(base_model, build_lora_config(model_args))
+        callbacks = [_train_log_callback()(run_dir / "train_log.jsonl")]
+        if train_args.save_steps is None:
+            callbacks.append(_checkpoint_interval_callback())
         trainer, restore, checkpointed = build_trainer(
-            model, tokenizer, dataset, data_args, model_args, train_args, run_dir,
-            callbacks=[_train_log_callback()(run_dir / "train_log.jsonl")])
+            model, tokenizer, dataset, data_args, model_args, train_args, run_dir, callbacks=callbacks)
+        trainer.loss_before_resume = _loss_sum(resume_from) if resume_from else 0.0
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         restore()
         if main:
             _save_finished_run(trainer, tokenizer, result, run_dir, resume_from, checkpointed)
     return TrainedRun(run_dir, task, trainer.model, tokenizer, labels, main)
+
+
+def _loss_sum(checkpoint: Path) -> float | None:
+    """The training loss summed up to ``checkpoint``; None for a checkpoint without it (then the mean is
+    unknown, not wrong)."""
+    path = checkpoint / LOSS_SUM
+    return read_json(path)["loss_sum"] if path.is_file() else None
 
 
 def _save_finished_run(trainer, tokenizer, result, run_dir: Path, resume_from: Path | None, checkpointed: int):
@@ -595,12 +658,14 @@ def _save_finished_run(trainer, tokenizer, result, run_dir: Path, resume_from: P
     tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     runtime = result.metrics["train_runtime"]
+    tokens_this_process = trainer.state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen
     atomic_write_json(run_dir / TRAIN_METRICS, {
         "train_runtime_s": runtime, "train_steps": trainer.state.global_step,
         # summed over processes: the run's throughput, not one GPU's
         "train_tokens": trainer.state.num_input_tokens_seen,
-        "tokens_per_s": trainer.state.num_input_tokens_seen / runtime if runtime else None,
-        "train_loss": result.training_loss, "first_logged_loss": losses[0] if losses else None,
+        "tokens_per_s": tokens_this_process / runtime if runtime else None,  # after a resume: of this process
+        "train_loss": None if trainer.loss_before_resume is None else result.training_loss,
+        "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "resumed_from_step": int(resume_from.name.split("-")[1]) if resume_from else None,
