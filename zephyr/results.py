@@ -206,10 +206,9 @@ def write_tables(rows: list[dict], out_dir: str | Path, protocol: str = "") -> d
                                                    "(Flan-T5-Base fully fine-tuned; no zero- or few-shot score per "
                                                    "model); not rerun."}
     for name, table in tables.items():
-        columns = list(table[0]) if table else ["(no runs)"]
+        columns = list(table[0])  # never empty: every table lists the study's rows
         atomic_write_text(out / f"{name}.csv", to_csv(table, columns))
-        markdown.append(f"\n## {titles[name]}\n\n" + (to_markdown(table, columns) if table else "No runs.\n")
-                        + f"\n{study_notes[name]}\n")
+        markdown.append(f"\n## {titles[name]}\n\n{to_markdown(table, columns)}\n{study_notes[name]}\n")
         written[name] = out / f"{name}.csv"
     atomic_write_text(out / "runs.csv", to_csv(rows, ROW_COLUMNS))
     atomic_write_text(out / "tables.md", "".join(markdown))
