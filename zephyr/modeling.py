@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -166,6 +167,7 @@ def convert_gguf(path: Path, cache_dir: str | None = None, flag: str = FLAG) -> 
     plain.tie_weights()
     plain = plain.to(torch.bfloat16)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    repair_gguf_tokenizer(tokenizer, path)
     # transformers' GGUF tokenizer conversion can set EOS to the BOS token (SmolLM2: <|im_start|>); the model's
     # own config names the token that ends its turns.
     if config.eos_token_id is not None and tokenizer.eos_token_id != config.eos_token_id:
@@ -184,6 +186,30 @@ def convert_gguf(path: Path, cache_dir: str | None = None, flag: str = FLAG) -> 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def repair_gguf_tokenizer(tokenizer, path: Path) -> None:
+    """Give a GGUF sentencepiece vocabulary (Gemma 3) the BPE merges its tokenizer class needs on reload.
+
+    Such a file ships pieces and scores but no merges. transformers 5.17 converts it to a Unigram tokenizer,
+    but Gemma's tokenizer class rebuilds a BPE from the saved vocabulary and merges, and with no merges BPE
+    splits every word into single characters. The merges are rebuilt from the pieces' ranks, as transformers
+    does for a sentencepiece model file. The file's ``add_bos_token``, which the conversion drops, is honoured
+    too: Gemma expects ``<bos>`` at the start of every sequence.
+    """
+    import gguf
+    from tokenizers.models import BPE, Unigram
+    from transformers.tokenization_utils_base import generate_merges
+
+    backend = tokenizer.backend_tokenizer
+    if isinstance(backend.model, Unigram) and getattr(type(tokenizer), "model", None) is BPE:
+        pieces = json.loads(backend.to_str())["model"]["vocab"]
+        vocab = {piece: rank for rank, (piece, _score) in enumerate(pieces)}
+        backend.model = BPE(vocab, generate_merges(vocab), unk_token=tokenizer.unk_token, fuse_unk=True,
+                            byte_fallback=True)
+    add_bos = gguf.GGUFReader(path).fields.get("tokenizer.ggml.add_bos_token")
+    if add_bos is not None and add_bos.contents() and not tokenizer.add_bos_token:
+        tokenizer.add_bos_token = True
 
 
 # -- loading ----------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Run directories -> one summary row each -> the study's tables (Markdown, CSV) and plots (PNG).
 
-A missing cell is shown as "—" in Markdown and left empty in CSV, never as 0.
+A missing cell is shown as "—" in Markdown and left empty in CSV, never as 0. Each table also carries the study's
+published numbers (zephyr.reference) in columns or rows marked "study".
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import csv
 import io
 from pathlib import Path
 
+from zephyr import reference
 from zephyr.errors import UsageError
 from zephyr.io import atomic_write_text, read_json
 
@@ -99,7 +101,7 @@ STUDY_FRACTIONS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 def table1(rows: list[dict]) -> list[dict]:
-    """Newsgroups accuracy: one row per training-row count, one column per variant."""
+    """Newsgroups accuracy: one row per training-row count, one column per variant, then the study's."""
     runs = [r for r in rows if r["task"] == "newsgroups" and r["kind"] == "finetune"]
     out = []
     for fraction in sorted({r["train_fraction"] for r in runs} | set(STUDY_FRACTIONS)):
@@ -107,32 +109,41 @@ def table1(rows: list[dict]) -> list[dict]:
         row = {"train_fraction": f"{fraction:g}", "train_rows": max((r["train_rows"] or 0 for r in at), default=None)}
         for variant in VARIANTS:
             row[variant] = _latest([r for r in at if r["variant"] == variant]).get("accuracy")
+        study_rows, study_accuracy = reference.TABLE1_ACCURACY.get(fraction, (None, {}))
+        row["study train_rows"] = study_rows
+        row.update({f"study {variant}": study_accuracy.get(variant) for variant in VARIANTS})
         out.append(row)
     return out
 
 
 def table2(rows: list[dict]) -> list[dict]:
-    """SAMSum ROUGE-1/2 for zero-shot, few-shot and the four fine-tuned variants."""
+    """SAMSum ROUGE-1/2 for zero-shot, few-shot and the four fine-tuned variants, then the study's."""
     runs = [r for r in rows if r["task"] == "samsum"]
     out = []
     for setting in ["zero-shot", "few-shot", *VARIANTS]:
         cell = _latest([r for r in runs if r["variant"] == setting])
+        study_rouge1, study_rouge2 = reference.TABLE2_ROUGE[setting]
         out.append({"setting": setting, "model": cell.get("model"), "rouge1": cell.get("rouge1"),
-                    "rouge2": cell.get("rouge2")})
+                    "rouge2": cell.get("rouge2"), "study rouge1": study_rouge1, "study rouge2": study_rouge2})
     return out
 
 
 def table3(rows: list[dict]) -> list[dict]:
-    """SAMSum ROUGE-1/2 by model: zero-shot, few-shot and the base fine-tuned variant."""
+    """SAMSum ROUGE-1/2 by model: ours (zero-shot, few-shot, base fine-tuned variant), then the study's models
+    (fine-tuned only; it reports no zero- or few-shot score per model)."""
     runs = [r for r in rows if r["task"] == "samsum"]
     out = []
     for model in sorted({r["model"] for r in runs}):
-        row = {"model": model}
+        row = {"model": model, "source": "ours"}
         for setting in ("zero-shot", "few-shot", "base"):
             cell = _latest([r for r in runs if r["model"] == model and r["variant"] == setting])
             label = "fine-tuned" if setting == "base" else setting
             row[f"{label} ROUGE-1"], row[f"{label} ROUGE-2"] = cell.get("rouge1"), cell.get("rouge2")
         out.append(row)
+    for model, (rouge1, rouge2) in reference.TABLE3_ROUGE.items():
+        out.append({"model": model, "source": "study", "zero-shot ROUGE-1": None, "zero-shot ROUGE-2": None,
+                    "few-shot ROUGE-1": None, "few-shot ROUGE-2": None, "fine-tuned ROUGE-1": rouge1,
+                    "fine-tuned ROUGE-2": rouge2})
     return out
 
 
@@ -146,13 +157,16 @@ def plot_accuracy(table: list[dict], path: Path) -> None:
     for variant in VARIANTS:
         points = [(r["train_rows"], r[variant]) for r in table if r[variant] is not None]
         if points:
-            ax.plot(*zip(*points), marker="o", label=variant)
+            (line,) = ax.plot(*zip(*points), marker="o", label=variant)
+            study = [(r["study train_rows"], r[f"study {variant}"]) for r in table if r[f"study {variant}"] is not None]
+            ax.plot(*zip(*study), marker="x", linestyle="--", color=line.get_color(), alpha=0.6,
+                    label=f"{variant} (study, {reference.STUDY_MODEL})")
     ax.set_xscale("log")
     ax.set_xlabel("training rows")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("20 Newsgroups: accuracy by training rows")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -188,10 +202,15 @@ def write_tables(rows: list[dict], out_dir: str | Path, protocol: str = "") -> d
     titles = {"table1_newsgroups_accuracy": "Table 1: 20 Newsgroups accuracy (%) by training rows",
               "table2_samsum_rouge": "Table 2: SAMSum ROUGE-1/ROUGE-2 (x100) by setting",
               "table3_samsum_rouge_by_model": "Table 3: SAMSum ROUGE-1/ROUGE-2 (x100) by model"}
+    study_notes = {"table1_newsgroups_accuracy": f"Columns \"study …\": {reference.STUDY} (published, not rerun).",
+                   "table2_samsum_rouge": f"Columns \"study …\": {reference.STUDY} (published, not rerun).",
+                   "table3_samsum_rouge_by_model": "Rows \"study\": the study's published fine-tuned SAMSum scores "
+                                                   "(Flan-T5-Base fully fine-tuned; no zero- or few-shot score per "
+                                                   "model); not rerun."}
     for name, table in tables.items():
-        columns = list(table[0]) if table else ["(no runs)"]
+        columns = list(table[0])  # never empty: every table lists the study's rows
         atomic_write_text(out / f"{name}.csv", to_csv(table, columns))
-        markdown.append(f"\n## {titles[name]}\n\n" + (to_markdown(table, columns) if table else "No runs.\n"))
+        markdown.append(f"\n## {titles[name]}\n\n{to_markdown(table, columns)}\n{study_notes[name]}\n")
         written[name] = out / f"{name}.csv"
     atomic_write_text(out / "runs.csv", to_csv(rows, ROW_COLUMNS))
     atomic_write_text(out / "tables.md", "".join(markdown))
