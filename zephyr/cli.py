@@ -11,9 +11,16 @@ from pathlib import Path
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, parse_args
 from zephyr.errors import UsageError
+from zephyr.progress import configure_logging
 from zephyr.tasks import get_task
 
 EMBEDDED = "embedded"
+# Flags of the shared dataclasses that a command ignores: left out of its parser, so --help lists only what works.
+FINETUNE_UNUSED = frozenset({"run_dir", "num_shots"})
+INFERENCE_UNUSED = frozenset({"task", "train_file", "train_fraction", "data_seed", "prompt_format", "max_length",
+                              "num_shots"})  # a run's training settings come from its config.json
+BASELINE_UNUSED = frozenset({"train_fraction", "prompt_format", "max_length", "lora_r", "lora_alpha", "lora_dropout",
+                             "lora_targets", "lora_lm_head", "run_dir"})  # chat prompts, base model only
 
 
 def entry_point(main):
@@ -21,14 +28,26 @@ def entry_point(main):
 
     @functools.wraps(main)
     def wrapper(argv=None):
-        logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+        argv = list(sys.argv[1:] if argv is None else argv)
         try:
+            argv, level = _pop_log_level(argv)
+            configure_logging(level)
             return main(argv)
         except UsageError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def _pop_log_level(argv: list[str]) -> tuple[list[str], str]:
+    """``--log_level`` (default: env LOGLEVEL, else INFO), taken out before the script's own parser runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--log_level", default=os.environ.get("LOGLEVEL", "INFO"))
+    known, rest = parser.parse_known_args(argv)
+    return rest, known.log_level
 
 
 def _print_metrics(path: Path, metrics: dict) -> None:
@@ -54,7 +73,7 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
     task = get_task(task_name)
     data_args, model_args, train_args, eval_args = parse_args(
         (DataArguments, ModelArguments, TrainArguments, EvalArguments), argv,
-        defaults={"task": task_name, **task.defaults, **(defaults or {})})
+        defaults={"task": task_name, **task.defaults, **(defaults or {})}, unused=FINETUNE_UNUSED)
     _check_task(data_args, task_name)
     if train_args.do_eval:  # a bad test file must fail before hours of training, not after
         check_eval_method(task, eval_args)
@@ -85,7 +104,8 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
 def inference(task_name: str, argv=None) -> dict:
     from zephyr.evaluation import evaluate_run
 
-    data_args, eval_args = parse_args((DataArguments, EvalArguments), argv, defaults={"task": task_name})
+    data_args, eval_args = parse_args((DataArguments, EvalArguments), argv, defaults={"task": task_name},
+                                      unused=INFERENCE_UNUSED)
     metrics = evaluate_run(data_args, eval_args, task_name)
     _print_metrics(Path(eval_args.eval_output_dir or eval_args.run_dir) / "metrics.json", metrics)
     return metrics
@@ -94,7 +114,8 @@ def inference(task_name: str, argv=None) -> dict:
 def baseline(argv=None) -> dict:
     from zephyr.evaluation import run_baseline
 
-    data_args, model_args, eval_args = parse_args((DataArguments, ModelArguments, EvalArguments), argv)
+    data_args, model_args, eval_args = parse_args((DataArguments, ModelArguments, EvalArguments), argv,
+                                                  unused=BASELINE_UNUSED)
     out_dir, metrics = run_baseline(data_args, model_args, eval_args)
     _print_metrics(out_dir / "metrics.json", metrics)
     return metrics
@@ -114,7 +135,8 @@ def quickstart(argv=None) -> Path:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     data_args, model_args, train_args, _ = parse_args(
-        (DataArguments, ModelArguments, TrainArguments, EvalArguments), argv, defaults=QUICKSTART_DEFAULTS)
+        (DataArguments, ModelArguments, TrainArguments, EvalArguments), argv, defaults=QUICKSTART_DEFAULTS,
+        unused=FINETUNE_UNUSED)
     root = Path(train_args.output_root)
     extra = {}
     if model_args.model_name_or_path == EMBEDDED:

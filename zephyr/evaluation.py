@@ -16,6 +16,7 @@ from zephyr.errors import UsageError
 from zephyr.generation import greedy_generate, score_labels
 from zephyr.io import atomic_write_json, atomic_write_jsonl, read_json
 from zephyr.modeling import context_length, dense_for_inference, load_model, load_tokenizer, resolve_model_path
+from zephyr.progress import Progress, phase_done
 from zephyr.prompting import PromptBuilder
 from zephyr.runinfo import model_short_name, write_config
 from zephyr.tasks import Task, get_task
@@ -57,14 +58,18 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
         model = dense_for_inference(model)
     model.eval()
     start = time.perf_counter()
+    progress = Progress("evaluating", len(examples), "examples").update
     if eval_args.eval_method == "loglik":
         picks, errors = score_labels(model, prompt_ids, builder.label_ids(examples[0].text),
-                                     tokenizer.pad_token_id, eval_args.eval_batch_size, eval_args.eval_batch_tokens)
+                                     tokenizer.pad_token_id, eval_args.eval_batch_size, eval_args.eval_batch_tokens,
+                                     progress)
         predictions = [builder.labels[p] if p is not None else None for p in picks]
     else:
         predictions, errors = greedy_generate(model, tokenizer, prompt_ids, max_new_tokens,
-                                              eval_args.eval_batch_size, eval_args.eval_batch_tokens)
+                                              eval_args.eval_batch_size, eval_args.eval_batch_tokens, progress)
     seconds = time.perf_counter() - start
+    evaluated = phase_done("evaluating", start, f"{len(examples)} examples by {eval_args.eval_method}, "
+                         f"{len(examples) / seconds if seconds else 0:.2f} examples/s")
     rows = [{"id": e.id, "reference": e.target, "prediction": p, "error": err, "prompt_tokens": len(enc.ids),
              "truncated": enc.truncated} for e, p, err, enc in zip(examples, predictions, errors, encoded)]
     metrics = task.score([e.target for e in examples], predictions, builder.labels)
@@ -81,6 +86,7 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out_dir / "predictions.jsonl", rows)
     atomic_write_json(out_dir / "metrics.json", metrics)
+    phase_done("writing results", evaluated, f"predictions.jsonl and metrics.json in {out_dir}")
     return metrics
 
 
@@ -114,8 +120,10 @@ def evaluate_run(data_args: DataArguments, eval_args: EvalArguments, task_name: 
     check_eval_method(task, eval_args)
     labels = config.get("data", {}).get("labels", [])
     test, examples = load_test(task, data_args, labels)
+    started = time.perf_counter()
     tokenizer = load_tokenizer(str(adapter))
     model = PeftModel.from_pretrained(load_model(model_args, config.get("model_path")), adapter)
+    phase_done("loading model", started, f"{config.get('model_path')} + {adapter}")
     builder = PromptBuilder(task, tokenizer, data_args.prompt_format, labels)
     out_dir = Path(eval_args.eval_output_dir or run_dir)
     return evaluate(task, model, tokenizer, builder, test, examples, eval_args, out_dir, data_args.max_length)
@@ -142,8 +150,10 @@ def run_baseline(data_args: DataArguments, model_args: ModelArguments, eval_args
     shots = task.pick_shots(train.examples, eval_args.num_shots, data_args.data_seed) if train else []
     test, examples = load_test(task, data_args, labels)
     out_dir = Path(eval_args.eval_output_dir or Path(output_root) / baseline_name(data_args, model_args, eval_args))
+    started = time.perf_counter()
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_args, model_path)
+    phase_done("loading model", started, f"{model_path} ({model_args.quantization})")
     write_config(out_dir / "config.json", to_dict(data_args, model_args, eval_args), kind="baseline",
                  model_path=model_path, data={"labels": labels, "shot_ids": [s.id for s in shots]})
     builder = PromptBuilder(task, tokenizer, "chat", labels, shots)

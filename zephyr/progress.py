@@ -40,14 +40,15 @@ class Progress:
     of items and, with ``tokens``, of tokens per second are computed from the time since the start.
     """
 
-    def __init__(self, label: str, total: int, unit: str, stream=None, plain_interval_s: float = PLAIN_INTERVAL_S):
-        self.label, self.total, self.unit = label, max(0, total), unit
+    def __init__(self, label: str, total: int, unit: str, stream=None, plain_interval_s: float = PLAIN_INTERVAL_S,
+                 initial: int = 0):
+        self.label, self.total, self.unit, self.initial = label, max(0, total), unit, initial  # initial: resumed at
         self.stream = stream or sys.stderr
         self.terminal = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval = REDRAW_INTERVAL_S if self.terminal else plain_interval_s
         self.start = time.perf_counter()
         self.last_shown = None
-        self.done, self.fields = 0, {}
+        self.done, self.fields = initial, {}
 
     def line(self) -> str:
         elapsed = time.perf_counter() - self.start
@@ -61,9 +62,10 @@ class Progress:
                 parts.append(f"{value / elapsed:,.0f} tokens/s" if elapsed else "")
             elif value is not None:
                 parts.append(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}")
-        if elapsed and self.done:
-            parts.append(f"{self.done / elapsed:.3g} {self.unit}/s")
-        left = eta(elapsed, self.done, self.total)
+        done_here = self.done - self.initial
+        if elapsed and done_here:
+            parts.append(f"{done_here / elapsed:.3g} {self.unit}/s")
+        left = eta(elapsed, done_here, self.total - self.initial)
         parts.append(f"elapsed {format_duration(elapsed)}" + (f", ETA {format_duration(left)}" if left else ""))
         return "  ".join(p for p in parts if p)
 
@@ -92,23 +94,72 @@ def phase_done(name: str, started: float, detail: str = "") -> float:
 # Third-party loggers that narrate internals a user cannot act on; --log_level DEBUG shows them again.
 _NOISY_LOGGERS = ("absl", "transformers", "datasets", "accelerate", "peft", "trl", "bitsandbytes", "torch",
                   "httpx", "urllib3", "filelock", "huggingface_hub")
+# The libraries read these when imported: their verbosity, and progress bars that redraw with "\r".
+_QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DATASETS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+              "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def check_log_level(level: str) -> str:
+    from zephyr.errors import UsageError
+
+    if level.upper() not in LOG_LEVELS:
+        raise UsageError(f"--log_level: unknown level {level!r} (choose {', '.join(LOG_LEVELS[:-1])} or ERROR)")
+    return level.upper()
+
+
+def add_log_level_flag(parser) -> None:
+    """Show ``--log_level`` in a script's --help (entry_point takes it out of argv before the parser runs)."""
+    parser.add_argument("--log_level", default="INFO", help=f"{', '.join(LOG_LEVELS)} (env LOGLEVEL); DEBUG also "
+                        "shows the libraries' own messages, warnings and progress bars")
 
 
 def configure_logging(level: str = "INFO") -> None:
     """The suite's own lines at ``level``; third-party messages only when they are errors, unless DEBUG."""
-    level = level.upper()
+    import os
+
+    level = check_log_level(level)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     everything = level == "DEBUG"
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if everything else logging.ERROR)
     if everything:
         return
-    # The libraries' own switches: their verbosity is set on import, their progress bars redraw with "\r".
-    import datasets
-    import transformers
+    for name, value in _QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    if "transformers" in sys.modules:  # imported before this call (tests): its switches, not its environment
+        import transformers
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    warnings.filterwarnings("ignore", module=r"(transformers|trl|peft|accelerate|bitsandbytes|torch)\b")
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.utils.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+    # Deprecation and "this argument is ignored" notices from the libraries, one per run, none actionable.
+    warnings.filterwarnings("ignore", module=r"(transformers|trl|peft|accelerate|bitsandbytes|torch|datasets)\b")
+
+
+def train_progress_callback(stream=None):
+    """A TrainerCallback showing step/total, loss, tokens/s and ETA (main process only)."""
+    from transformers import TrainerCallback
+
+    class TrainProgress(TrainerCallback):
+        progress = None
+        tokens_at_start = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.progress = Progress("training", state.max_steps, "steps", stream, initial=state.global_step)
+                self.tokens_at_start = state.num_input_tokens_seen
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.progress and logs and "loss" in logs:
+                self.progress.fields["loss"] = float(logs["loss"])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.progress:
+                self.progress.update(state.global_step,
+                                     tokens=state.num_input_tokens_seen - self.tokens_at_start)
+
+    return TrainProgress()
