@@ -101,11 +101,12 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
     return run.run_dir
 
 
-def inference(task_name: str, argv=None) -> dict:
+def inference(task_name: str | None, argv=None) -> dict:
+    """Evaluate a run; ``task_name`` None takes the task from the run itself."""
     from zephyr.evaluation import evaluate_run
 
-    data_args, eval_args = parse_args((DataArguments, EvalArguments), argv, defaults={"task": task_name},
-                                      unused=INFERENCE_UNUSED)
+    data_args, eval_args = parse_args((DataArguments, EvalArguments), argv,
+                                      defaults={"task": task_name} if task_name else None, unused=INFERENCE_UNUSED)
     metrics = evaluate_run(data_args, eval_args, task_name)
     _print_metrics(Path(eval_args.eval_output_dir or eval_args.run_dir) / "metrics.json", metrics)
     return metrics

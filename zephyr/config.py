@@ -261,8 +261,16 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _remove_flags(parser, names: set[str]) -> None:
-    """Take flags a script does not use out of its parser: absent from --help, an error when given."""
-    for action in [a for a in parser._actions if a.dest in names]:
+    """Take flags a script does not use out of its parser: absent from --help, an error when given.
+
+    Their dataclass defaults stay as parser defaults: HfArgumentParser expects every field in the namespace.
+    """
+    unused = [a for a in parser._actions if a.dest in names]
+    defaults = {}
+    for action in unused:
+        defaults.setdefault(action.dest, action.default)  # the field's own action comes before its --no_ twin
+    parser.set_defaults(**defaults)
+    for action in unused:
         parser._remove_action(action)
         for option in action.option_strings:
             parser._option_string_actions.pop(option, None)

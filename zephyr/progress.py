@@ -109,8 +109,9 @@ def check_log_level(level: str) -> str:
 
 def add_log_level_flag(parser) -> None:
     """Show ``--log_level`` in a script's --help (entry_point takes it out of argv before the parser runs)."""
-    parser.add_argument("--log_level", default="INFO", help=f"{', '.join(LOG_LEVELS)} (env LOGLEVEL); DEBUG also "
-                        "shows the libraries' own messages, warnings and progress bars")
+    parser.add_argument("--log_level", default="INFO",
+                        help=f"{', '.join(LOG_LEVELS)} (default: env LOGLEVEL, else INFO); DEBUG also shows the "
+                        "libraries' own messages, warnings and progress bars")
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -118,7 +119,8 @@ def configure_logging(level: str = "INFO") -> None:
     import os
 
     level = check_log_level(level)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # keeps handlers already there (pytest's)
+    logging.getLogger().setLevel(level)
     everything = level == "DEBUG"
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if everything else logging.ERROR)
