@@ -57,7 +57,7 @@ class Progress:
         if self.terminal and self.total:
             filled = int(20 * self.done / self.total)
             parts[0] = f"{self.label} [{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total} {self.unit}"
-        for name, value in self.fields.items():
+        for name, value in sorted(self.fields.items(), key=lambda item: item[0] == "tokens"):  # tokens/s last
             if name == "tokens":
                 parts.append(f"{value / elapsed:,.0f} tokens/s" if elapsed else "")
             elif value is not None:
