@@ -441,6 +441,20 @@ def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = F
     return uncompile
 
 
+def compile_summary() -> str:
+    """The time torch.compile took in this process and what its on-disk caches served ('' if nothing compiled):
+    how a sweep's shared --compile_cache is seen to work (a later run of the same shapes: hits, less time)."""
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    seconds = sum(compilation_time_metrics.get("_compile.compile_inner", []))
+    if not seconds:
+        return ""
+    graphs, joint = counters["inductor"], counters["aot_autograd"]
+    return (f"; compiling took {seconds:.1f} s (FX graph cache {graphs['fxgraph_cache_hit']} hits, "
+            f"{graphs['fxgraph_cache_miss']} misses; AOTAutograd cache {joint['autograd_cache_hit']} hits, "
+            f"{joint['autograd_cache_miss']} misses)")
+
+
 def should_compile(train_args: TrainArguments) -> bool:
     if train_args.compile_layers == "auto":
         return torch.cuda.is_available()  # on the CPU compiling takes longer than the short runs it would speed up
@@ -592,7 +606,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         started = phase_done("training", started, f"{trainer.state.global_step} steps, "
-                             f"{trainer.state.num_input_tokens_seen:,} tokens")
+                             f"{trainer.state.num_input_tokens_seen:,} tokens{compile_summary()}")
         restore()
         if main:
             _save_finished_run(trainer, tokenizer, result, run_dir, resume_from, checkpointed)
