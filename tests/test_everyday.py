@@ -209,6 +209,18 @@ def test_a_flag_the_script_ignores_is_an_error_and_log_level_is_checked(capsys):
         with pytest.raises(SystemExit) as exit_info:
             baseline_command(argv)
         assert exit_info.value.code == 2 and capsys.readouterr().err == message + "\n"
+    from importlib.util import find_spec
+
+    from zephyr.commands import train
+
+    cases = [("poetry", "error: --report_to: unknown tracker 'poetry' (choose none, tensorboard, wandb, mlflow, "
+                        "trackio or another the Trainer knows)")]
+    if find_spec("wandb") is None:
+        cases.append(("tensorboard,wandb", "error: --report_to: wandb needs the 'wandb' package (pip install wandb)"))
+    for trackers, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            train(["--report_to", trackers])
+        assert exit_info.value.code == 2 and capsys.readouterr().err == message + "\n"
 
 
 @pytest.mark.parametrize("script, flag, variable", [("sample_ablate.sh", "--help", "FRACTIONS"),
