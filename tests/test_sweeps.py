@@ -26,6 +26,8 @@ print("working on", run_dir)
 time.sleep(sleep)
 if code:
     print("Traceback: something broke", file=sys.stderr)
+    with open(os.path.join(os.path.dirname(run_dir), "events.log"), "a") as log:  # the GPU is free again
+        log.write(f"end {os.path.basename(run_dir)} {os.environ.get('CUDA_VISIBLE_DEVICES')} {time.time()}\\n")
     sys.exit(code)
 os.makedirs(run_dir, exist_ok=True)
 json.dump({"kind": "finetune", "arguments": {"DataArguments": {"task": "samsum", "train_fraction": 0.1},
