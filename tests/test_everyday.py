@@ -11,7 +11,6 @@ import subprocess
 import tomllib
 from dataclasses import replace
 from importlib import import_module
-from pathlib import Path
 
 import pytest
 import yaml

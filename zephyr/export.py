@@ -9,7 +9,6 @@ llama.cpp's ``convert_hf_to_gguf.py``); no peft or bitsandbytes is needed to run
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,8 +22,6 @@ from zephyr.io import read_json
 from zephyr.modeling import DTYPES, _dense_weight, dense_for_inference, load_model, load_tokenizer
 from zephyr.progress import phase_done
 from zephyr.training import ADAPTER_DIR
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
