@@ -16,7 +16,7 @@ JOB = ('echo "start {name} ${{CUDA_VISIBLE_DEVICES:-none}} $(date +%s.%N) $TORCH
        'echo "{{}}" > {run}/metrics.json; echo "end {name} ${{CUDA_VISIBLE_DEVICES:-none}} $(date +%s.%N)" >> {events}')
 
 
-def shell_jobs(root: Path, n: int, sleep: float = 0.4) -> list[Job]:
+def shell_jobs(root: Path, n: int, sleep: float = 1.0) -> list[Job]:
     events = root / "events.log"
     return [Job(root / f"job{i}", ["sh", "-c", JOB.format(name=f"job{i}", events=shlex.quote(str(events)),
                                                           run=shlex.quote(str(root / f"job{i}")), sleep=sleep)])
@@ -48,9 +48,9 @@ def test_never_more_runs_per_gpu_than_asked_and_whole_progress_lines(tmp_path, c
     started = [l.split()[1] for l in (tmp_path / "events.log").read_text().splitlines() if l.startswith("start")]
     assert sorted(started) == [f"job{i}" for i in range(2, 8)], "skipped runs must not run again"
     progress = [l for l in output if l.startswith("[")]
-    pattern = r"\[\d/6\] job\d (started( on GPU \d)?|done in \d+s(, ETA \d+s)?)"
+    pattern = r"\[\d/6\] job\d (started( on GPU \d)?|done in [0-9hms]+(, ETA [0-9hms]+)?)"
     assert len(progress) == 12 and all(re.fullmatch(pattern, l) for l in progress), progress
-    assert progress[-1].endswith(("done in 0s", "done in 1s"))  # the last run leaves no ETA
+    assert re.fullmatch(r".* done in [0-9hms]+", progress[-1])  # nothing is left after the last run: no ETA
     for job in jobs[2:]:
         assert "working on" in (job.run_dir / "sweep.log").read_text()  # one log per run
     caches = {l.split()[4] for l in (tmp_path / "events.log").read_text().splitlines() if l.startswith("start")}
@@ -58,7 +58,7 @@ def test_never_more_runs_per_gpu_than_asked_and_whole_progress_lines(tmp_path, c
 
 
 def test_runs_per_gpu_comes_from_the_environment_and_is_checked(tmp_path, monkeypatch, capsys):
-    jobs = shell_jobs(tmp_path, 4, sleep=0.5)
+    jobs = shell_jobs(tmp_path, 4, sleep=1.5)
     job_file = tmp_path / "jobs.tsv"
     job_file.write_text("".join(f"{j.run_dir}\t{shlex.join(j.command)}\n" for j in jobs))
     monkeypatch.setenv("RUNS_PER_GPU", "4")
