@@ -23,6 +23,13 @@ def shell_jobs(root: Path, n: int, sleep: float = 1.0) -> list[Job]:
             for i in range(n)]
 
 
+def no_user_cache(monkeypatch):
+    """A cache directory set in the environment wins over the sweep's; torch sets one once inductor has run in
+    this process (an earlier test)."""
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def most_at_once(root: Path) -> dict[str, int]:
     """Per GPU, the largest number of jobs that had started and not yet ended."""
     rows = [line.split() for line in (root / "events.log").read_text().splitlines()]
@@ -34,7 +41,9 @@ def most_at_once(root: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("gpus, runs_per_gpu", [(["0", "1"], 2), ([], 3)])
-def test_never_more_runs_per_gpu_than_asked_and_whole_progress_lines(tmp_path, capsys, gpus, runs_per_gpu):
+def test_never_more_runs_per_gpu_than_asked_and_whole_progress_lines(tmp_path, capsys, monkeypatch, gpus,
+                                                                    runs_per_gpu):
+    no_user_cache(monkeypatch)
     jobs = shell_jobs(tmp_path, 8)
     for done in jobs[:2]:  # a finished run is skipped, as with one run at a time
         done.run_dir.mkdir()
@@ -58,6 +67,7 @@ def test_never_more_runs_per_gpu_than_asked_and_whole_progress_lines(tmp_path, c
 
 
 def test_runs_per_gpu_comes_from_the_environment_and_is_checked(tmp_path, monkeypatch, capsys):
+    no_user_cache(monkeypatch)
     jobs = shell_jobs(tmp_path, 4, sleep=1.5)
     job_file = tmp_path / "jobs.tsv"
     job_file.write_text("".join(f"{j.run_dir}\t{shlex.join(j.command)}\n" for j in jobs))
