@@ -7,7 +7,7 @@
 #   TASK=samsum                newsgroups or samsum
 #   EPOCHS_LIST="2 5 10 20 30 50"   RANKS="2 4 8 16"   DROPOUTS="0.1 0.2 0.5"   NEFTUNE="0 5" (0 = off)
 #   TRAIN_FRACTION=1.0         share of training rows for every run
-#   MODEL, DATA_DIR, OUT_ROOT=runs/sweeps, GPUS, MAX_TEST_ROWS, EXTRA_ARGS, DRY_RUN=1: as in sample_ablate.sh
+#   MODEL, DATA_DIR, OUT_ROOT=runs/sweeps, GPUS, RUNS_PER_GPU=1, MAX_TEST_ROWS, EXTRA_ARGS, DRY_RUN: see --help
 # Example: DATA_DIR=../shared/data RANKS="4 8" EPOCHS_LIST=2 bash run_lora.sh
 source "$(dirname "$0")/scripts/sweep_common.sh"
 KNOWN_VARS="$COMMON_VARS TASK EPOCHS_LIST RANKS DROPOUTS NEFTUNE TRAIN_FRACTION"

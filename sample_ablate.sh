@@ -7,13 +7,7 @@
 #   FRACTIONS="0.025 0.05 0.1 0.25 0.5 1.0"
 #   VARIANTS="base neftune all neftune_all"   all = q,k,v,o,gate,up,down + lm_head; NEFTune alpha 5
 #   EPOCHS=                    default: the task's (5 classification, 1 SAMSum)
-#   MODEL=HuggingFaceH4/zephyr-7b-beta   hub id, checkpoint directory or .gguf
-#   DATA_DIR=$ZEPHYR_DATA_DIR  local data root (unset: hub datasets)
-#   OUT_ROOT=runs/sweeps       run directories, and sweep.csv with one row per run
-#   GPUS=                      e.g. 0,1: one run per GPU at a time; empty: one run at a time
-#   MAX_TEST_ROWS=             score only the first N test rows
-#   EXTRA_ARGS=                more flags for every run, e.g. "--eval_batch_size 64"
-#   DRY_RUN=1                  print the commands, run nothing
+#   MODEL, DATA_DIR, OUT_ROOT=runs/sweeps, GPUS, RUNS_PER_GPU=1, MAX_TEST_ROWS, EXTRA_ARGS, DRY_RUN: see --help
 # Example: DATA_DIR=../shared/data GPUS=0,1 bash sample_ablate.sh
 source "$(dirname "$0")/scripts/sweep_common.sh"
 KNOWN_VARS="$COMMON_VARS TASK FRACTIONS VARIANTS EPOCHS"

@@ -12,19 +12,7 @@
 Prints one JSON line per training setting, then a Markdown table of the ratios; writes everything to --output.
 """
 
-from zephyr.benchmark import BenchmarkArguments, mfu_line, run_benchmark, summary_table
-from zephyr.cli import entry_point
-from zephyr.config import parse_args
-
-
-@entry_point
-def main(argv=None):
-    (bench,) = parse_args((BenchmarkArguments,), argv)
-    result = run_benchmark(bench)
-    print(summary_table(result))
-    print(mfu_line(result))
-    return result
-
+from zephyr.commands import bench as main
 
 if __name__ == "__main__":
     main()

@@ -9,25 +9,7 @@ Table 2: SAMSum ROUGE-1/2 for zero-shot, few-shot and the four fine-tuned varian
 Missing cells are shown as missing, never as zero.
 """
 
-import argparse
-
-from zephyr import preflight
-from zephyr.cli import entry_point
-from zephyr.results import write_tables
-
-
-@entry_point
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    parser.add_argument("--runs", nargs="+", required=True, help="folders holding run directories")
-    parser.add_argument("--out", required=True, help="output folder for tables and plots")
-    parser.add_argument("--protocol", default="", help="one line stating how the runs were made")
-    args = parser.parse_args(argv)
-    rows = preflight.tables(args.runs, args.out)
-    for name, path in write_tables(rows, args.out, args.protocol).items():
-        print(f"{name}: {path}")
-
+from zephyr.commands import tables as main
 
 if __name__ == "__main__":
     main()

@@ -27,6 +27,8 @@ print("working on", run_dir)
 time.sleep(sleep)
 if code:
     print("Traceback: something broke", file=sys.stderr)
+    with open(os.path.join(os.path.dirname(run_dir), "events.log"), "a") as log:  # the GPU is free again
+        log.write(f"end {os.path.basename(run_dir)} {os.environ.get('CUDA_VISIBLE_DEVICES')} {time.time()}\\n")
     sys.exit(code)
 os.makedirs(run_dir, exist_ok=True)
 json.dump({"kind": "finetune", "arguments": {"DataArguments": {"task": "samsum", "train_fraction": 0.1},
@@ -130,7 +132,7 @@ def test_a_job_that_writes_only_metrics_gets_its_csv_row(tmp_path, capsys):
     out = tmp_path / "run" / "eval-4bit"
     code = run_sweep([Job(out, [sys.executable, "-c", f"import json, pathlib; p = pathlib.Path({str(out)!r}); "
                                 "(p / 'metrics.json').write_text(json.dumps({'rouge1': 1.0}))"])],
-                     ["0", "0"], tmp_path / "sweep.csv")
+                     ["0"], tmp_path / "sweep.csv", runs_per_gpu=2)
     assert code == 0 and "sweep: 1 ran, 0 skipped, 0 failed" in capsys.readouterr().out
     [row] = list(csv.DictReader((tmp_path / "sweep.csv").open()))
     assert (row["status"], row["run"]) == ("ok", "eval-4bit")

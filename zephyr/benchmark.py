@@ -74,9 +74,9 @@ class BenchmarkArguments:
     warmup_steps: int = field(default=3, metadata={"help": "Optimizer steps before timing starts"})
     train_steps: int = field(default=7, metadata={"help": "Timed optimizer steps per setting (the median counts)"})
     sampled_newsgroups: int = field(default=6, metadata={"help": "Examples for the one-at-a-time sampled baseline"})
-    sampled_samsum: int = field(default=3)
+    sampled_samsum: int = field(default=3, metadata={"help": "SAMSum dialogues for the one-at-a-time sampled baseline"})
     batched_newsgroups: int = field(default=256, metadata={"help": "Examples for the suite's batched path"})
-    batched_samsum: int = field(default=128)
+    batched_samsum: int = field(default=128, metadata={"help": "SAMSum dialogues for the suite's batched path"})
     eval_batch_size: Optional[int] = field(default=None, metadata={"help": "Default: the suite's"})
     evaluate: bool = field(default=True, metadata={"help": "Also measure evaluation (False: training only)"})
     extra_settings: Optional[str] = field(

@@ -14,9 +14,16 @@ from pathlib import Path
 from zephyr import preflight
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, parse_args
 from zephyr.errors import UsageError
+from zephyr.progress import configure_logging
 from zephyr.tasks import get_task
 
 EMBEDDED = "embedded"
+# Flags of the shared dataclasses that a command ignores: left out of its parser, so --help lists only what works.
+FINETUNE_UNUSED = frozenset({"run_dir", "num_shots"})
+INFERENCE_UNUSED = frozenset({"task", "train_file", "train_fraction", "data_seed", "prompt_format", "max_length",
+                              "num_shots"})  # a run's training settings come from its config.json
+BASELINE_UNUSED = frozenset({"train_fraction", "prompt_format", "max_length", "lora_r", "lora_alpha", "lora_dropout",
+                             "lora_targets", "lora_lm_head", "run_dir"})  # chat prompts, base model only
 
 
 def entry_point(main):
@@ -24,14 +31,26 @@ def entry_point(main):
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        argv = list(sys.argv[1:] if argv is None else argv)
         try:
-            logging.basicConfig(level=preflight.log_level(), format="%(levelname)s %(name)s: %(message)s")
+            argv, level = _pop_log_level(argv)
+            configure_logging(level)
             return main(argv)
         except UsageError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def _pop_log_level(argv: list[str]) -> tuple[list[str], str]:
+    """``--log_level`` (default: env LOGLEVEL, else INFO), taken out before the script's own parser runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--log_level", default=None)
+    known, rest = parser.parse_known_args(argv)
+    return rest, known.log_level or preflight.log_level()
 
 
 def _print_metrics(path: Path, metrics: dict) -> None:
@@ -48,7 +67,7 @@ def _check_task(data_args: DataArguments, task_name: str) -> None:
 def parse_finetune(task_name: str, argv=None, defaults: dict | None = None):
     task = get_task(task_name)
     parsed = parse_args((DataArguments, ModelArguments, TrainArguments, EvalArguments), argv,
-                        defaults={"task": task_name, **task.defaults, **(defaults or {})})
+                        defaults={"task": task_name, **task.defaults, **(defaults or {})}, unused=FINETUNE_UNUSED)
     _check_task(parsed[0], task_name)
     return parsed
 
@@ -84,10 +103,12 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
     return run.run_dir
 
 
-def inference(task_name: str, argv=None) -> dict:
+def inference(task_name: str | None, argv=None) -> dict:
+    """Evaluate a run; ``task_name`` None takes the task from the run itself."""
     from zephyr.evaluation import evaluate_run
 
-    data_args, eval_args = parse_args((DataArguments, EvalArguments), argv, defaults={"task": task_name})
+    data_args, eval_args = parse_args((DataArguments, EvalArguments), argv,
+                                      defaults={"task": task_name} if task_name else None, unused=INFERENCE_UNUSED)
     metrics = evaluate_run(data_args, eval_args, task_name)
     _print_metrics(Path(eval_args.eval_output_dir or eval_args.run_dir) / "metrics.json", metrics)
     return metrics
@@ -96,7 +117,8 @@ def inference(task_name: str, argv=None) -> dict:
 def baseline(argv=None) -> dict:
     from zephyr.evaluation import run_baseline
 
-    data_args, model_args, eval_args = parse_args((DataArguments, ModelArguments, EvalArguments), argv)
+    data_args, model_args, eval_args = parse_args((DataArguments, ModelArguments, EvalArguments), argv,
+                                                  unused=BASELINE_UNUSED)
     out_dir, metrics = run_baseline(data_args, model_args, eval_args)
     _print_metrics(out_dir / "metrics.json", metrics)
     return metrics
@@ -133,7 +155,8 @@ def quickstart(argv=None) -> Path:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     data_args, model_args, train_args, _ = parse_args(
-        (DataArguments, ModelArguments, TrainArguments, EvalArguments), argv, defaults=QUICKSTART_DEFAULTS)
+        (DataArguments, ModelArguments, TrainArguments, EvalArguments), argv, defaults=QUICKSTART_DEFAULTS,
+        unused=FINETUNE_UNUSED)
     root = Path(train_args.output_root)
     preflight.writable_dir(root, "--output_root")
     made = {}  # flag -> folder to make, for what is not there yet

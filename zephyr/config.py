@@ -7,6 +7,7 @@ Unknown keys in the file and unknown flags are errors; ``--flag False`` is False
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -51,6 +52,27 @@ def _auto_true_false(value, flag: str) -> str:
     return value
 
 
+# The package each documented tracker needs (tensorboard also works with tensorboardX).
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+                    "trackio": ("trackio",)}
+
+
+def _check_trackers(report_to: str) -> None:
+    import importlib.util
+
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [name.strip() for name in report_to.split(",")]
+    for name in names:
+        _check(name in ("none", "all", *INTEGRATION_TO_CALLBACK), "report_to",
+               f"unknown tracker {name!r} (choose none, {', '.join(TRACKER_PACKAGES)} or another the Trainer knows)")
+        packages = TRACKER_PACKAGES.get(name)
+        if packages:
+            _check(any(importlib.util.find_spec(p) for p in packages), "report_to",
+                   f"{name} needs the {packages[0]!r} package (pip install {packages[0]})")
+    _check(len(names) == 1 or "none" not in names, "report_to", "none cannot be combined with a tracker")
+
+
 @dataclass
 class DataArguments:
     task: str = field(default="newsgroups", metadata={"help": "newsgroups or samsum"})
@@ -63,7 +85,7 @@ class DataArguments:
     train_fraction: float = field(
         default=1.0, metadata={"help": "Stratified, nested fraction of training rows in (0, 1]; 1.0 = all rows"})
     data_seed: int = field(default=42, metadata={"help": "Seed of the training-fraction selection and few-shot picks"})
-    max_test_rows: Optional[int] = field(default=None, metadata={"help": "Score only the first N test rows"})
+    max_test_rows: Optional[int] = field(default=None, metadata={"help": "Score only the first N test rows (default: all)"})
     prompt_format: str = field(default="original", metadata={"help": "original (### Sentence:... ### Class:) or chat"})
     max_length: int = field(
         default=512, metadata={"help": "Training sequence length; inputs are shortened so the answer always fits"})
@@ -135,14 +157,15 @@ class TrainArguments:
     run_name: Optional[str] = field(default=None, metadata={"help": "Run directory name (default: from the settings)"})
     num_train_epochs: float = field(default=5.0, metadata={"help": "Epochs (5 for classification, 1 for SAMSum)"})
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: use epochs)"})
-    learning_rate: float = field(default=2e-4)
-    lr_scheduler_type: str = field(default="constant_with_warmup")
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate of the LoRA weights"})
+    lr_scheduler_type: str = field(default="constant_with_warmup",
+                                   metadata={"help": "Any transformers scheduler name, e.g. cosine or linear"})
     warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps used for warmup"})
     per_device_train_batch_size: int = field(
         default=8, metadata={"help": "Examples (or, with --packing True, packed rows) per micro-batch; 8 x 1 is the "
                                      "study's 8 per optimizer step in one pass (the study ran 4 x 2)"})
-    gradient_accumulation_steps: int = field(default=1)
-    max_grad_norm: float = field(default=0.3)
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step"})
+    max_grad_norm: float = field(default=0.3, metadata={"help": "Gradient clipping norm"})
     optim: str = field(default="adamw_torch_fused", metadata={"help": "Any transformers optimizer name, e.g. "
                                                                         "paged_adamw_32bit (the study's)"})
     gradient_checkpointing: str = field(
@@ -170,7 +193,8 @@ class TrainArguments:
         default=True, metadata={"help": "Replay the compiled layers as CUDA graphs when no layer is checkpointed (one "
                                         "process, packed rows): a small model's step is bound by the CPU launching "
                                         "kernels"})
-    neftune_alpha: Optional[float] = field(default=None, metadata={"help": "NEFTune noise alpha (the study used 5)"})
+    neftune_alpha: Optional[float] = field(
+        default=None, metadata={"help": "NEFTune noise alpha (the study used 5; default: off)"})
     loss: str = field(default="completion", metadata={"help": "completion (answer tokens + EOS) or full (whole text)"})
     packing: bool = field(default=False, metadata={"help": "False: batches of whole examples (8 per optimizer "
                                                            "step by default); True: the study's protocol, examples "
@@ -180,11 +204,14 @@ class TrainArguments:
     packed_rows: bool = field(
         default=True, metadata={"help": "Keep packed rows as rows, each example masked to itself (SDPA, eager); False: "
                                         "TRL's padding-free concatenation (always used with flash_attention_2)"})
-    seed: int = field(default=42)
-    logging_steps: int = field(default=10)
+    seed: int = field(default=42, metadata={"help": "Seed of the LoRA initialisation, dropout and data order"})
+    logging_steps: int = field(default=10, metadata={"help": "Optimizer steps between rows of train_log.jsonl"})
     save_steps: Optional[int] = field(
         default=None, metadata={"help": "Checkpoint every N optimizer steps, so a killed run resumes when rerun (0: no "
                                         "checkpoints; default: every 200 steps or a tenth of the run, if shorter)"})
+    report_to: str = field(
+        default="none", metadata={"help": "Experiment trackers, comma-separated: none, tensorboard, wandb, mlflow, "
+                                          "trackio (or any the Trainer knows); their files go inside the run directory"})
     do_eval: bool = field(default=False, metadata={"help": "Evaluate on the test split right after training"})
     overwrite: bool = field(default=False, metadata={"help": "Replace a finished run directory of the same name"})
 
@@ -212,6 +239,7 @@ class TrainArguments:
             _check_finite(self.neftune_alpha, "neftune_alpha", 0, "must be positive")
         _check(self.save_steps is None or self.save_steps >= 0, "save_steps", f"must be >= 0, got {self.save_steps}")
         _check(self.logging_steps > 0, "logging_steps", f"must be positive, got {self.logging_steps}")
+        _check_trackers(self.report_to)
         if str(self.gradient_checkpointing).isdigit():
             self.gradient_checkpointing = str(int(self.gradient_checkpointing))  # a layer count
         else:
@@ -280,28 +308,65 @@ def _config_to_flags(path: str, allowed: set[str]) -> list[str]:
     return flags
 
 
-def parse_args(dataclass_types: tuple, argv: list[str] | None = None, defaults: dict | None = None,
-               description: str | None = None):
-    """Parse CLI flags (and ``--config FILE``) into instances of ``dataclass_types``."""
-    import argparse
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help with the script's docstring as written and each flag's real default, unless its help states it."""
 
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})"
+
+
+def _remove_flags(parser, names: set[str]) -> None:
+    """Take flags a script does not use out of its parser: absent from --help, an error when given.
+
+    Their dataclass defaults stay as parser defaults: HfArgumentParser expects every field in the namespace.
+    """
+    unused = [a for a in parser._actions if a.dest in names]
+    defaults = {}
+    for action in unused:
+        defaults.setdefault(action.dest, action.default)  # the field's own action comes before its --no_ twin
+    parser.set_defaults(**defaults)
+    for action in unused:
+        parser._remove_action(action)
+        for option in action.option_strings:
+            parser._option_string_actions.pop(option, None)
+        for group in parser._action_groups:
+            if action in group._group_actions:
+                group._group_actions.remove(action)
+
+
+def parse_args(dataclass_types: tuple, argv: list[str] | None = None, defaults: dict | None = None,
+               description: str | None = None, unused: frozenset[str] = frozenset()):
+    """Parse CLI flags (and ``--config FILE``) into instances of ``dataclass_types``.
+
+    ``unused`` names fields the calling script ignores: they keep their defaults and are not flags.
+    """
     from transformers import HfArgumentParser
+
+    from zephyr.progress import add_log_level_flag
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     config_parser.add_argument("--config", default=None)
     known, argv = config_parser.parse_known_args(argv)
     # No prefix abbreviations: a typo such as --learning_rat must be an error, not --learning_rate.
-    parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False)
+    description = description or getattr(sys.modules.get("__main__"), "__doc__", None)
+    parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False,
+                              formatter_class=_HelpFormatter)
+    _remove_flags(parser, set(unused))
     parser.add_argument("--config", default=None, help="YAML or JSON file of argument values; CLI flags win")
+    add_log_level_flag(parser)
 
     def one_line_error(message):
         raise UsageError(message + (f" (values from {known.config} included)" if known.config else ""))
 
     parser.error = one_line_error
-    allowed = {f.name for cls in dataclass_types for f in fields(cls)}
+    known_fields = {f.name for cls in dataclass_types for f in fields(cls)}
+    allowed = known_fields - set(unused)
     if defaults:
-        parser.set_defaults(**{k: v for k, v in defaults.items() if k in allowed})
+        parser.set_defaults(**{k: v for k, v in defaults.items() if k in known_fields})
     if known.config:
         argv = _config_to_flags(known.config, allowed) + argv
     *instances, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)

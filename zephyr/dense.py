@@ -64,7 +64,8 @@ def dequantized_weight(weight) -> torch.Tensor:
     return bnb_functional.dequantize_4bit(codes, unpacked_state)
 
 
-def _plain_weight(layer: torch.nn.Linear, dtype: torch.dtype) -> torch.Tensor:
+def dense_weight(layer: torch.nn.Linear, dtype: torch.dtype) -> torch.Tensor:
+    """A linear layer's weight as a plain tensor of ``dtype`` (a 4-bit one de-quantized)."""
     if getattr(layer.weight, "quant_state", None) is not None:
         return dequantized_weight(layer.weight).to(dtype)
     return layer.weight.data.to(dtype)
@@ -99,9 +100,29 @@ def dense_for_inference(model):
         replaced.append(name)
         dtype = layer.weight.dtype if layer.weight.is_floating_point() else (layer.compute_dtype or base.dtype)
         lora_a, lora_b = _lora_factors(module, dtype) if isinstance(module, LoraLayer) else (None, None)
-        dense = DenseLoraLinear(_plain_weight(layer, dtype), layer.bias, lora_a, lora_b)
+        dense = DenseLoraLinear(dense_weight(layer, dtype), layer.bias, lora_a, lora_b)
         base.set_submodule(name, dense)
     quantizer = getattr(base, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(base)
     return base
+
+
+def merged_for_export(model):
+    """The dense model with every adapter merged into its weight: a plain transformers model that any runtime
+    loads. The sum is taken in float32 and stored in the weight's dtype, so a model loaded in float32 merges
+    exactly (export); evaluation keeps the adapters unmerged (see the module docstring)."""
+    dense = dense_for_inference(model)
+    for name, module in list(dense.named_modules()):
+        if not isinstance(module, DenseLoraLinear):
+            continue
+        weight = module.weight.float()
+        if module.lora_a is not None:
+            weight = weight + module.lora_b_scaled.float() @ module.lora_a.float()
+        linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                 device=weight.device, dtype=module.weight.dtype)
+        linear.weight.data.copy_(weight)
+        if module.bias is not None:
+            linear.bias.data.copy_(module.bias)
+        dense.set_submodule(name, linear)
+    return dense

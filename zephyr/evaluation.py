@@ -12,12 +12,13 @@ from pathlib import Path
 
 from zephyr import preflight
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, to_dict
-from zephyr.errors import UsageError
 from zephyr.dense import dense_for_inference
+from zephyr.errors import UsageError
 from zephyr.generation import greedy_generate, score_labels
 from zephyr.io import atomic_write_json, atomic_write_jsonl
 from zephyr.metrics import echoes_prompt
 from zephyr.modeling import context_length, load_model, load_tokenizer, resolve_model_path
+from zephyr.progress import Progress, phase_done
 from zephyr.prompting import PromptBuilder
 from zephyr.runinfo import model_short_name, write_config
 from zephyr.tasks import Task, get_task
@@ -60,14 +61,18 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
         model = dense_for_inference(model)
     model.eval()
     start = time.perf_counter()
+    progress = Progress("evaluating", len(examples), "examples").update
     if eval_args.eval_method == "loglik":
         picks, errors = score_labels(model, prompt_ids, builder.label_ids(examples[0].text),
-                                     tokenizer.pad_token_id, eval_args.eval_batch_size, eval_args.eval_batch_tokens)
+                                     tokenizer.pad_token_id, eval_args.eval_batch_size, eval_args.eval_batch_tokens,
+                                     progress)
         predictions = [builder.labels[p] if p is not None else None for p in picks]
     else:
         predictions, errors = greedy_generate(model, tokenizer, prompt_ids, max_new_tokens,
-                                              eval_args.eval_batch_size, eval_args.eval_batch_tokens)
+                                              eval_args.eval_batch_size, eval_args.eval_batch_tokens, progress)
     seconds = time.perf_counter() - start
+    evaluated = phase_done("evaluating", start, f"{len(examples)} examples by {eval_args.eval_method}, "
+                         f"{len(examples) / seconds if seconds else 0:.2f} examples/s")
     rows = [{"id": e.id, "reference": e.target, "prediction": p, "error": err, "prompt_tokens": len(enc.ids),
              "truncated": enc.truncated} for e, p, err, enc in zip(examples, predictions, errors, encoded)]
     metrics = task.score([e.target for e in examples], predictions, builder.labels)
@@ -86,6 +91,7 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out_dir / "predictions.jsonl", rows)
     atomic_write_json(out_dir / "metrics.json", metrics)
+    phase_done("writing results", evaluated, f"predictions.jsonl and metrics.json in {out_dir}")
     return metrics
 
 
@@ -94,10 +100,12 @@ def evaluate_run(data_args: DataArguments, eval_args: EvalArguments, task_name: 
     from peft import PeftModel
 
     plan = preflight.inference(data_args, eval_args, task_name)
+    started = time.perf_counter()
     tokenizer = load_tokenizer(str(plan.adapter))
     base = load_model(plan.model_args, resolve_model_path(plan.base_model, plan.model_args.model_cache_dir,
                                                           plan.base_flag), plan.base_flag)
     model = PeftModel.from_pretrained(base, plan.adapter)
+    phase_done("loading model", started, f"{plan.base_model} + {plan.adapter}")
     builder = PromptBuilder(plan.task, tokenizer, plan.data_args.prompt_format, plan.labels)
     return evaluate(plan.task, model, tokenizer, builder, plan.test, plan.examples, eval_args, plan.out_dir,
                     plan.data_args.max_length)
@@ -122,8 +130,10 @@ def run_baseline(data_args: DataArguments, model_args: ModelArguments, eval_args
     out_dir = baseline_output_dir(data_args, model_args, eval_args)
     plan = preflight.baseline(task, data_args, model_args, eval_args, out_dir)
     model_path = resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir)
+    started = time.perf_counter()
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_args, model_path)
+    phase_done("loading model", started, f"{model_path} ({model_args.quantization})")
     write_config(out_dir / "config.json", to_dict(data_args, model_args, eval_args), kind="baseline",
                  model_path=model_path, base_model=model_args.model_name_or_path,
                  data={"labels": plan.labels, "shot_ids": [s.id for s in plan.shots]})

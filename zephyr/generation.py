@@ -20,11 +20,12 @@ def _is_oom(err: BaseException) -> bool:
 
 
 def run_batched(items: Sequence, batch_size: int, fn: Callable[[list], list], max_tokens: int | None = None,
-                extra_tokens: int = 0) -> tuple[list, list]:
+                extra_tokens: int = 0, progress: Callable[[int], None] | None = None) -> tuple[list, list]:
     """Apply ``fn`` to batches of ``items`` (longest first); returns (results, errors) in input order.
 
     A batch holds at most ``batch_size`` items and, with ``max_tokens``, at most that many tokens counting each
     item as long as the batch's longest plus ``extra_tokens`` (what padding and generation make of it).
+    ``progress(done)`` is called with the number of items finished (scored or failed) after each batch.
     """
     order = sorted(range(len(items)), key=lambda i: -len(items[i]))
     results, errors = [None] * len(items), [None] * len(items)
@@ -46,10 +47,14 @@ def run_batched(items: Sequence, batch_size: int, fn: Callable[[list], list], ma
             errors[chunk[0]] = f"out of memory on a single {len(items[chunk[0]])}-token prompt"
             start += 1
             size = batch_size
+            if progress:
+                progress(start)
             continue
         for index, output in zip(chunk, outputs):
             results[index] = output
         start += len(chunk)
+        if progress:
+            progress(start)
     return results, errors
 
 
@@ -72,7 +77,8 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 @torch.inference_mode()
 def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-                    max_batch_tokens: int | None = None) -> tuple[list[str | None], list[str | None]]:
+                    max_batch_tokens: int | None = None, progress: Callable[[int], None] | None = None
+                    ) -> tuple[list[str | None], list[str | None]]:
     """Greedy continuations, cut at the first stop token (token level), decoded without special tokens."""
     from transformers import GenerationConfig
 
@@ -90,7 +96,7 @@ def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
             texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
         return texts
 
-    return run_batched(prompts, batch_size, generate, max_batch_tokens, max_new_tokens)
+    return run_batched(prompts, batch_size, generate, max_batch_tokens, max_new_tokens, progress)
 
 
 def _label_layout(label_ids: list[list[int]]):
@@ -103,7 +109,8 @@ def _label_layout(label_ids: list[list[int]]):
 
 @torch.inference_mode()
 def label_log_likelihoods(model, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int,
-                          batch_size: int, max_batch_tokens: int | None = None
+                          batch_size: int, max_batch_tokens: int | None = None,
+                          progress: Callable[[int], None] | None = None
                           ) -> tuple[list[list[float] | None], list[str | None]]:
     """Total log-probability of each label's tokens (EOS included) after each prompt.
 
@@ -146,11 +153,12 @@ def label_log_likelihoods(model, prompts: list[list[int]], label_ids: list[list[
         totals = torch.zeros(len(batch), len(label_ids), device=device).index_add_(1, owner.to(device), token_logp)
         return totals.tolist()
 
-    return run_batched(prompts, batch_size, score, max_batch_tokens, n_label_tokens)
+    return run_batched(prompts, batch_size, score, max_batch_tokens, n_label_tokens, progress)
 
 
 def score_labels(model, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int, batch_size: int,
-                 max_batch_tokens: int | None = None) -> tuple[list[int | None], list[str | None]]:
+                 max_batch_tokens: int | None = None, progress: Callable[[int], None] | None = None
+                 ) -> tuple[list[int | None], list[str | None]]:
     """Index of the most likely label after each prompt (``None`` where scoring failed)."""
-    scores, errors = label_log_likelihoods(model, prompts, label_ids, pad_id, batch_size, max_batch_tokens)
+    scores, errors = label_log_likelihoods(model, prompts, label_ids, pad_id, batch_size, max_batch_tokens, progress)
     return [None if s is None else max(range(len(s)), key=s.__getitem__) for s in scores], errors

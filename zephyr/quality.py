@@ -22,7 +22,7 @@ from pathlib import Path
 
 from zephyr.errors import UsageError
 from zephyr.io import atomic_write_json, atomic_write_text, read_json
-from zephyr.sweep import Job, check_jobs, run_sweep
+from zephyr.sweep import COMPILE_CACHE, Job, check_jobs, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"samsum": ("zephyr_summarization.py", "zephyr_summarization_inference.py"),
@@ -285,11 +285,11 @@ def run(plan: Plan, runs_per_gpu: int, gpu: str = "0", dry_run: bool = False, ou
     # Several runs share the GPU machine's cores: each gets two threads, and compiles with one worker.
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
-    slots = [gpu] * runs_per_gpu
     training = plan.training_jobs()
     check_jobs([job for job in training if not job.done()])  # the re-evaluations need the adapters first
-    status = run_sweep(training, slots, plan.out_root / "sweep.csv", dry_run, out)
-    status |= run_sweep(plan.evaluation_jobs(), slots, plan.out_root / "sweep.csv", dry_run, out)
+    sweep = dict(runs_per_gpu=runs_per_gpu, cache_dir=plan.out_root / COMPILE_CACHE)
+    status = run_sweep(training, [gpu], plan.out_root / "sweep.csv", dry_run, out, **sweep)
+    status |= run_sweep(plan.evaluation_jobs(), [gpu], plan.out_root / "sweep.csv", dry_run, out, **sweep)
     return status
 
 

@@ -68,7 +68,7 @@ def collect(roots: list[str | Path]) -> list[dict]:
         found = sorted(root.rglob("metrics.json"))
         if not found:
             raise UsageError(f"--runs: {root}: no finished run in it (no metrics.json below it)")
-        rows += [summarize_run(metrics.parent) for metrics in found]
+        rows += [{**summarize_run(metrics.parent), "path": str(metrics.parent)} for metrics in found]  # path: plots
     return rows
 
 
@@ -192,6 +192,73 @@ def plot_rouge(table: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _read_log(path: Path) -> list[dict]:
+    import json
+
+    return [row for row in map(json.loads, path.read_text().splitlines()) if "loss" in row] if path.is_file() else []
+
+
+def plot_training_log(log_path: Path, path: Path) -> bool:
+    """loss.png of one run: training loss against tokens seen (steps on the top axis), learning rate on the right.
+
+    Returns False (and writes nothing) when the log holds no loss.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = _read_log(log_path)
+    if not rows:
+        return False
+    tokens = np.array([r["tokens_seen"] for r in rows], dtype=float)
+    steps = np.array([r["step"] for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(tokens, [r["loss"] for r in rows], marker="." if len(rows) < 50 else None, label="training loss")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    if len(rows) > 1 and np.all(np.diff(tokens) > 0):
+        top = ax.secondary_xaxis("top", functions=(lambda t: np.interp(t, tokens, steps),
+                                                   lambda s: np.interp(s, steps, tokens)))
+        top.set_xlabel("optimizer step")
+    if any("learning_rate" in r for r in rows):
+        lr = ax.twinx()
+        lr.plot(tokens, [r.get("learning_rate") for r in rows], color="gray", linestyle="--", label="learning rate")
+        lr.set_ylabel("learning rate", color="gray")
+    ax.set_title(log_path.parent.name, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_loss_curves(rows: list[dict], title: str, path: Path) -> bool:
+    """One figure with the training-loss curve of each run in ``rows`` (their train_log.jsonl)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [(r["run"], _read_log(Path(r["path"]) / "train_log.jsonl")) for r in rows if r.get("path")]
+    curves = [(name, log) for name, log in curves if log]
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, log in curves:
+        ax.plot([r["tokens_seen"] for r in log], [r["loss"] for r in log], label=name, linewidth=1)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2 if len(curves) > 12 else 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def write_tables(rows: list[dict], out_dir: str | Path, protocol: str = "") -> dict[str, Path]:
     """Write tables 1-3 (Markdown + CSV), runs.csv, and the plots into ``out_dir``; returns the paths."""
     out = Path(out_dir)
@@ -221,4 +288,13 @@ def write_tables(rows: list[dict], out_dir: str | Path, protocol: str = "") -> d
     if any(r["rouge1"] is not None for r in tables["table2_samsum_rouge"]):
         plot_rouge(tables["table2_samsum_rouge"], out / "table2_rouge.png")
         written["rouge_plot"] = out / "table2_rouge.png"
+    # The fine-tuning runs behind each table, as in table1-3 above.
+    finetuned = [r for r in rows if r["kind"] == "finetune"]
+    runs_of = {"table1": [r for r in finetuned if r["task"] == "newsgroups"],
+               "table2": [r for r in finetuned if r["task"] == "samsum"],
+               "table3": [r for r in finetuned if r["task"] == "samsum" and r["variant"] == "base"]}
+    for name, runs in runs_of.items():
+        title = titles[next(t for t in titles if t.startswith(name))].split(":")[0] + ": training loss of its runs"
+        if plot_loss_curves(runs, title, out / f"{name}_loss.png"):
+            written[f"{name}_loss_plot"] = out / f"{name}_loss.png"
     return written

@@ -1,11 +1,15 @@
-"""Run a list of jobs resumably, one per GPU, and append a CSV row per finished run.
+"""Run a list of jobs resumably, ``--runs_per_gpu`` at a time on each GPU, and append a CSV row per finished run.
 
 A job file has one job per line: ``<run_dir>\\t<shell-quoted command>``. A job whose ``<run_dir>/metrics.json``
 exists is skipped, so a killed sweep started again runs only what is missing. Each job's stdout and stderr
 go to ``<run_dir>/sweep.log``. A failed job is reported with the last line of its log; the others go on,
-and the exit status is 1 if any job failed.
+and the exit status is 1 if any job failed. The sweep prints one line when a run starts and one when it ends
+(``[3/24] <run> done in 3m12s, ETA 41m``), never two at once.
 
-    python -m zephyr.sweep --jobs jobs.tsv --csv runs/sweep.csv --gpus 0,1 [--dry_run]
+Every run gets the same on-disk compiler caches (``--compile_cache``, under the sweep's output root): a run
+whose layers have the shapes of an earlier run's loads their compiled kernels instead of compiling again.
+
+    python -m zephyr.sweep --jobs jobs.tsv --csv runs/sweep.csv --gpus 0,1 --runs_per_gpu 4 [--dry_run]
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from queue import Empty, Queue
 
 from zephyr.errors import UsageError
 from zephyr.io import atomic_write_text
+from zephyr.progress import eta, format_duration
 from zephyr.results import ROW_COLUMNS, summarize_run, to_csv
 
 CSV_COLUMNS = ["status", "wall_s", *ROW_COLUMNS]
+RUNS_PER_GPU_ENV = "RUNS_PER_GPU"
+COMPILE_CACHE = "compile_cache"  # beside sweep.csv, in the sweep's output root
 
 
 @dataclass
@@ -111,10 +118,24 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
-def run_job(job: Job, gpu: str | None, csv_log: CsvLog) -> str | None:
+def compile_cache_env(cache_dir: Path) -> dict[str, str]:
+    """Environment that points torch.compile's on-disk caches at ``cache_dir``, shared by every run.
+
+    Inductor's FX graph cache (compiled kernels per graph and shape) and the AOTAutograd cache (the joint
+    forward/backward graph) both live under TORCHINDUCTOR_CACHE_DIR; Triton's own kernel binaries under
+    TRITON_CACHE_DIR. The default location is per user in /tmp, which a fresh machine or container starts empty.
+    """
+    return {"TORCHINDUCTOR_CACHE_DIR": str(cache_dir / "inductor"), "TRITON_CACHE_DIR": str(cache_dir / "triton"),
+            "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
+
+
+def run_job(job: Job, gpu: str | None, csv_log: CsvLog, cache_dir: Path | None = None) -> str | None:
     """Run one job; returns None on success, else the failure summary."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    if cache_dir is not None:
+        for name, value in compile_cache_env(cache_dir.resolve()).items():
+            env.setdefault(name, value)  # a cache the user chose wins
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     log_path = job.run_dir / SWEEP_LOG
@@ -136,7 +157,9 @@ def run_job(job: Job, gpu: str | None, csv_log: CsvLog) -> str | None:
     return f"FAILED {job.run_dir} ({reason}, log {log_path}): {_last_line(log_path)}"
 
 
-def run_sweep(jobs: list[Job], gpus: list[str], csv_path: Path, dry_run: bool = False, out=None) -> int:
+def run_sweep(jobs: list[Job], gpus: list[str], csv_path: Path, dry_run: bool = False, out=None,
+              runs_per_gpu: int = 1, cache_dir: Path | None = None) -> int:
+    """Run the jobs not done yet, ``runs_per_gpu`` at a time on each GPU (or on the default device)."""
     out = out or sys.stdout
     pending = [job for job in jobs if not job.done()]
     for job in jobs:
@@ -148,22 +171,34 @@ def run_sweep(jobs: list[Job], gpus: list[str], csv_path: Path, dry_run: bool = 
         return 0
     csv_log, failures = CsvLog(csv_path), []
     queue: Queue = Queue()
-    for job in pending:
-        queue.put(job)
+    for number, job in enumerate(pending, 1):
+        queue.put((number, job))
+    printing, started, finished = threading.Lock(), time.perf_counter(), [0]
+
+    def say(line: str) -> None:
+        with printing:  # whole lines only, from one thread at a time
+            print(line, file=out, flush=True)
 
     def worker(gpu: str | None):
         while True:
             try:
-                job = queue.get_nowait()
+                number, job = queue.get_nowait()
             except Empty:
                 return
-            print(f"start {job.run_dir}" + (f" on GPU {gpu}" if gpu is not None else ""), file=out, flush=True)
-            failure = run_job(job, gpu, csv_log)
-            if failure:
-                failures.append(failure)
-            print(failure or f"done {job.run_dir}", file=out, flush=True)
+            say(f"[{number}/{len(pending)}] {job.run_dir.name} started" + (f" on GPU {gpu}" if gpu is not None else ""))
+            began = time.perf_counter()
+            failure = run_job(job, gpu, csv_log, cache_dir)
+            with printing:
+                finished[0] += 1
+                left = eta(time.perf_counter() - started, finished[0], len(pending))
+                if failure:
+                    failures.append(failure)
+                outcome = "FAILED" if failure else "done"
+                print(f"[{number}/{len(pending)}] {job.run_dir.name} {outcome} in "
+                      f"{format_duration(time.perf_counter() - began)}" + (f", ETA {format_duration(left)}" if left
+                                                                            else ""), file=out, flush=True)
 
-    threads = [threading.Thread(target=worker, args=(gpu,)) for gpu in (gpus or [None])]
+    threads = [threading.Thread(target=worker, args=(gpu,)) for gpu in (gpus or [None]) for _ in range(runs_per_gpu)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -180,7 +215,11 @@ def main(argv=None) -> int:
                                      allow_abbrev=False)
     parser.add_argument("--jobs", required=True, help="job file: <run_dir>\\t<command> per line")
     parser.add_argument("--csv", required=True, help="CSV that gets one row per finished or failed run")
-    parser.add_argument("--gpus", default="", help="comma-separated GPU ids, one run per GPU at a time")
+    parser.add_argument("--gpus", default="", help="comma-separated GPU ids; empty: the default device")
+    parser.add_argument("--runs_per_gpu", default=os.environ.get(RUNS_PER_GPU_ENV, "1"),
+                        help=f"most runs at a time on each GPU (env {RUNS_PER_GPU_ENV}; default 1)")
+    parser.add_argument("--compile_cache", default=None,
+                        help=f"torch.compile cache shared by the runs (default: {COMPILE_CACHE}/ beside --csv)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands without running them")
     args = parser.parse_args(argv)
     try:
@@ -189,9 +228,13 @@ def main(argv=None) -> int:
             raise UsageError(f"--gpus: {args.gpus!r} names a GPU twice")
         if not all(g.isdigit() or g.startswith(("GPU-", "MIG-")) for g in gpus):
             raise UsageError(f"--gpus: {args.gpus!r}: GPU ids are indices (0,1) or GPU-/MIG- UUIDs")
+        if not args.runs_per_gpu.isdigit() or int(args.runs_per_gpu) < 1:
+            raise UsageError(f"--runs_per_gpu: must be a positive whole number, got {args.runs_per_gpu!r}")
+        cache_dir = Path(args.compile_cache or Path(args.csv).parent / COMPILE_CACHE)
         jobs = read_jobs(args.jobs)
         check_jobs([job for job in jobs if not job.done()])
-        return run_sweep(jobs, gpus, Path(args.csv), args.dry_run)
+        return run_sweep(jobs, gpus, Path(args.csv), args.dry_run, runs_per_gpu=int(args.runs_per_gpu),
+                         cache_dir=cache_dir)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

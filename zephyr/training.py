@@ -4,6 +4,8 @@ Layout of ``<output_root>/<run_name>/``:
   config.json         resolved arguments, data report, library versions, git commit, device
   train_log.jsonl     one row per logging step: loss, learning rate, tokens/s, peak memory
   train_metrics.json  runtime, tokens/s, peak memory, final loss (written last: the run is complete)
+  loss.png            training loss against tokens and steps, with the learning rate
+  tensorboard/ ...    what --report_to writes (tensorboard/, wandb/, mlruns/, trackio/)
   adapter/            LoRA adapter and tokenizer (PeftModel.from_pretrained loads it)
   predictions.jsonl, metrics.json   after evaluation
 """
@@ -30,6 +32,7 @@ from zephyr.io import atomic_write_json, atomic_write_text, read_json
 from zephyr.modeling import build_lora_config, compute_dtype, load_model, load_tokenizer, resolve_model_path
 from zephyr.nf4 import backend_without_cse, make_nf4_linears_traceable
 from zephyr.packing import NUM_TOKENS, PackedRowsCollator
+from zephyr.progress import phase_done, train_progress_callback
 from zephyr.prompting import PromptBuilder
 from zephyr.runinfo import run_name, write_config
 from zephyr.sweep import SWEEP_LOG
@@ -124,7 +127,8 @@ def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_d
         save_strategy="no" if train_args.save_steps == 0 else "steps",
         save_steps=train_args.save_steps or DEFAULT_SAVE_STEPS,  # no --save_steps: set per run (CheckpointInterval)
         save_total_limit=2,
-        report_to="none",
+        report_to=[name.strip() for name in train_args.report_to.split(",")],
+        run_name=run_dir.name,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         include_num_input_tokens_seen="non_padding",
@@ -145,6 +149,20 @@ def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_d
     return config
 
 
+@contextlib.contextmanager
+def trackers_in(run_dir: Path):
+    """Point --report_to's local files into the run directory while it trains (a user's own settings win)."""
+    wanted = {"TENSORBOARD_LOGGING_DIR": str(run_dir / "tensorboard"), "WANDB_DIR": str(run_dir),
+              "MLFLOW_TRACKING_URI": (run_dir / "mlruns").resolve().as_uri(), "TRACKIO_DIR": str(run_dir / "trackio")}
+    ours = [name for name in wanted if name not in os.environ]
+    os.environ.update({name: wanted[name] for name in ours})
+    try:
+        yield
+    finally:
+        for name in ours:
+            os.environ.pop(name, None)
+
+
 def build_training_dataset(builder: PromptBuilder, examples, max_length: int):
     from datasets import Dataset
 
@@ -156,7 +174,7 @@ def build_training_dataset(builder: PromptBuilder, examples, max_length: int):
 # Arguments that may change between an interrupted run and its resumption without changing its result.
 _RESUMABLE_DIFFERENCES = {"overwrite", "do_eval", "logging_steps", "save_steps", "gradient_checkpointing",
                           "train_memory_gib", "compile_layers", "cuda_graphs", "fused_nf4", "sync_free_metrics",
-                          "merge_adapter", "eval_batch_size", "eval_batch_tokens"}
+                          "merge_adapter", "eval_batch_size", "eval_batch_tokens", "report_to"}
 
 
 @contextlib.contextmanager
@@ -464,6 +482,20 @@ def compile_decoder_layers(model, backend: str = "inductor", fullgraph: bool = F
     return uncompile
 
 
+def compile_summary() -> str:
+    """The time torch.compile took in this process and what its on-disk caches served ('' if nothing compiled):
+    how a sweep's shared --compile_cache is seen to work (a later run of the same shapes: hits, less time)."""
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    seconds = sum(compilation_time_metrics.get("_compile.compile_inner", []))
+    if not seconds:
+        return ""
+    graphs, joint = counters["inductor"], counters["aot_autograd"]
+    return (f"; compiling took {seconds:.1f} s (FX graph cache {graphs['fxgraph_cache_hit']} hits, "
+            f"{graphs['fxgraph_cache_miss']} misses; AOTAutograd cache {joint['autograd_cache_hit']} hits, "
+            f"{joint['autograd_cache_miss']} misses)")
+
+
 def should_compile(setting: str, on_gpu: bool, fixed_shape: bool) -> bool:
     """``--compile_layers``: ``auto`` compiles on a GPU when the batches keep one shape (packed rows).
 
@@ -570,6 +602,9 @@ def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_arg
         # flash attention's varlen kernel is what TRL's padding-free rows are made for; SDPA and eager want rows
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id, dtype)
     checkpointed, uncompile = prepare_layers(trainer, train_args, data_args.max_length)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # a raw dict per log step; the progress line says it readably
 
     def restore():
         uncompile()
@@ -601,19 +636,22 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     task = get_task(data_args.task)
     run_dir = run_directory(data_args, model_args, train_args)
     model_path = resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir)
+    started = time.perf_counter()
     loaded = task.load_split("train", data_args.data_dir, data_args.train_file)
     examples = task.select_train(loaded.examples, data_args.train_fraction, data_args.data_seed)
     labels = task.labels(loaded.examples)
     tokenizer = load_tokenizer(model_path)
     builder = PromptBuilder(task, tokenizer, data_args.prompt_format, labels)
     dataset, truncated = build_training_dataset(builder, examples, data_args.max_length)
+    started = phase_done("preparing data", started, f"{len(dataset)} training examples from {loaded.source}")
     arguments = to_dict(data_args, model_args, train_args)
     prepare_run_dir(run_dir, arguments, train_args.overwrite, dry_run=True)  # refuse before the slow part
     base_model = load_model(model_args, model_path)  # fails on a bad checkpoint before anything is written
+    started = phase_done("loading model", started, f"{model_path} ({model_args.quantization})")
     # One process per GPU under `accelerate launch`: all of them train, the main one owns the run directory.
     processes = PartialState(cpu=not torch.cuda.is_available())  # on the CPU (tests), torchrun gives gloo DDP
     main = processes.is_main_process
-    with run_lock(run_dir) if main else contextlib.nullcontext():
+    with run_lock(run_dir) if main else contextlib.nullcontext(), trackers_in(run_dir):
         if main:
             resume_from = prepare_run_dir(run_dir, arguments, train_args.overwrite)
             data_report = {"train_source": loaded.source, "train_rows_loaded": len(loaded.examples),
@@ -632,16 +670,20 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
 
         set_seed(train_args.seed)  # LoRA's A matrices are drawn here, before the Trainer seeds anything
         model = get_peft_model(base_model, build_lora_config(model_args))
-        callbacks = [_train_log_callback()(run_dir / "train_log.jsonl")]
+        callbacks = [_train_log_callback()(run_dir / "train_log.jsonl"), train_progress_callback()]
         if train_args.save_steps is None:
             callbacks.append(_checkpoint_interval_callback())
         trainer, restore, checkpointed = build_trainer(
             model, tokenizer, dataset, data_args, model_args, train_args, run_dir, callbacks=callbacks)
         trainer.loss_before_resume = _loss_sum(resume_from) if resume_from else 0.0
+        started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        started = phase_done("training", started, f"{trainer.state.global_step} steps, "
+                             f"{trainer.state.num_input_tokens_seen:,} tokens{compile_summary()}")
         restore()
         if main:
             _save_finished_run(trainer, tokenizer, result, run_dir, resume_from, checkpointed)
+            phase_done("writing results", started, f"adapter, loss.png and train_metrics.json in {run_dir}")
     return TrainedRun(run_dir, task, trainer.model, tokenizer, labels, main)
 
 
@@ -653,6 +695,9 @@ def _loss_sum(checkpoint: Path) -> float | None:
 
 
 def _save_finished_run(trainer, tokenizer, result, run_dir: Path, resume_from: Path | None, checkpointed: int):
+    from zephyr.results import plot_training_log
+
+    plot_training_log(run_dir / "train_log.jsonl", run_dir / "loss.png")
     # The base lm_head is frozen: save only LoRA weights even when lm_head carries an adapter.
     trainer.model.save_pretrained(run_dir / ADAPTER_DIR, save_embedding_layers=False)
     tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
