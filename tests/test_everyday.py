@@ -66,7 +66,7 @@ def test_a_run_logs_phases_tensorboard_and_loss_png_and_its_export_evaluates_the
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from zephyr.evaluation import evaluate, evaluate_run, load_test
+    from zephyr.evaluation import evaluate, evaluate_run, select_test
     from zephyr.export import ExportArguments, export_run
     from zephyr.prompting import PromptBuilder
     from zephyr.tasks import get_task
@@ -107,7 +107,8 @@ def test_a_run_logs_phases_tensorboard_and_loss_png_and_its_export_evaluates_the
     exported = AutoModelForCausalLM.from_pretrained(out)
     task = get_task("newsgroups")
     labels = json.loads((run_dir / "config.json").read_text())["data"]["labels"]
-    test, examples = load_test(task, data, labels)
+    test = task.load_split("test", data.data_dir, data.test_file)
+    examples = select_test(task, test, data, labels)
     again = evaluate(task, exported, tokenizer, PromptBuilder(task, tokenizer, "original", labels), test, examples,
                      replace(eval_args, merge_adapter=False), tmp_path / "exported_eval", data.max_length)
     predictions = [json.loads(l)["prediction"] for l in (run_dir / "predictions.jsonl").read_text().splitlines()]
