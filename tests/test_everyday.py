@@ -233,3 +233,15 @@ def test_sweeps_answer_help_with_their_variables(tmp_path, script, flag, variabl
     for name in (variable, "RUNS_PER_GPU=1", "GPUS=", "OUT_ROOT=runs/sweeps", "DRY_RUN"):
         assert name in result.stdout, name
     assert not list(tmp_path.iterdir()), "--help runs nothing"
+
+
+
+def test_console_commands_return_nothing_so_they_exit_zero():
+    """pip's console wrapper runs ``sys.exit(command())``: a returned Path or dict would print and exit 1."""
+    import inspect
+
+    from zephyr import commands
+
+    for name in ("train", "evaluate", "baseline_command", "tables", "bench", "export"):
+        body = inspect.getsource(getattr(commands, name).__wrapped__).split('"""')[-1]
+        assert not re.search(r"^\s+return\b", body, re.M), f"{name} returns a value"

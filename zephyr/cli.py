@@ -190,7 +190,8 @@ def preflight_command(command: list[str], hub: bool = False) -> None:
         task = get_task(FINETUNE_SCRIPTS[script])
         preflight.finetune(task, *parse_finetune(task.name, argv), hub=hub)
     elif script == "zephyr_baseline_inference.py":
-        data_args, model_args, eval_args = parse_args((DataArguments, ModelArguments, EvalArguments), argv)
+        data_args, model_args, eval_args = parse_args((DataArguments, ModelArguments, EvalArguments), argv,
+                                                      unused=BASELINE_UNUSED)
         from zephyr.evaluation import baseline_output_dir
 
         preflight.baseline(get_task(data_args.task), data_args, model_args, eval_args,

@@ -1,5 +1,8 @@
 """The console commands that ``pip install -e .`` puts on the PATH ([project.scripts] in pyproject.toml).
 
+They return nothing: pip's wrapper passes the return value to ``sys.exit``, where anything but None or an int is
+printed and exits with status 1.
+
     zephyr-train --task samsum --data_dir ../shared/data        = scripts/zephyr_summarization.py
     zephyr-eval --run_dir runs/<name> --data_dir ../shared/data  = scripts/zephyr_*_inference.py (task from the run)
     zephyr-baseline --task samsum --num_shots 3                  = scripts/zephyr_baseline_inference.py
@@ -14,7 +17,6 @@ import argparse
 import inspect
 import json
 import sys
-from pathlib import Path
 
 from zephyr.cli import baseline, entry_point, finetune, inference
 from zephyr.config import parse_args
@@ -36,18 +38,18 @@ def train(argv=None):
     task = _peek(argv, "--task", "newsgroups")
     if task not in TASKS:
         raise UsageError(f"--task: unknown task {task!r} (choose from {', '.join(TASKS)})")
-    return finetune(task, argv)
+    finetune(task, argv)
 
 
 @entry_point
 def evaluate(argv=None):
     """zephyr-eval --run_dir DIR [flags]: the run's own task and prompt format, from its config.json."""
-    return inference(None, argv)
+    inference(None, argv)
 
 
 @entry_point
 def baseline_command(argv=None):
-    return baseline(argv)
+    baseline(argv)
 
 
 @entry_point
@@ -86,7 +88,6 @@ def bench(argv=None):
     result = run_benchmark(arguments)
     print(summary_table(result))
     print(mfu_line(result))
-    return result
 
 
 @entry_point
@@ -103,4 +104,3 @@ def export(argv=None):
     (arguments,) = parse_args((ExportArguments,), argv, description=inspect.cleandoc(export.__doc__))
     out, report = export_run(arguments)
     print(json.dumps({"exported": str(out), "dtype": arguments.dtype, **({"rounding": report} if report else {})}))
-    return Path(out)

@@ -78,7 +78,9 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     metrics = task.score([e.target for e in examples], predictions, builder.labels)
     metrics.update(
         n_empty=sum(not (p or "").strip() for p in predictions),
-        n_echo=sum(echoes_prompt(p, tokenizer.decode(enc.ids)) for p, enc in zip(predictions, encoded)),
+        # A label copied from the prompt's list of labels is an answer, not an echo: counted for free text only.
+        n_echo=None if task.is_classification else sum(echoes_prompt(p, tokenizer.decode(enc.ids))
+                                                       for p, enc in zip(predictions, encoded)),
         n_truncated=sum(e.truncated for e in encoded), prompt_token_budget=budget,
         eval_method=eval_args.eval_method, max_new_tokens=max_new_tokens, eval_batch_size=eval_args.eval_batch_size,
         eval_batch_tokens=eval_args.eval_batch_tokens,

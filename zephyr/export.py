@@ -16,11 +16,12 @@ from typing import Optional
 
 import torch
 
+from zephyr import preflight
 from zephyr.config import ModelArguments
 from zephyr.dense import dense_weight, merged_for_export
 from zephyr.errors import UsageError
 from zephyr.io import read_json
-from zephyr.modeling import DTYPES, load_model, load_tokenizer
+from zephyr.modeling import DTYPES, load_model, load_tokenizer, resolve_model_path
 from zephyr.progress import phase_done
 from zephyr.training import ADAPTER_DIR
 
@@ -33,6 +34,9 @@ class ExportArguments:
     dtype: str = field(default="bf16", metadata={"help": "Weights of the exported model: bf16, fp16 or fp32 (fp32 "
                                                          "keeps the merge bit-exact; bf16 rounds it once)"})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing export in output_dir"})
+    base_model: Optional[str] = field(
+        default=None, metadata={"help": "Base model of --run_dir (default: the one its config.json records): for a "
+                                        "run directory copied from another machine"})
 
     def __post_init__(self):
         if not self.run_dir:
@@ -99,8 +103,10 @@ def export_run(args: ExportArguments) -> tuple[Path, dict]:
     started = time.perf_counter()
     tokenizer = load_tokenizer(str(adapter))
     # float32 weights: the 4-bit de-quantization and the delta are summed before any rounding
-    model = PeftModel.from_pretrained(load_model(replace(model_args, dtype="fp32"), config.get("model_path")), adapter)
-    started = phase_done("loading model", started, f"{config.get('model_path')} + {adapter}")
+    base, flag = preflight.base_model(run_dir, config, args)
+    base_path = resolve_model_path(base, model_args.model_cache_dir, flag)
+    model = PeftModel.from_pretrained(load_model(replace(model_args, dtype="fp32"), base_path, flag), adapter)
+    started = phase_done("loading model", started, f"{base} + {adapter}")
     dtype = DTYPES[args.dtype]
     report = rounding_report(model, dtype) if dtype != torch.float32 else {}
     merged = merged_for_export(model).to(dtype)
