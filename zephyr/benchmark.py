@@ -78,6 +78,7 @@ class BenchmarkArguments:
     batched_newsgroups: int = field(default=256, metadata={"help": "Examples for the suite's batched path"})
     batched_samsum: int = field(default=128, metadata={"help": "SAMSum dialogues for the suite's batched path"})
     eval_batch_size: Optional[int] = field(default=None, metadata={"help": "Default: the suite's"})
+    train: bool = field(default=True, metadata={"help": "Measure training (False: evaluation only)"})
     evaluate: bool = field(default=True, metadata={"help": "Also measure evaluation (False: training only)"})
     extra_settings: Optional[str] = field(
         default=None, metadata={"help": 'More training settings to time, JSON: {"name": {"flag": value, ...}}'})
@@ -350,6 +351,20 @@ def _training_data(tokenizer, data_dir: str, rows: int):
     return dataset, labels, sum(lengths) / len(lengths)
 
 
+def training_settings(bench: BenchmarkArguments) -> dict[str, tuple[str, dict]]:
+    """name -> (LoRA preset, flag overrides): original, suite and fast for each preset (unless ``--train False``),
+    then ``--extra_settings``."""
+    settings = {}
+    if bench.train:
+        settings.update({f"original {p}": (p, ORIGINAL_TRAINING) for p in PRESETS})
+        settings.update({f"suite {p}": (p, {}) for p in PRESETS})
+        settings.update({f"fast {p}": (p, FAST_TRAINING) for p in PRESETS})
+    for name, overrides in json.loads(bench.extra_settings or "{}").items():
+        preset = overrides.pop("preset", "q,v")
+        settings[name] = (preset, overrides)
+    return settings
+
+
 def run_benchmark(bench: BenchmarkArguments) -> dict:
     from zephyr.embedded import write_synthetic_data
     from zephyr.modeling import load_model, load_tokenizer, resolve_model_path
@@ -373,12 +388,7 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
     dataset, labels, mean_tokens = _training_data(tokenizer, data_dir, rows_needed)
     data_args = DataArguments(task="newsgroups", data_dir=data_dir)
     peak_tflops = gpu_peak_tflops(bench.peak_tflops)
-    settings = {f"original {p}": (p, ORIGINAL_TRAINING) for p in PRESETS}
-    settings.update({f"suite {p}": (p, {}) for p in PRESETS})
-    settings.update({f"fast {p}": (p, FAST_TRAINING) for p in PRESETS})
-    for name, overrides in json.loads(bench.extra_settings or "{}").items():
-        preset = overrides.pop("preset", "q,v")
-        settings[name] = (preset, overrides)
+    settings = training_settings(bench)
     training = {}
     for name, (preset, overrides) in settings.items():
         model_overrides = {k: v for k, v in overrides.items() if hasattr(ModelArguments, k)}
@@ -395,7 +405,7 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
                                                 profile)
         training[name]["preset"] = preset
         print(json.dumps({name: training[name]}), flush=True)
-    for preset in PRESETS:
+    for preset in PRESETS if bench.train else ():
         original = training[f"original {preset}"]
         for suite in (training[f"suite {preset}"], training[f"fast {preset}"]):
             if original["tokens_per_s"] and suite["tokens_per_s"]:
@@ -424,7 +434,7 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
 def summary_table(result: dict) -> str:
     """A Markdown table of the ratios, as the README shows it."""
     lines = ["| measurement | original | suite | ratio | suite peak GiB |", "|---|---|---|---|---|"]
-    for preset in PRESETS:
+    for preset in PRESETS if result["training"] else ():
         original = result["training"][f"original {preset}"]
         for path in ("suite", "fast"):
             suite = result["training"][f"{path} {preset}"]
