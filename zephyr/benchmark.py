@@ -286,7 +286,7 @@ def _test_prompts(task_name: str, tokenizer, data_dir: str, budget: int, labels:
 
 def measure_evaluation(model, tokenizer, data_dir: str, labels: list[str], bench: BenchmarkArguments) -> dict:
     """The original one-at-a-time sampled generation against the suite's batched paths, on real test prompts."""
-    from zephyr.dense import dense_for_inference
+    from zephyr.speed.dense import dense_for_inference
     from zephyr.generation import greedy_generate, label_log_likelihoods
     from zephyr.modeling import context_length
     from zephyr.tasks import get_task
