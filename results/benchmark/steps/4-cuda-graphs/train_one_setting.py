@@ -11,9 +11,8 @@ import json, os, sys, time
 from dataclasses import replace
 from pathlib import Path
 import torch
-from zephyr.benchmark import build_random_checkpoint
+from zephyr.benchmark import build_random_checkpoint, measure_training
 from zephyr.config import DataArguments, ModelArguments, TrainArguments
-from zephyr.measure import measure_training
 from zephyr.modeling import load_model, load_tokenizer
 from zephyr.prompting import PromptBuilder
 from zephyr.tasks import get_task
