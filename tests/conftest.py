@@ -52,3 +52,42 @@ def write_newsgroups(root: Path, train: list[tuple[str, str]], test: list[tuple[
         atomic_write_jsonl(root / "newsgroups" / f"{split}.jsonl",
                            [{"id": f"{split}{i}", "text": t, "label": l} for i, (t, l) in enumerate(rows)])
     return root
+
+
+def run_args(tiny_model_dir, data_dir, out, **overrides):
+    """Data, model and training arguments of a short run of the tiny model (QLoRA on all projections)."""
+    from zephyr.config import DataArguments, ModelArguments, TrainArguments
+
+    data = DataArguments(task=overrides.pop("task", "newsgroups"), data_dir=str(data_dir), max_length=96)
+    model = ModelArguments(model_name_or_path=str(tiny_model_dir), quantization=overrides.pop("quantization", "4bit"),
+                           lora_r=8, lora_targets=overrides.pop("lora_targets", "all"),
+                           lora_lm_head=overrides.pop("lora_lm_head", False))
+    train_args = TrainArguments(output_root=str(out), num_train_epochs=1, max_steps=overrides.pop("max_steps", 6),
+                                per_device_train_batch_size=8, gradient_accumulation_steps=1, learning_rate=2e-3,
+                                gradient_checkpointing=False, optim="adamw_torch", logging_steps=1, **overrides)
+    return data, model, train_args
+
+
+def packed_rows_trainer(tokenizer, tmp_path, trainer_class):
+    """A tiny random Mistral, six short Newsgroups examples packed into rows, and ``trainer_class`` over them."""
+    import torch
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    from zephyr.data import Example
+    from zephyr.embedded import TINY_MISTRAL
+    from zephyr.prompting import PromptBuilder
+    from zephyr.tasks import get_task
+    from zephyr.training import build_sft_config, build_training_dataset
+
+    builder = PromptBuilder(get_task("newsgroups"), tokenizer, "original", ["sci.space", "rec.autos"])
+    texts = ["The rocket reached orbit.", "New brakes.", "Shuttle tiles and heat shields again.", "Cars rust.",
+             "The orbiter landed at night on the long runway.", "Tyres wear out."]
+    examples = [Example(str(i), t, "sci.space" if i % 2 == 0 else "rec.autos") for i, t in enumerate(texts)]
+    dataset, _ = build_training_dataset(builder, examples, max_length=48)
+    data, _, train_args = run_args("unused", "unused", tmp_path, packing=True)
+    data.max_length = 48
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL)).eval()
+    trainer = trainer_class(model=model, args=build_sft_config(train_args, data, tmp_path),
+                            train_dataset=dataset, processing_class=tokenizer)
+    return trainer, dataset, examples

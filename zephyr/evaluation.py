@@ -12,7 +12,6 @@ from pathlib import Path
 
 from zephyr import preflight
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, to_dict
-from zephyr.dense import dense_for_inference
 from zephyr.errors import UsageError
 from zephyr.generation import greedy_generate, score_labels
 from zephyr.io import atomic_write_json, atomic_write_jsonl
@@ -21,8 +20,9 @@ from zephyr.modeling import context_length, load_model, load_tokenizer, resolve_
 from zephyr.progress import Progress, phase_done
 from zephyr.prompting import PromptBuilder
 from zephyr.runinfo import model_short_name, write_config
+from zephyr.speed.dense import dense_for_inference
+from zephyr.speed.memory import peak_memory_gib
 from zephyr.tasks import Task, get_task
-from zephyr.training import peak_memory_gib
 
 log = logging.getLogger(__name__)
 BASELINE_ROOT = "runs/baselines"

@@ -1,6 +1,6 @@
 """Export a fine-tuned run as one merged model: safetensors weights, tokenizer and chat template.
 
-Every 4-bit weight is de-quantized as evaluation does it (``zephyr.dense``: bitsandbytes' own
+Every 4-bit weight is de-quantized as evaluation does it (``zephyr.speed.dense``: bitsandbytes' own
 ``dequantize_4bit``), the LoRA delta is added in float32 (``merged_for_export``), and the sum is cast to the
 export dtype once. The base model is loaded with float32 weights for this, so that the 4-bit de-quantization itself is
 not rounded to bf16 first. The result loads with ``AutoModelForCausalLM.from_pretrained`` (and so with vLLM or
@@ -18,11 +18,11 @@ import torch
 
 from zephyr import preflight
 from zephyr.config import ModelArguments
-from zephyr.dense import dense_weight, merged_for_export
 from zephyr.errors import UsageError
 from zephyr.io import read_json
 from zephyr.modeling import DTYPES, load_model, load_tokenizer, resolve_model_path
 from zephyr.progress import phase_done
+from zephyr.speed.dense import dense_weight, merged_for_export
 from zephyr.training import ADAPTER_DIR
 
 

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-# A plain int in the batch (left on the CPU by device placement): the batch's real tokens, so that the trainer
-# can count tokens without a GPU-to-CPU sync in every micro-step. The trainer removes it before the forward.
-NUM_TOKENS = "num_tokens"
+from zephyr.trl_compat import NUM_TOKENS, SEQ_LENGTHS
 
 
 @dataclass
@@ -33,7 +31,7 @@ class PackedRowsCollator:
         example = torch.full(shape, -1, dtype=torch.long)  # padding forms one more "example", so no row is empty
         for index, row in enumerate(rows):
             length = len(row["input_ids"])
-            lengths = torch.tensor(row.get("seq_lengths") or [length])
+            lengths = torch.tensor(row.get(SEQ_LENGTHS) or [length])
             input_ids[index, :length] = torch.tensor(row["input_ids"])
             labels[index, :length] = torch.tensor(row.get("labels", row["input_ids"]))
             position_ids[index, :length] = torch.cat([torch.arange(n) for n in lengths.tolist()])

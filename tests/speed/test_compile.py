@@ -1,0 +1,70 @@
+"""Compiled decoder layers compute what eager ones do, in one graph; CUDA graphs are switched off again."""
+
+import torch
+
+from zephyr.config import ModelArguments
+
+
+def test_compile_auto_only_for_batches_of_one_shape_on_a_gpu():
+    from zephyr.speed.compile import should_compile
+
+    assert should_compile("auto", on_gpu=True, fixed_shape=True)
+    assert not should_compile("auto", on_gpu=True, fixed_shape=False)  # measured slower than eager (docstring)
+    assert not should_compile("auto", on_gpu=False, fixed_shape=True)
+    assert should_compile("true", on_gpu=False, fixed_shape=False) and not should_compile("false", True, True)
+
+
+def test_compiled_layers_are_one_graph_with_eager_losses_and_gradients(tiny_model_dir):
+    """The 4-bit + LoRA decoder layer traces as a single graph (no break at the bitsandbytes matmuls, which would
+    bring the CPU overhead back) and computes what eager does; uncompiling restores plain modules."""
+    from peft import get_peft_model
+
+    from zephyr.modeling import build_lora_config, load_model
+    from zephyr.speed.compile import compile_decoder_layers, decoder_layers
+
+    args = ModelArguments(model_name_or_path=str(tiny_model_dir), lora_targets="all", lora_dropout=0.0)
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(args), build_lora_config(args))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    model.enable_input_require_grads()  # else the first layer's input differs (no grad): a second graph
+    ids = torch.randint(32000, (1, 50))
+    positions = torch.cat([torch.arange(30), torch.arange(20)]).unsqueeze(0)  # two packed examples
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, position_ids=positions, labels=ids, use_cache=False).loss  # as TRL trains
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    eager_loss, eager_grads = loss_and_grads()
+    torch._dynamo.utils.counters.clear()
+    uncompile = compile_decoder_layers(model, backend="aot_eager", fullgraph=True)
+    compiled_loss, compiled_grads = loss_and_grads()
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # both layers ran the one compiled graph
+    assert torch._dynamo.utils.counters["graph_break"] == {}
+    assert {type(m.base_layer).__name__ for m in model.modules() if hasattr(m, "lora_A")} == {"TraceableLinear4bit"}
+    uncompile()
+    assert all(layer._compiled_call_impl is None for layer in decoder_layers(model))
+    assert {type(m.base_layer).__name__ for m in model.modules() if hasattr(m, "lora_A")} == {"Linear4bit"}
+
+
+def test_cuda_graphs_are_on_while_compiled_and_off_after():
+    """CUDA graphs go through inductor's global flag (per-compilation patches crashed on replay); uncompiling
+    must hand the flag back, or a later compilation in the process would record graphs it never asked for."""
+    import torch._inductor.config as inductor_config
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    from zephyr.embedded import TINY_MISTRAL
+    from zephyr.speed.compile import compile_decoder_layers
+
+    model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL))
+    assert inductor_config.triton.cudagraphs is False
+    uncompile = compile_decoder_layers(model, backend="aot_eager", cuda_graphs=True)
+    assert inductor_config.triton.cudagraphs is True
+    uncompile()
+    assert inductor_config.triton.cudagraphs is False

@@ -1,0 +1,174 @@
+"""The benchmark's instruments: step timing, peak memory, profiles and MFU of one training setting, and the time
+of a decoding loop, each measured the same way for every path compared."""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from zephyr.config import DataArguments, ModelArguments, TrainArguments
+
+# Dense bf16 matrix rate (TFLOP/s) by GPU name, from the vendors' datasheets, for MFU.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _peak_gib() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def _reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def gpu_peak_tflops(override: float | None) -> float | None:
+    if override or not torch.cuda.is_available():
+        return override
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def training_flops_per_token(config, trainable: int, mean_example_tokens: float) -> float:
+    """Model FLOPs per trained token for LoRA: forward and input gradients of the frozen base (no weight
+    gradients), causal attention over the mean example length, and 6 per trainable parameter; recomputation
+    is not counted."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    kv = h * config.num_key_value_heads // config.num_attention_heads
+    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size) + h * config.vocab_size
+    attention_forward = layers * 4 * h * mean_example_tokens / 2
+    return 4 * linear + 3 * attention_forward + 6 * trainable
+
+
+# -- training ---------------------------------------------------------------------------------------
+def _step_timer(warmup: int, timed: int, profile_path: Path | None = None):
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall time and tokens of each optimizer step after ``warmup``; optionally profiles one more step."""
+
+        def __init__(self):
+            self.steps, self.profiler = [], None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            _sync()
+            self.begin, self.tokens_at_begin = time.perf_counter(), state.num_input_tokens_seen
+            if profile_path and state.global_step == warmup + timed:
+                self.profiler = torch.profiler.profile(activities=profiler_activities())
+                self.profiler.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            _sync()
+            if warmup < state.global_step <= warmup + timed:
+                self.steps.append((time.perf_counter() - self.begin, state.num_input_tokens_seen - self.tokens_at_begin))
+            if self.profiler is not None:
+                self.profiler.__exit__(None, None, None)
+                write_profile(self.profiler, profile_path)
+                self.profiler = None
+
+        def tokens_per_s(self) -> float | None:
+            """Tokens of the median-duration step over its duration (robust to a stray slow step)."""
+            if not self.steps:
+                return None
+            seconds, tokens = sorted(self.steps)[len(self.steps) // 2]
+            return tokens / seconds
+
+    return StepTimer()
+
+
+def profiler_activities():
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return activities
+
+
+def write_profile(profiler, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    averages = profiler.key_averages()
+    sort_key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    path.write_text(averages.table(sort_by=sort_key, row_limit=40, max_name_column_width=80) + "\n" +
+                    averages.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=80))
+
+
+def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, model_args: ModelArguments,
+                     train_args: TrainArguments, warmup: int, timed: int, mean_example_tokens: float, peak_tflops,
+                     profile_path: Path | None = None):
+    """Tokens/s, peak memory and MFU of the suite's trainer for one setting; returns (result, base model)."""
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    from zephyr.modeling import build_lora_config
+    from zephyr.training import build_trainer
+
+    set_seed(train_args.seed)
+    model = get_peft_model(base_model, build_lora_config(model_args))
+    timer = _step_timer(warmup, timed, profile_path)
+    train_args = replace(train_args, max_steps=warmup + timed + (1 if profile_path else 0))
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer, restore, checkpointed = build_trainer(
+            model, tokenizer, dataset, data_args, model_args, train_args, Path(scratch), callbacks=[timer])
+        _reset_peak()
+        trainer.train()
+        restore()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tokens_per_s = timer.tokens_per_s()
+    flops = training_flops_per_token(base_model.config, trainable, mean_example_tokens)
+    result = {
+        "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None, "peak_gpu_memory_gib": _peak_gib(),
+        "mfu_percent": round(100 * tokens_per_s * flops / (peak_tflops * 1e12), 2) if peak_tflops and tokens_per_s
+        else None,
+        "step_seconds": [round(seconds, 3) for seconds, _ in timer.steps],
+        "tokens_per_step": [tokens for _, tokens in timer.steps],
+        "checkpointed_layers": checkpointed, "trainable_parameters": trainable,
+        "final_loss": next((r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r), None),
+        "settings": {k: getattr(train_args, k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                                                          "gradient_checkpointing", "optim", "packing",
+                                                          "packed_rows", "compile_layers")}}
+    del trainer
+    base_model = model.unload()
+    base_model.gradient_checkpointing_disable()
+    base_model.disable_input_require_grads()
+    del model
+    free_memory()
+    return result, base_model
+
+
+# -- evaluation -------------------------------------------------------------------------------------
+@torch.inference_mode()
+def sampled_one_at_a_time(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> float:
+    """The original evaluation: one sampled ``generate`` call per example; returns examples/s."""
+    device = next(model.parameters()).device
+    _sync()
+    start = time.perf_counter()
+    for ids in prompts:
+        model.generate(input_ids=torch.tensor([ids], device=device), attention_mask=torch.ones(1, len(ids),
+                       dtype=torch.long, device=device), do_sample=True, max_new_tokens=max_new_tokens,
+                       pad_token_id=tokenizer.pad_token_id)
+    _sync()
+    return len(prompts) / (time.perf_counter() - start)
+
+
+def timed_run(fn):
+    """Seconds, peak GPU memory and failed examples of ``fn()``, which returns (outputs, per-example errors)."""
+    _reset_peak()
+    _sync()
+    start = time.perf_counter()
+    _, errors = fn()
+    _sync()
+    return time.perf_counter() - start, _peak_gib(), sum(e is not None for e in errors)

@@ -1,0 +1,153 @@
+"""Memory: how many decoder layers to checkpoint so that a training step fits the GPU, and the peak it reached."""
+
+from __future__ import annotations
+
+import logging
+import resource
+from typing import Callable
+
+import torch
+
+from zephyr.config import TrainArguments
+from zephyr.speed.compile import compile_decoder_layers, decoder_layers, should_compile
+from zephyr.speed.packing import PackedRowsCollator
+from zephyr.trl_compat import SEQ_LENGTHS, fused_forward
+
+log = logging.getLogger(__name__)
+
+
+def peak_memory_gib() -> dict:
+    if torch.cuda.is_available():
+        return {"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+                "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+    return {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+def plan_checkpointing(probe: Callable[[int, bool], float], n_layers: int, rows: int, budget: float) -> int:
+    """Fewest decoder layers to checkpoint so that a step of ``rows`` packed rows stays within ``budget`` bytes.
+
+    ``probe(rows, checkpointed)`` returns the peak memory of one forward and backward pass with every layer
+    checkpointed or none (infinite when it ran out of memory). A whole step without checkpointing is tried
+    first: compiled layers may fit where the eager step did not (prepare_layers), and the training batch's
+    shape is one they compile anyway. Otherwise three small probes give the fixed cost (weights), the cost per
+    row with every layer checkpointed, and what each un-checkpointed layer adds per row; peak memory is linear
+    in rows.
+    """
+    if probe(rows, False) <= budget:
+        return 0
+    one, two, one_full = probe(1, True), probe(2, True), probe(1, False)
+    per_row = two - one
+    per_layer_row = max(0.0, (one_full - one) / n_layers)
+    fixed = one - per_row
+    for checkpointed in range(n_layers + 1):
+        # A checkpointed layer's activations come back, one layer at a time, during the backward pass.
+        resident = n_layers - checkpointed + (1 if checkpointed else 0)
+        if fixed + rows * (per_row + resident * per_layer_row) <= budget:
+            return checkpointed
+    return n_layers
+
+
+def spread_layers(n_layers: int, checkpointed: int) -> list[bool]:
+    """Which layers to checkpoint: exactly ``checkpointed`` of ``n_layers``, spread evenly over the stack.
+
+    transformers' own ``every_n_layers`` can only checkpoint every n-th layer: needing 17 of 32 layers meant a
+    stride of 1 and all 32 recomputed.
+    """
+    return [(i * checkpointed) // n_layers != ((i + 1) * checkpointed) // n_layers for i in range(n_layers)]
+
+
+def _checkpoint_only_callback(flags: list[bool]):
+    from transformers import TrainerCallback
+
+    class CheckpointOnly(TrainerCallback):
+        """Turns checkpointing off again for the layers the plan keeps, after the Trainer has enabled it."""
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            for layer, checkpointed in zip(decoder_layers(model), flags, strict=True):
+                layer.gradient_checkpointing = checkpointed
+
+    return CheckpointOnly()
+
+
+def _memory_probe(trainer, length: int, vocab_size: int):
+    """``probe(rows, checkpointed)`` for prepare_layers: one real training step on ``rows`` random rows of
+    ``length`` tokens, batched by the trainer's own collator."""
+    model = trainer.model
+    backbone = model.get_base_model()
+    device = next(model.parameters()).device
+
+    def probe(rows: int, checkpointed: bool) -> float:
+        if checkpointed:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            backbone.gradient_checkpointing_disable()
+        examples = [{"input_ids": ids, "labels": ids, SEQ_LENGTHS: [length]}
+                    for ids in torch.randint(vocab_size, (rows, length)).tolist()]
+        batch = {k: v.to(device) for k, v in trainer.data_collator(examples).items() if isinstance(v, torch.Tensor)}
+        model.train()  # as in training: dropout on, and the compiled layers' graphs are those of training
+        peaks = []
+        try:
+            for _ in range(2):  # the first pass may compile the layers, whose autotuning allocates memory of its own
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                with trainer.accelerator.autocast():  # as in training: its compiled layers are the ones probed
+                    loss = fused_forward(model, batch).loss
+                loss.backward()
+                torch.cuda.synchronize()
+                model.zero_grad(set_to_none=True)
+                peaks.append(float(torch.cuda.max_memory_allocated()))
+        except torch.cuda.OutOfMemoryError:  # a whole step without checkpointing, on a small GPU
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            return float("inf")
+        return peaks[-1]
+
+    return probe
+
+
+def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
+    """Plan activation checkpointing and compile the decoder layers; returns (checkpointed layers, uncompile).
+
+    ``--gradient_checkpointing auto`` on the GPU first tries one whole training step with nothing checkpointed,
+    before compiling: a model whose eager step fits (every small one) is then compiled once, for the training
+    batch, as CUDA graphs. Otherwise the plan is sized by probing the compiled layers, which save fewer
+    activations than eager ones. Each shape the compiled layers see costs a compilation of about ten seconds,
+    and a checkpointed layer's recomputation would run inside the backward pass's graph replay, so CUDA graphs
+    are kept to plans without checkpointing, in one process, on packed rows.
+    """
+    model = trainer.model
+    n_layers = len(decoder_layers(model)) or 1
+    rows = train_args.per_device_train_batch_size
+    budget = train_args.train_memory_gib * 2**30 * 0.9  # 10% for the optimizer and allocator fragmentation
+    probing = train_args.gradient_checkpointing == "auto" and torch.cuda.is_available()
+    # Packed rows keep one batch shape (rows x max_length, bar the last batch); other batches vary in length.
+    fixed_shape = isinstance(trainer.data_collator, PackedRowsCollator)
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if probing else []):  # keep the run's RNG
+        if probing:
+            probe = _memory_probe(trainer, max_length, model.get_base_model().config.get_text_config().vocab_size)
+            checkpointed = 0 if probe(rows, False) <= budget else None
+        elif train_args.gradient_checkpointing.isdigit():
+            checkpointed = min(int(train_args.gradient_checkpointing), n_layers)
+        else:
+            checkpointed = n_layers if train_args.gradient_checkpointing == "true" else 0
+        compiled = should_compile(train_args.compile_layers, torch.cuda.is_available(), fixed_shape)
+        # A graph is recorded for each batch shape, so only for packed rows.
+        cuda_graphs = (compiled and checkpointed == 0 and train_args.cuda_graphs and torch.cuda.is_available()
+                       and trainer.args.world_size == 1 and fixed_shape)
+        uncompile = (compile_decoder_layers(model, cuda_graphs=cuda_graphs, fused_nf4=train_args.fused_nf4)
+                     if compiled else (lambda: None))
+        if checkpointed is None:
+            checkpointed = plan_checkpointing(probe, n_layers, rows, budget)
+    if probing:
+        model.get_base_model().gradient_checkpointing_disable()
+        torch.cuda.empty_cache()
+    if checkpointed and checkpointed < n_layers and train_args.gradient_checkpointing != "true":
+        trainer.args.gradient_checkpointing = True  # the Trainer enables it on every layer; the callback trims
+        trainer.add_callback(_checkpoint_only_callback(spread_layers(n_layers, checkpointed)))
+    elif checkpointed == n_layers:
+        trainer.args.gradient_checkpointing = True
+    log.info("activation checkpointing: %d of %d layers%s", checkpointed, n_layers,
+             f" (budget {train_args.train_memory_gib:.1f} GiB)" if probing else "")
+    log.info("decoder layers: %s", "compiled, replayed as CUDA graphs" if cuda_graphs
+             else "compiled" if compiled else "eager")
+    return checkpointed, uncompile
