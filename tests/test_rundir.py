@@ -116,3 +116,26 @@ def test_a_run_records_its_variant_and_tables_read_it(tmp_path):
     assert run("recorded", _arguments(), variant="custom")["variant"] == "custom"  # the record wins
     assert run("old", _arguments("all"))["variant"] == "custom"  # no record: from its arguments
     assert run("old_base", _arguments())["variant"] == "base"
+
+
+def test_the_committed_sweep_runs_are_named_as_the_name_command_names_them():
+    """results/smollm2/grids/runs was made by sample_ablate.sh and baseline_inference.sh when they built names
+    themselves: each directory's recorded arguments give back its name."""
+    from conftest import REPO
+
+    runs = sorted(p.parent for p in (REPO / "results" / "smollm2" / "grids" / "runs").glob("*/config.json"))
+    assert len(runs) == 30
+    for run in runs:
+        args = json.loads((run / "config.json").read_text())["arguments"]
+        data, model = args["DataArguments"], args["ModelArguments"]
+        flags = ["--task", data["task"], "--model_name_or_path", model["model_name_or_path"]]
+        if "EvalArguments" in args and "TrainArguments" not in args:
+            evaluation = args["EvalArguments"]
+            sweep, flags = "baseline", flags + ["--num_shots", str(evaluation["num_shots"]), "--eval_method",
+                                                evaluation["eval_method"]]
+        else:
+            alpha = args["TrainArguments"]["neftune_alpha"]
+            sweep, flags = "ablation", flags + ["--train_fraction", str(data["train_fraction"]), "--lora_targets",
+                                                model["lora_targets"], "--lora_lm_head", str(model["lora_lm_head"]),
+                                                *(["--neftune_alpha", str(alpha)] if alpha else [])]
+        assert sweep_run_name(sweep, flags) == run.name

@@ -297,23 +297,32 @@ def write_config(path: Path, arguments: dict, model_path: str | None = None, bas
     return config
 
 
-USAGE = ("python -m zephyr.rundir name ablation|lora_grid|baseline FLAG... (prints the run name), or "
-         "python -m zephyr.rundir variant_flags base|neftune|all|neftune_all (prints the variant's flags)")
+USAGE = ("python -m zephyr.rundir name ablation|lora_grid|baseline FLAG... (prints the run name), "
+         "python -m zephyr.rundir variant_flags base|neftune|all|neftune_all (prints the variant's flags), or "
+         "python -m zephyr.rundir serve (answers such questions, one shell-quoted command line each, on stdin)")
+
+
+def _answer(argv: list[str]) -> str:
+    if argv[:1] == ["name"] and len(argv) >= 2:
+        return sweep_run_name(argv[1], argv[2:])
+    if argv[:1] == ["variant_flags"] and len(argv) == 2:
+        keys = {v.key: v for v in VARIANTS}
+        if argv[1] not in keys:
+            raise UsageError(f"variant: unknown variant {argv[1]!r} (choose {', '.join(keys)})")
+        return " ".join(keys[argv[1]].flags())
+    raise UsageError(f"usage: {USAGE}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The shell sweeps ask here for their run names and for the flags of the study's variants."""
+    """The shell sweeps ask here for their run names and for the flags of the study's variants: ``serve`` answers
+    a whole sweep's questions from one process (a Python start per run would cost more than the naming)."""
+    import shlex
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv[:1] == ["name"] and len(argv) >= 2:
-            print(sweep_run_name(argv[1], argv[2:]))
-        elif argv[:1] == ["variant_flags"] and len(argv) == 2:
-            keys = {v.key: v for v in VARIANTS}
-            if argv[1] not in keys:
-                raise UsageError(f"variant: unknown variant {argv[1]!r} (choose {', '.join(keys)})")
-            print(" ".join(keys[argv[1]].flags()))
-        else:
-            raise UsageError(f"usage: {USAGE}")
+        questions = (shlex.split(line) for line in sys.stdin) if argv == ["serve"] else [argv]
+        for question in questions:
+            print(_answer(question), flush=True)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
