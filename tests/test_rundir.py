@@ -139,3 +139,15 @@ def test_the_committed_sweep_runs_are_named_as_the_name_command_names_them():
                                                 model["lora_targets"], "--lora_lm_head", str(model["lora_lm_head"]),
                                                 *(["--neftune_alpha", str(alpha)] if alpha else [])]
         assert sweep_run_name(sweep, flags) == run.name
+
+
+def test_one_process_answers_a_whole_sweeps_questions(monkeypatch, capsys):
+    import io
+
+    questions = "variant_flags all\nname ablation --task samsum --model_name_or_path 'my models/m.gguf' " \
+                "--train_fraction 0.5 --lora_targets all --lora_lm_head True\nvariant_flags none\nname never asked\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(questions))
+    assert main(["serve"]) == 2  # stops at the first bad question, after answering the good ones
+    out, err = capsys.readouterr()
+    assert out == "--lora_targets all --lora_lm_head True\nsamsum_m_frac0.5_all\n"
+    assert err == "error: variant: unknown variant 'none' (choose base, neftune, all, neftune_all)\n"

@@ -21,8 +21,8 @@ from zephyr.modeling import context_length, load_model, load_tokenizer, resolve_
 from zephyr.progress import Progress, phase_done
 from zephyr.prompting import PromptBuilder
 from zephyr.rundir import CONFIG, METRICS, PREDICTIONS, baseline_name, write_config
+from zephyr.runinfo import peak_memory_gib
 from zephyr.tasks import Task, get_task
-from zephyr.training import peak_memory_gib
 
 log = logging.getLogger(__name__)
 BASELINE_ROOT = "runs/baselines"

@@ -1,10 +1,12 @@
-"""Where a run ran: library versions, the suite's git commit and the device (recorded in every config.json)."""
+"""Where a run ran: library versions, the suite's git commit and the device (recorded in every config.json), and
+the memory it peaked at (in train_log.jsonl, train_metrics.json and metrics.json)."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +49,12 @@ def device_info() -> dict:
         return {"type": "cuda", "name": props.name, "count": torch.cuda.device_count(),
                 "memory_gib": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda}
     return {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+
+
+def peak_memory_gib() -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+                "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+    return {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}

@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import resource
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from zephyr.progress import phase_done, train_progress_callback
 from zephyr.prompting import PromptBuilder
 from zephyr.rundir import (ADAPTER_DIR, DEFAULT_SAVE_STEPS, LOSS_SUM, TRAIN_METRICS, default_save_steps,
                            latest_checkpoint, loss_sum, prepare_run_dir, run_directory, run_lock, write_config)
+from zephyr.runinfo import peak_memory_gib
 from zephyr.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,6 @@ def _checkpoint_interval_callback():
             state.save_steps = default_save_steps(state.max_steps)
 
     return CheckpointInterval()
-
-
-def peak_memory_gib() -> dict:
-    if torch.cuda.is_available():
-        return {"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-                "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
-    return {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 
 
 def _train_log_callback():
