@@ -91,11 +91,11 @@ def prepare_run_dir(run_dir: Path, arguments: dict, overwrite: bool, dry_run: bo
             raise UsageError(f"{run_dir}: a finished run is already there; pass --overwrite True to replace it")
         if not dry_run:
             _empty_run_dir(run_dir)
-    elif (run_dir / "config.json").is_file() and overwrite:
+    elif (run_dir / CONFIG).is_file() and overwrite:
         if not dry_run:
             _empty_run_dir(run_dir)
-    elif (run_dir / "config.json").is_file():
-        previous = _flatten(read_json(run_dir / "config.json").get("arguments", {}))
+    elif (run_dir / CONFIG).is_file():
+        previous = _flatten(read_json(run_dir / CONFIG).get("arguments", {}))
         current = _flatten(arguments)
         changed = sorted(k for k in current if previous.get(k, current[k]) != current[k])
         if changed:
@@ -104,7 +104,7 @@ def prepare_run_dir(run_dir: Path, arguments: dict, overwrite: bool, dry_run: bo
                              "to start over")
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is not None and not dry_run:
-            _trim_log(run_dir / "train_log.jsonl", int(checkpoint.name.split("-")[1]))
+            _trim_log(run_dir / TRAIN_LOG, int(checkpoint.name.split("-")[1]))
             return checkpoint
         if not dry_run:
             log.warning("%s: an unfinished run with no checkpoint to resume from: starting over", run_dir)
@@ -114,7 +114,7 @@ def prepare_run_dir(run_dir: Path, arguments: dict, overwrite: bool, dry_run: bo
     if dry_run:
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "train_log.jsonl").unlink(missing_ok=True)
+    (run_dir / TRAIN_LOG).unlink(missing_ok=True)
     return None
 
 
@@ -136,10 +136,10 @@ def run_directory(data_args: DataArguments, model_args: ModelArguments, train_ar
 def finished_with_same_settings(run_dir: Path, arguments: dict) -> bool:
     """True when ``run_dir`` holds a finished training run of exactly these settings (so a rerun that was killed
     during evaluation only needs to evaluate)."""
-    needed = (TRAIN_METRICS, "config.json", f"{ADAPTER_DIR}/adapter_config.json")
+    needed = (TRAIN_METRICS, CONFIG, f"{ADAPTER_DIR}/adapter_config.json")
     if not all((run_dir / name).is_file() for name in needed):
         return False
-    previous = _flatten(read_json(run_dir / "config.json").get("arguments", {}))
+    previous = _flatten(read_json(run_dir / CONFIG).get("arguments", {}))
     current = _flatten(arguments)
     return all(previous.get(k, v) == v for k, v in current.items())
 
