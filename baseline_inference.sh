@@ -14,7 +14,7 @@ parse_flags "$@"
 mapfile -t data < <(data_flags)
 for task in $TASKS; do
   for shots in $SHOTS; do
-    name="${task}_$(model_short)_baseline_${shots}shot_${METHOD}"
+    ask_rundir name name baseline --task "$task" --model_name_or_path "$MODEL" --num_shots "$shots" --eval_method "$METHOD"
     # shellcheck disable=SC2086
     add_job "$name" "$PYTHON" "$REPO/scripts/zephyr_baseline_inference.py" --task "$task" --model_name_or_path "$MODEL" \
       "${data[@]}" --num_shots "$shots" --eval_method "$METHOD" --eval_output_dir "$OUT_ROOT/$name" \

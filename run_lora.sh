@@ -26,7 +26,8 @@ for epochs in $EPOCHS_LIST; do
       for alpha in $NEFTUNE; do
         neftune_flags=()
         [ "$alpha" = 0 ] || neftune_flags=(--neftune_alpha "$alpha")
-        name="${TASK}_$(model_short)_frac${TRAIN_FRACTION}_r${rank}_d${dropout}_ep${epochs}_neft${alpha}"
+        ask_rundir name name lora_grid --task "$TASK" --model_name_or_path "$MODEL" --train_fraction "$TRAIN_FRACTION" \
+          --num_train_epochs "$epochs" --lora_r "$rank" --lora_dropout "$dropout" "${neftune_flags[@]}"
         # shellcheck disable=SC2086
         add_job "$name" "$PYTHON" "$script" --model_name_or_path "$MODEL" "${data[@]}" --output_root "$OUT_ROOT" \
           --run_name "$name" --train_fraction "$TRAIN_FRACTION" --num_train_epochs "$epochs" --lora_r "$rank" \

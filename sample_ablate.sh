@@ -20,14 +20,10 @@ script=$(finetune_script "$TASK")
 mapfile -t data < <(data_flags)
 for fraction in $FRACTIONS; do
   for variant in $VARIANTS; do
-    case $variant in
-      base) variant_flags=() ;;
-      neftune) variant_flags=(--neftune_alpha 5) ;;
-      all) variant_flags=(--lora_targets all --lora_lm_head True) ;;
-      neftune_all) variant_flags=(--lora_targets all --lora_lm_head True --neftune_alpha 5) ;;
-      *) echo "error: VARIANTS: unknown variant '$variant' (base, neftune, all, neftune_all)" >&2; exit 2 ;;
-    esac
-    name="${TASK}_$(model_short)_frac${fraction}_${variant}"
+    ask_rundir flags variant_flags "$variant"  # the study's variants are defined in zephyr/rundir.py
+    read -r -a variant_flags <<< "$flags"
+    ask_rundir name name ablation --task "$TASK" --model_name_or_path "$MODEL" --train_fraction "$fraction" \
+      "${variant_flags[@]}"
     # shellcheck disable=SC2086  # EXTRA_ARGS is a list of flags
     add_job "$name" "$PYTHON" "$script" --model_name_or_path "$MODEL" "${data[@]}" --output_root "$OUT_ROOT" \
       --run_name "$name" --train_fraction "$fraction" "${variant_flags[@]}" ${EPOCHS:+--num_train_epochs "$EPOCHS"} \

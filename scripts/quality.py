@@ -15,8 +15,8 @@ Writes results/quality/quality.json ({"commit", "gpu", "levers": [{"name", "task
 from pathlib import Path
 
 from zephyr.cli import entry_point
-from zephyr.config import parse_args
 from zephyr.modeling import resolve_model_path
+from zephyr.parsing import parse_args
 from zephyr.quality import Plan, QualityArguments, run, to_markdown, write_summary
 
 

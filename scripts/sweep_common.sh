@@ -55,10 +55,15 @@ parse_flags() {
   done
 }
 
-model_short() {  # the name the suite gives a model in run names
-  local name=${MODEL%/}
-  name=${name##*/}
-  printf '%s' "${name%.gguf}"
+ask_rundir() {  # ask_rundir VAR QUESTION...: VAR=what `python -m zephyr.rundir QUESTION...` prints (run names, variants)
+  # One Python process, started at the first question, answers all of them: one per run would cost seconds.
+  local var=$1 answer
+  shift
+  [ -n "${RUNDIR_PID:-}" ] || coproc RUNDIR { exec "$PYTHON" -m zephyr.rundir serve; }
+  printf '%q ' "$@" >&"${RUNDIR[1]}"
+  printf '\n' >&"${RUNDIR[1]}"
+  IFS= read -r answer <&"${RUNDIR[0]}" || exit 2  # it printed the error and stopped
+  printf -v "$var" '%s' "$answer"
 }
 
 finetune_script() {  # finetune_script TASK: the task's fine-tuning entry point

@@ -2,7 +2,8 @@
 
 import pytest
 
-from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, parse_args
+from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
+from zephyr.parsing import parse_args
 from zephyr.errors import UsageError
 from zephyr.modeling import build_bnb_config, build_lora_config
 

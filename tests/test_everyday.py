@@ -18,7 +18,8 @@ import yaml
 from conftest import REPO
 from test_sweeps import _fake_run
 from zephyr.cli import BASELINE_UNUSED, FINETUNE_UNUSED, baseline, finetune, inference
-from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, parse_args
+from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
+from zephyr.parsing import parse_args
 from zephyr.progress import Progress, format_duration
 
 

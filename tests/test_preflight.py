@@ -247,7 +247,7 @@ def test_resumed_run_reports_the_losses_of_an_uninterrupted_one(tiny_model_dir, 
 
 def test_rerun_without_a_checkpoint_says_it_starts_over(tiny_model_dir, synthetic_data, tmp_path, caplog):
     from zephyr.config import DataArguments, ModelArguments, TrainArguments, to_dict
-    from zephyr.training import prepare_run_dir
+    from zephyr.rundir import prepare_run_dir
 
     arguments = to_dict(DataArguments(), ModelArguments(), TrainArguments())
     run_dir = tmp_path / "run"
@@ -260,7 +260,7 @@ def test_rerun_without_a_checkpoint_says_it_starts_over(tiny_model_dir, syntheti
 
 
 def test_default_checkpoint_interval_follows_the_run_length():
-    from zephyr.training import default_save_steps
+    from zephyr.rundir import default_save_steps
 
     assert [default_save_steps(n) for n in (1, 6, 25, 1000, 50_000)] == [1, 1, 3, 100, 200]
 

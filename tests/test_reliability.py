@@ -213,7 +213,7 @@ def test_killed_training_resumes_to_the_same_adapter(tiny_model_dir, synthetic_d
 
 
 def test_second_writer_of_a_run_gets_a_clear_error(tiny_model_dir, synthetic_data, tmp_path, capsys):
-    from zephyr.training import run_lock
+    from zephyr.rundir import run_lock
 
     with run_lock(tmp_path / "run"):  # the lock is held on the run directory itself
         before = snapshot(tmp_path)

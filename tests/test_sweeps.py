@@ -215,8 +215,7 @@ def test_table_script_names_a_corrupt_metrics_file(tmp_path):
 def test_a_run_directory_holding_only_the_sweep_log_is_accepted(tmp_path):
     """The sweep opens <run>/sweep.log before the run starts; training must not take it for a foreign folder."""
     from zephyr.errors import UsageError
-    from zephyr.sweep import SWEEP_LOG
-    from zephyr.training import prepare_run_dir
+    from zephyr.rundir import SWEEP_LOG, prepare_run_dir
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

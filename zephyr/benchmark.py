@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Optional
 import torch
 
 from zephyr.config import DATA_DIR_ENV, DataArguments, EvalArguments, ModelArguments, TrainArguments
-from zephyr.io import atomic_write_json
+from zephyr.io import atomic_directory, atomic_write_json
 from zephyr.measure import (free_memory, gpu_peak_tflops, measure_training, profiler_activities,
                             sampled_one_at_a_time, timed_run, write_profile)
 
@@ -105,15 +104,13 @@ def build_random_checkpoint(out_dir: Path, shape: str, tokenizer_dir: str | None
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir.parent if out_dir.parent.exists() else None))
-    model.save_pretrained(staging)
-    del model
-    if tokenizer_dir:
-        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(staging)
-    else:
-        build_zephyr_tokenizer(staging)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging.replace(out_dir)
+    with atomic_directory(out_dir) as staging:
+        model.save_pretrained(staging)
+        del model
+        if tokenizer_dir:
+            AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(staging)
+        else:
+            build_zephyr_tokenizer(staging)
     free_memory()
     return out_dir
 

@@ -12,9 +12,12 @@ import tempfile
 from pathlib import Path
 
 from zephyr import preflight
-from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, parse_args
+from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
+from zephyr.parsing import parse_args
 from zephyr.errors import UsageError
+from zephyr.preflight_checks import log_level
 from zephyr.progress import configure_logging
+from zephyr.rundir import METRICS
 from zephyr.tasks import get_task
 
 EMBEDDED = "embedded"
@@ -50,7 +53,7 @@ def _pop_log_level(argv: list[str]) -> tuple[list[str], str]:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--log_level", default=None)
     known, rest = parser.parse_known_args(argv)
-    return rest, known.log_level or preflight.log_level()
+    return rest, known.log_level or log_level()
 
 
 def _print_metrics(path: Path, metrics: dict) -> None:
@@ -88,7 +91,7 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
         if is_main_process():
             logging.getLogger(__name__).info("%s: training already finished; evaluating it", plan.run_dir)
             metrics = evaluate_run(data_args, replace(eval_args, run_dir=str(plan.run_dir)), task_name)
-            _print_metrics(Path(eval_args.eval_output_dir or plan.run_dir) / "metrics.json", metrics)
+            _print_metrics(Path(eval_args.eval_output_dir or plan.run_dir) / METRICS, metrics)
         return plan.run_dir
     run = train(data_args, model_args, train_args)
     if not run.is_main_process:
@@ -99,7 +102,7 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
         out_dir = Path(eval_args.eval_output_dir or run.run_dir)
         metrics = evaluate(task, run.model, run.tokenizer, builder, plan.test, plan.examples, eval_args, out_dir,
                            data_args.max_length)
-        _print_metrics(out_dir / "metrics.json", metrics)
+        _print_metrics(out_dir / METRICS, metrics)
     return run.run_dir
 
 
@@ -110,7 +113,7 @@ def inference(task_name: str | None, argv=None) -> dict:
     data_args, eval_args = parse_args((DataArguments, EvalArguments), argv,
                                       defaults={"task": task_name} if task_name else None, unused=INFERENCE_UNUSED)
     metrics = evaluate_run(data_args, eval_args, task_name)
-    _print_metrics(Path(eval_args.eval_output_dir or eval_args.run_dir) / "metrics.json", metrics)
+    _print_metrics(Path(eval_args.eval_output_dir or eval_args.run_dir) / METRICS, metrics)
     return metrics
 
 
@@ -120,7 +123,7 @@ def baseline(argv=None) -> dict:
     data_args, model_args, eval_args = parse_args((DataArguments, ModelArguments, EvalArguments), argv,
                                                   unused=BASELINE_UNUSED)
     out_dir, metrics = run_baseline(data_args, model_args, eval_args)
-    _print_metrics(out_dir / "metrics.json", metrics)
+    _print_metrics(out_dir / METRICS, metrics)
     return metrics
 
 

@@ -19,7 +19,7 @@ import json
 import sys
 
 from zephyr.cli import baseline, entry_point, finetune, inference
-from zephyr.config import parse_args
+from zephyr.parsing import parse_args
 from zephyr.errors import UsageError
 
 

@@ -7,14 +7,13 @@ unchanged by Zephyr-7B-beta, plus Zephyr's chat template and ``pad = </s>``. Not
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import shutil
 import tempfile
 from pathlib import Path
 
 import prompts
-from zephyr.io import atomic_write_jsonl
+from zephyr.io import atomic_directory, atomic_write_jsonl
 
 TOKENIZER_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"
 
@@ -62,16 +61,10 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file() and (out_dir / "tokenizer_config.json").is_file():
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         torch.manual_seed(seed)
         MistralForCausalLM(MistralConfig(**TINY_MISTRAL)).save_pretrained(staging)
         build_zephyr_tokenizer(staging)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 

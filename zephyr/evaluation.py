@@ -19,9 +19,9 @@ from zephyr.metrics import echoes_prompt
 from zephyr.modeling import context_length, load_model, load_tokenizer, resolve_model_path
 from zephyr.progress import Progress, phase_done
 from zephyr.prompting import PromptBuilder
-from zephyr.runinfo import model_short_name, write_config
+from zephyr.rundir import CONFIG, METRICS, PREDICTIONS, baseline_name, write_config
+from zephyr.runinfo import peak_memory_gib
 from zephyr.speed.dense import dense_for_inference
-from zephyr.speed.memory import peak_memory_gib
 from zephyr.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,8 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     if metrics["n_errors"]:
         log.warning("%d of %d test rows failed and are scored as wrong", metrics["n_errors"], len(examples))
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_jsonl(out_dir / "predictions.jsonl", rows)
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_jsonl(out_dir / PREDICTIONS, rows)
+    atomic_write_json(out_dir / METRICS, metrics)
     phase_done("writing results", evaluated, f"predictions.jsonl and metrics.json in {out_dir}")
     return metrics
 
@@ -113,14 +113,6 @@ def evaluate_run(data_args: DataArguments, eval_args: EvalArguments, task_name: 
                     plan.data_args.max_length)
 
 
-def baseline_name(data_args: DataArguments, model_args: ModelArguments, eval_args: EvalArguments) -> str:
-    shots = f"{eval_args.num_shots}shot" if eval_args.num_shots else "zeroshot"
-    parts = [data_args.task, model_short_name(model_args.model_name_or_path), shots, eval_args.eval_method]
-    if model_args.quantization != "4bit":
-        parts.append(f"q{model_args.quantization}")
-    return "_".join(parts)
-
-
 def baseline_output_dir(data_args: DataArguments, model_args: ModelArguments, eval_args: EvalArguments) -> Path:
     return Path(eval_args.eval_output_dir or Path(BASELINE_ROOT) / baseline_name(data_args, model_args, eval_args))
 
@@ -136,7 +128,7 @@ def run_baseline(data_args: DataArguments, model_args: ModelArguments, eval_args
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_args, model_path)
     phase_done("loading model", started, f"{model_path} ({model_args.quantization})")
-    write_config(out_dir / "config.json", to_dict(data_args, model_args, eval_args), kind="baseline",
+    write_config(out_dir / CONFIG, to_dict(data_args, model_args, eval_args), kind="baseline",
                  model_path=model_path, base_model=model_args.model_name_or_path,
                  data={"labels": plan.labels, "shot_ids": [s.id for s in plan.shots]})
     builder = PromptBuilder(task, tokenizer, "chat", plan.labels, plan.shots)

@@ -22,8 +22,8 @@ from zephyr.errors import UsageError
 from zephyr.io import read_json
 from zephyr.modeling import DTYPES, load_model, load_tokenizer, resolve_model_path
 from zephyr.progress import phase_done
+from zephyr.rundir import ADAPTER_DIR, CONFIG
 from zephyr.speed.dense import dense_weight, merged_for_export
-from zephyr.training import ADAPTER_DIR
 
 
 @dataclass
@@ -95,11 +95,11 @@ def export_run(args: ExportArguments) -> tuple[Path, dict]:
     out = Path(args.output_dir or run_dir / "merged")
     if (out / "config.json").is_file() and not args.overwrite:
         raise UsageError(f"--output_dir: {out}: an exported model is already there; pass --overwrite True")
-    config = read_json(run_dir / "config.json")
+    config = read_json(run_dir / CONFIG)
     try:
         model_args = ModelArguments(**config["arguments"]["ModelArguments"])
     except (KeyError, TypeError) as err:
-        raise UsageError(f"{run_dir / 'config.json'}: no usable ModelArguments ({err})") from None
+        raise UsageError(f"{run_dir / CONFIG}: no usable ModelArguments ({err})") from None
     started = time.perf_counter()
     tokenizer = load_tokenizer(str(adapter))
     # float32 weights: the 4-bit de-quantization and the delta are summed before any rounding

@@ -1,11 +1,13 @@
-"""Reading data files and writing results atomically (write to a temporary file, then rename)."""
+"""Reading data files and writing results atomically (write to a temporary file or folder, then rename)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -31,6 +33,30 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path, keep_existing: bool = False):
+    """Yield an empty staging directory beside ``target`` (on its filesystem, so the rename is atomic), renamed to
+    ``target`` when the block succeeds and removed when it fails: ``target`` is either whole or absent.
+
+    ``keep_existing``: a directory another process put at ``target`` meanwhile (the same conversion, by another
+    rank) is kept and ours dropped, instead of an error.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not (keep_existing and target.is_dir()):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

@@ -6,14 +6,13 @@ import functools
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from zephyr.config import ModelArguments
 from zephyr.errors import UsageError
+from zephyr.io import atomic_directory
 
 FLAG = "--model_name_or_path"
 CACHE_ENV = "ZEPHYR_CACHE"
@@ -172,19 +171,10 @@ def convert_gguf(path: Path, cache_dir: str | None = None, flag: str = FLAG) -> 
     # own config names the token that ends its turns.
     if config.eos_token_id is not None and tokenizer.eos_token_id != config.eos_token_id:
         tokenizer.eos_token = tokenizer.convert_ids_to_tokens(config.eos_token_id)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    # another process (a second rank under accelerate launch) may finish the same conversion first: its copy stays
+    with atomic_directory(target, keep_existing=True) as staging:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "config.json").is_file():
-            raise
-        # another process (a second rank under accelerate launch) finished the same conversion first
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

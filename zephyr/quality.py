@@ -24,6 +24,7 @@ from pathlib import Path
 
 from zephyr.errors import UsageError
 from zephyr.io import atomic_write_json, atomic_write_text, read_json
+from zephyr.rundir import CONFIG, METRICS, TRAIN_METRICS
 from zephyr.sweep import COMPILE_CACHE, Job, check_jobs, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,7 +185,7 @@ class Plan:
         return jobs
 
     def _value(self, side: Side, seed: int) -> float | None:
-        path = self.metrics_dir(side, seed) / "metrics.json"
+        path = self.metrics_dir(side, seed) / METRICS
         return read_json(path)[METRIC[CONFIGS[side.config][0]]] if path.is_file() else None
 
     def summary(self, commit: str | None = None) -> dict:
@@ -209,11 +210,11 @@ class Plan:
             values, train_s, eval_s, steps = [], [], [], []
             for seed in self.seeds:
                 run = self.run_dir(config, seed)
-                if not (run / "metrics.json").is_file():
+                if not (run / METRICS).is_file():
                     continue
-                values.append(read_json(run / "metrics.json")[METRIC[task]])
-                eval_s.append(read_json(run / "metrics.json")["eval_seconds"])
-                trained = read_json(run / "train_metrics.json")
+                values.append(read_json(run / METRICS)[METRIC[task]])
+                eval_s.append(read_json(run / METRICS)["eval_seconds"])
+                trained = read_json(run / TRAIN_METRICS)
                 train_s.append(trained["train_runtime_s"])
                 steps.append(trained["train_steps"])
             out[label] = {"config": config, "values": values, **mean_and_stderr(values),
@@ -241,16 +242,16 @@ def paired_delta(fast: list, plain: list) -> dict:
 
 
 def _runs(plan: Plan) -> list[Path]:
-    return [p for p in sorted(plan.out_root.glob("*_seed*")) if (p / "config.json").is_file()]
+    return [p for p in sorted(plan.out_root.glob("*_seed*")) if (p / CONFIG).is_file()]
 
 
 def _commit_of_runs(plan: Plan) -> str | None:
-    commits = {read_json(p / "config.json").get("git_commit") for p in _runs(plan)}
+    commits = {read_json(p / CONFIG).get("git_commit") for p in _runs(plan)}
     return commits.pop() if len(commits) == 1 else (", ".join(sorted(map(str, commits))) or None)
 
 
 def _gpu_of_runs(plan: Plan) -> str | None:
-    names = {read_json(p / "config.json").get("device", {}).get("name") for p in _runs(plan)}
+    names = {read_json(p / CONFIG).get("device", {}).get("name") for p in _runs(plan)}
     return ", ".join(sorted(map(str, names))) or None
 
 

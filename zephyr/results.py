@@ -10,11 +10,12 @@ import csv
 import io
 from pathlib import Path
 
-from zephyr import reference
+from zephyr import reference, rundir
 from zephyr.errors import UsageError
 from zephyr.io import atomic_write_text, read_json
+from zephyr.rundir import CONFIG, METRICS, TRAIN_LOG, TRAIN_METRICS, model_short_name, variant_of
 
-VARIANTS = ["base", "NEFTune", "all-module", "NEFTune + all-module"]
+VARIANTS = [variant.name for variant in rundir.VARIANTS]
 METRIC_COLUMNS = ["accuracy", "macro_f1", "invalid_rate", "rouge1", "rouge2", "rougeL", "rougeLsum", "n_examples",
                   "n_errors", "examples_per_s"]
 ROW_COLUMNS = ["run", "kind", "task", "model", "variant", "train_fraction", "train_rows", "lora_r", "lora_dropout",
@@ -23,31 +24,24 @@ ROW_COLUMNS = ["run", "kind", "task", "model", "variant", "train_fraction", "tra
 MISSING = "—"
 
 
-def variant_of(model_args: dict, train_args: dict) -> str:
-    all_modules = model_args.get("lora_targets") == "all" and model_args.get("lora_lm_head")
-    neftune = bool(train_args.get("neftune_alpha"))
-    return VARIANTS[2 * bool(all_modules) + neftune]
-
-
 def summarize_run(run_dir: str | Path) -> dict | None:
     """One row for a finished run (fine-tune or baseline); None if it has no metrics.json yet."""
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").is_file():
+    if not (run_dir / METRICS).is_file():
         return None
-    metrics = read_json(run_dir / "metrics.json")
-    config = read_json(run_dir / "config.json")
+    metrics = read_json(run_dir / METRICS)
+    config = read_json(run_dir / CONFIG)
     if not isinstance(metrics, dict) or "arguments" not in config:
         raise UsageError(f"{run_dir}: metrics.json or config.json is not from this suite")
     args = config["arguments"]
     data, model = args.get("DataArguments", {}), args.get("ModelArguments", {})
     train, evaluation = args.get("TrainArguments", {}), args.get("EvalArguments", {})
-    from zephyr.runinfo import model_short_name
-
     row = {"run": run_dir.name, "kind": config.get("kind"), "task": data.get("task"),
            "model": model_short_name(model.get("model_name_or_path", "")), "num_shots": evaluation.get("num_shots")}
     if config.get("kind") == "finetune":
-        train_metrics = read_json(run_dir / "train_metrics.json") if (run_dir / "train_metrics.json").is_file() else {}
-        row.update(variant=variant_of(model, train), train_fraction=data.get("train_fraction"),
+        train_metrics = read_json(run_dir / TRAIN_METRICS) if (run_dir / TRAIN_METRICS).is_file() else {}
+        # Recorded when the run was created; a run directory from before then gets it from its arguments.
+        row.update(variant=config.get("variant") or variant_of(args), train_fraction=data.get("train_fraction"),
                    train_rows=config.get("data", {}).get("train_rows_used"), lora_r=model.get("lora_r"),
                    lora_dropout=model.get("lora_dropout"), epochs=train.get("num_train_epochs"),
                    lora_targets=model.get("lora_targets"), lora_lm_head=model.get("lora_lm_head"),
@@ -65,7 +59,7 @@ def collect(roots: list[str | Path]) -> list[dict]:
     for root in map(Path, roots):
         if not root.is_dir():
             raise UsageError(f"--runs: {root}: directory not found")
-        found = sorted(root.rglob("metrics.json"))
+        found = sorted(root.rglob(METRICS))
         if not found:
             raise UsageError(f"--runs: {root}: no finished run in it (no metrics.json below it)")
         rows += [{**summarize_run(metrics.parent), "path": str(metrics.parent)} for metrics in found]  # path: plots
@@ -241,7 +235,7 @@ def plot_loss_curves(rows: list[dict], title: str, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = [(r["run"], _read_log(Path(r["path"]) / "train_log.jsonl")) for r in rows if r.get("path")]
+    curves = [(r["run"], _read_log(Path(r["path"]) / TRAIN_LOG)) for r in rows if r.get("path")]
     curves = [(name, log) for name, log in curves if log]
     if not curves:
         return False

@@ -1,50 +1,17 @@
-"""What makes a run directory self-describing: its name, resolved arguments, versions, commit and device."""
+"""Where a run ran: library versions, the suite's git commit and the device (recorded in every config.json), and
+the memory it peaked at (in train_log.jsonl, train_metrics.json and metrics.json)."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
+import resource
 import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
-from zephyr.config import DataArguments, ModelArguments, TrainArguments
-from zephyr.io import atomic_write_json
-
 PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets", "rouge-score")
-
-
-def _fmt(value: float) -> str:
-    return f"{value:g}"
-
-
-def model_short_name(model_name_or_path: str) -> str:
-    stem = Path(model_name_or_path.rstrip("/")).name
-    return stem.removesuffix(".gguf") or "model"
-
-
-def run_name(data: DataArguments, model: ModelArguments, train: TrainArguments) -> str:
-    """A directory name that spells out the settings a sweep varies."""
-    parts = [data.task, model_short_name(model.model_name_or_path), f"frac{_fmt(data.train_fraction)}",
-             f"r{model.lora_r}", f"a{model.lora_alpha}", f"d{_fmt(model.lora_dropout)}",
-             f"ep{_fmt(train.num_train_epochs)}", model.lora_targets.replace(",", "+")]
-    if model.lora_lm_head:
-        parts.append("lmhead")
-    if train.neftune_alpha:
-        parts.append(f"neft{_fmt(train.neftune_alpha)}")
-    if model.quantization != "4bit":
-        parts.append(f"q{model.quantization}")
-    if data.prompt_format != "original":
-        parts.append(data.prompt_format)
-    if train.loss != "completion":
-        parts.append(f"loss{train.loss}")
-    if train.max_steps > 0:
-        parts.append(f"steps{train.max_steps}")
-    parts.append(f"seed{train.seed}")
-    return "_".join(parts)
 
 
 def versions() -> dict:
@@ -75,6 +42,8 @@ def git_commit() -> str | None:
 
 
 def device_info() -> dict:
+    import torch  # here, not at the top: naming a run (python -m zephyr.rundir name) must not load torch
+
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         return {"type": "cuda", "name": props.name, "count": torch.cuda.device_count(),
@@ -82,19 +51,10 @@ def device_info() -> dict:
     return {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
 
 
-def absolute_if_local(name: str) -> str:
-    """A model path that exists here as an absolute path (so it works from any directory); a hub id unchanged."""
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
+def peak_memory_gib() -> dict:
+    import torch
 
-
-def write_config(path: Path, arguments: dict, model_path: str | None = None, base_model: str | None = None,
-                 **extra) -> dict:
-    """config.json; ``model_path`` (the checkpoint loaded) and ``base_model`` (as given: a .gguf file, a directory
-    or a hub id) are recorded absolute, so evaluation finds the base model from any working directory."""
-    models = {} if model_path is None else {"model_path": absolute_if_local(model_path),
-                                              "base_model": absolute_if_local(base_model or model_path)}
-    config = {"arguments": arguments, **models, **extra, "versions": versions(), "git_commit": git_commit(),
-              "device": device_info(), "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}
-    atomic_write_json(path, config)
-    return config
+    if torch.cuda.is_available():
+        return {"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+                "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+    return {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}

@@ -32,6 +32,7 @@ from zephyr.errors import UsageError
 from zephyr.io import atomic_write_text
 from zephyr.progress import eta, format_duration
 from zephyr.results import ROW_COLUMNS, summarize_run, to_csv
+from zephyr.rundir import CONFIG, METRICS, SWEEP_LOG
 
 CSV_COLUMNS = ["status", "wall_s", *ROW_COLUMNS]
 RUNS_PER_GPU_ENV = "RUNS_PER_GPU"
@@ -44,10 +45,7 @@ class Job:
     command: list[str]
 
     def done(self) -> bool:
-        return (self.run_dir / "metrics.json").is_file()
-
-
-SWEEP_LOG = "sweep.log"  # a run's stdout/stderr, written into its run directory before the run starts
+        return (self.run_dir / METRICS).is_file()
 
 
 def read_jobs(path: str | Path) -> list[Job]:
@@ -148,7 +146,7 @@ def run_job(job: Job, gpu: str | None, csv_log: CsvLog, cache_dir: Path | None =
     wall = round(time.perf_counter() - start, 1)
     if code == 0 and job.done():
         # A re-evaluation writes only metrics and predictions into its own folder: it gets a row by name.
-        has_config = (job.run_dir / "config.json").is_file()
+        has_config = (job.run_dir / CONFIG).is_file()
         csv_log.append({"status": "ok", "wall_s": wall,
                         **(summarize_run(job.run_dir) if has_config else {"run": job.run_dir.name})})
         return None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -25,29 +24,20 @@ from pathlib import Path
 import torch
 
 from zephyr.config import DataArguments, ModelArguments, TrainArguments, to_dict
-from zephyr.errors import UsageError
-from zephyr.io import atomic_write_json, atomic_write_text, read_json
+from zephyr.io import atomic_write_json
 from zephyr.modeling import build_lora_config, compute_dtype, load_model, load_tokenizer, resolve_model_path
 from zephyr.progress import phase_done, train_progress_callback
 from zephyr.prompting import PromptBuilder
-from zephyr.runinfo import run_name, write_config
+from zephyr.rundir import (ADAPTER_DIR, DEFAULT_SAVE_STEPS, TRAIN_METRICS, default_save_steps, latest_checkpoint,
+                           loss_sum, prepare_run_dir, run_directory, run_lock, write_config)
+from zephyr.runinfo import peak_memory_gib
 from zephyr.speed.compile import compile_summary
-from zephyr.speed.memory import peak_memory_gib, prepare_layers
+from zephyr.speed.memory import prepare_layers
 from zephyr.speed.packing import PackedRowsCollator
-from zephyr.sweep import SWEEP_LOG
 from zephyr.tasks import Task, get_task
 from zephyr.trl_compat import _suite_trainer_class, expose_lm_head_adapter, train_on_one_gpu
 
 log = logging.getLogger(__name__)
-ADAPTER_DIR = "adapter"
-TRAIN_METRICS = "train_metrics.json"
-LOSS_SUM = "loss_sum.json"  # in a checkpoint: the training loss summed over its steps, for the resumed run's mean
-DEFAULT_SAVE_STEPS = 200
-
-
-def default_save_steps(total_steps: int) -> int:
-    """Every 200 steps, or a tenth of the run if that is shorter: a killed run of any length can resume."""
-    return max(1, min(DEFAULT_SAVE_STEPS, math.ceil(total_steps / 10)))
 
 
 def _checkpoint_interval_callback():
@@ -159,108 +149,6 @@ def build_training_dataset(builder: PromptBuilder, examples, max_length: int):
     return Dataset.from_list(encoded), truncated
 
 
-# Arguments that may change between an interrupted run and its resumption without changing its result.
-_RESUMABLE_DIFFERENCES = {"overwrite", "do_eval", "logging_steps", "save_steps", "gradient_checkpointing",
-                          "train_memory_gib", "compile_layers", "cuda_graphs", "fused_nf4", "sync_free_metrics",
-                          "merge_adapter", "eval_batch_size", "eval_batch_tokens", "report_to"}
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """Exclusive lock on a run, held on the run directory itself: the OS releases it even on kill -9, and no lock
-    file is left behind however the run ends."""
-    import fcntl
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handle = os.open(run_dir, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"{run_dir}: another process is writing this run") from None
-        yield
-    finally:
-        os.close(handle)  # releases the lock
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (trainer_state.json is written last)."""
-    complete = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def _flatten(arguments: dict) -> dict:
-    return {k: v for group in arguments.values() for k, v in group.items() if k not in _RESUMABLE_DIFFERENCES}
-
-
-def prepare_run_dir(run_dir: Path, arguments: dict, overwrite: bool, dry_run: bool = False) -> Path | None:
-    """Create, replace or resume ``run_dir``; returns the checkpoint to resume from, if any.
-
-    With ``dry_run`` it only raises on what would be refused, touching nothing.
-    """
-    if (run_dir / TRAIN_METRICS).is_file():
-        if not overwrite:
-            raise UsageError(f"{run_dir}: a finished run is already there; pass --overwrite True to replace it")
-        if not dry_run:
-            _empty_run_dir(run_dir)
-    elif (run_dir / "config.json").is_file() and overwrite:
-        if not dry_run:
-            _empty_run_dir(run_dir)
-    elif (run_dir / "config.json").is_file():
-        previous = _flatten(read_json(run_dir / "config.json").get("arguments", {}))
-        current = _flatten(arguments)
-        changed = sorted(k for k in current if previous.get(k, current[k]) != current[k])
-        if changed:
-            raise UsageError(f"{run_dir}: holds an unfinished run with other settings (--{changed[0]} "
-                             f"{previous[changed[0]]!r}, now {current[changed[0]]!r}); pass --overwrite True "
-                             "to start over")
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is not None and not dry_run:
-            _trim_log(run_dir / "train_log.jsonl", int(checkpoint.name.split("-")[1]))
-            return checkpoint
-        if not dry_run:
-            log.warning("%s: an unfinished run with no checkpoint to resume from: starting over", run_dir)
-    elif run_dir.is_dir() and any(path.name != SWEEP_LOG for path in run_dir.iterdir()):
-        raise UsageError(f"{run_dir}: exists and is not a run directory of this suite; "
-                         "choose another --run_name or --output_root")
-    if dry_run:
-        return None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "train_log.jsonl").unlink(missing_ok=True)
-    return None
-
-
-def _empty_run_dir(run_dir: Path) -> None:
-    """Remove a run's files but keep the directory (it holds the run lock) and the sweep's open log."""
-    for child in run_dir.iterdir():
-        if child.name == SWEEP_LOG:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-def run_directory(data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments) -> Path:
-    return Path(train_args.output_root) / (train_args.run_name or run_name(data_args, model_args, train_args))
-
-
-def finished_with_same_settings(run_dir: Path, arguments: dict) -> bool:
-    """True when ``run_dir`` holds a finished training run of exactly these settings (so a rerun that was killed
-    during evaluation only needs to evaluate)."""
-    needed = (TRAIN_METRICS, "config.json", f"{ADAPTER_DIR}/adapter_config.json")
-    if not all((run_dir / name).is_file() for name in needed):
-        return False
-    previous = _flatten(read_json(run_dir / "config.json").get("arguments", {}))
-    current = _flatten(arguments)
-    return all(previous.get(k, v) == v for k, v in current.items())
-
-
-def _trim_log(path: Path, last_step: int) -> None:
-    """Drop log rows written after the checkpoint being resumed: they are logged again."""
-    if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
-        atomic_write_text(path, "".join(row + "\n" for row in rows))
 
 
 def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_args: ModelArguments,
@@ -352,7 +240,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
             callbacks.append(_checkpoint_interval_callback())
         trainer, restore, checkpointed = build_trainer(
             model, tokenizer, dataset, data_args, model_args, train_args, run_dir, callbacks=callbacks)
-        trainer.loss_before_resume = _loss_sum(resume_from) if resume_from else 0.0
+        trainer.loss_before_resume = loss_sum(resume_from) if resume_from else 0.0
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         started = phase_done("training", started, f"{trainer.state.global_step} steps, "
@@ -362,13 +250,6 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
             _save_finished_run(trainer, tokenizer, result, run_dir, resume_from, checkpointed)
             phase_done("writing results", started, f"adapter, loss.png and train_metrics.json in {run_dir}")
     return TrainedRun(run_dir, task, trainer.model, tokenizer, labels, main)
-
-
-def _loss_sum(checkpoint: Path) -> float | None:
-    """The training loss summed up to ``checkpoint``; None for a checkpoint without it (then the mean is
-    unknown, not wrong)."""
-    path = checkpoint / LOSS_SUM
-    return read_json(path)["loss_sum"] if path.is_file() else None
 
 
 def _save_finished_run(trainer, tokenizer, result, run_dir: Path, resume_from: Path | None, checkpointed: int):

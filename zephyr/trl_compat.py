@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from zephyr.io import atomic_write_json
+from zephyr.rundir import LOSS_SUM
 
 log = logging.getLogger(__name__)
 # TRL's packed rows carry the length of each example they hold in this column.
@@ -82,8 +83,6 @@ def expose_lm_head_adapter(model):
 
 def _suite_trainer_class():
     from trl import SFTTrainer
-
-    from zephyr.training import LOSS_SUM  # here, not above: zephyr.training imports this module
 
     class SuiteSFTTrainer(SFTTrainer):
         """SFTTrainer without a GPU-to-CPU sync in the training step.

@@ -1,9 +1,8 @@
-"""Memory: how many decoder layers to checkpoint so that a training step fits the GPU, and the peak it reached."""
+"""Memory: how many decoder layers to checkpoint so that a training step fits the GPU."""
 
 from __future__ import annotations
 
 import logging
-import resource
 from typing import Callable
 
 import torch
@@ -14,13 +13,6 @@ from zephyr.speed.packing import PackedRowsCollator
 from zephyr.trl_compat import SEQ_LENGTHS, fused_forward
 
 log = logging.getLogger(__name__)
-
-
-def peak_memory_gib() -> dict:
-    if torch.cuda.is_available():
-        return {"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-                "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
-    return {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 
 
 def plan_checkpointing(probe: Callable[[int, bool], float], n_layers: int, rows: int, budget: float) -> int:

