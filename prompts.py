@@ -28,7 +28,9 @@ INSTRUCTIONS = {
         "Classify the following newsgroup post into exactly one of these newsgroups:\n{labels}\n\n"
         "Post:\n{text}\n\nAnswer with the newsgroup name only."
     ),
-    "samsum": "Summarize the following dialogue in one or two sentences.\n\nDialogue:\n{text}\n\nSummary:",
+    # Instruction, dialogue, then a reminder: on SmolLM2 in 4-bit, a "Dialogue:" header and a trailing "Summary:"
+    # cue made 230 of 819 zero-shot answers the bare word "Dialogue:" (results/quality/zero-shot-prompt-trial/).
+    "samsum": "Summarize the following dialogue in one or two sentences.\n\n{text}\n\nWrite only the summary.",
 }
 
 # Used for zero/few-shot prompts when a tokenizer has no chat template.
