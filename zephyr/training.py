@@ -1,13 +1,7 @@
-"""QLoRA fine-tuning with TRL's SFTTrainer into a self-describing run directory.
+"""QLoRA fine-tuning with TRL's SFTTrainer into a self-describing run directory (its layout: zephyr/rundir.py).
 
-Layout of ``<output_root>/<run_name>/``:
-  config.json         resolved arguments, data report, library versions, git commit, device
-  train_log.jsonl     one row per logging step: loss, learning rate, tokens/s, peak memory
-  train_metrics.json  runtime, tokens/s, peak memory, final loss (written last: the run is complete)
-  loss.png            training loss against tokens and steps, with the learning rate
-  tensorboard/ ...    what --report_to writes (tensorboard/, wandb/, mlruns/, trackio/)
-  adapter/            LoRA adapter and tokenizer (PeftModel.from_pretrained loads it)
-  predictions.jsonl, metrics.json   after evaluation
+The plain path, top to bottom: the SFT config, the training dataset, the logging callbacks, the trainer, and
+``train()``. The speed levers it switches on live in zephyr/speed/, TRL's internals in zephyr/trl_compat.py.
 """
 
 from __future__ import annotations
@@ -149,8 +143,6 @@ def build_training_dataset(builder: PromptBuilder, examples, max_length: int):
     return Dataset.from_list(encoded), truncated
 
 
-
-
 def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_args: ModelArguments,
                   train_args: TrainArguments, run_dir: Path, callbacks=()):
     """The suite's SFTTrainer for a PEFT model: lm_head adapter exposed, checkpointing planned, layers compiled.
@@ -161,7 +153,7 @@ def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_arg
     restore_lm_head = expose_lm_head_adapter(model)
     dtype = compute_dtype(model_args.dtype)
     trainer = _suite_trainer_class()(model=model, args=build_sft_config(train_args, data_args, run_dir, dtype),
-                         train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
+                                     train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
     trainer.sync_free_metrics = train_args.sync_free_metrics
     if train_args.packing and train_args.packed_rows and model_args.attn_implementation != "flash_attention_2":
         # flash attention's varlen kernel is what TRL's padding-free rows are made for; SDPA and eager want rows
