@@ -298,3 +298,16 @@ def test_sweep_refuses_loglik_with_samsum_and_a_bad_dry_run_value(tiny_model_dir
                             env={**os.environ, "DRY_RUN": "yes", "OUT_ROOT": str(tmp_path / "o")},
                             timeout=60)
     assert result.returncode == 2 and result.stderr == "error: DRY_RUN: must be 0 or 1, got 'yes'\n"
+
+
+def test_eval_dtype_evaluates_a_run_in_another_compute_dtype(tiny_model_dir, synthetic_data, tmp_path):
+    """--eval_dtype overrides the dtype a run trained in for its evaluation only (a check of bf16's rounding)."""
+    from zephyr.errors import UsageError
+
+    run_dir = finetune("newsgroups", _train_argv(tiny_model_dir, synthetic_data, tmp_path, max_steps=1, save_steps=0))
+    argv = ["--run_dir", str(run_dir), "--data_dir", str(synthetic_data), "--max_test_rows", "2"]
+    as_trained = inference("newsgroups", argv + ["--eval_output_dir", str(tmp_path / "as-trained")])
+    in_bf16 = inference("newsgroups", argv + ["--eval_dtype", "bf16", "--eval_output_dir", str(tmp_path / "bf16")])
+    assert (as_trained["compute_dtype"], in_bf16["compute_dtype"]) == ("float32", "bfloat16")  # the CPU trains fp32
+    with pytest.raises(UsageError, match=r"^--eval_dtype: unknown value 'int8' \(choose bf16, fp16 or fp32\)$"):
+        inference("newsgroups", argv + ["--eval_dtype", "int8"])

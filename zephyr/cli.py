@@ -22,11 +22,12 @@ from zephyr.tasks import get_task
 
 EMBEDDED = "embedded"
 # Flags of the shared dataclasses that a command ignores: left out of its parser, so --help lists only what works.
-FINETUNE_UNUSED = frozenset({"run_dir", "num_shots", "base_model"})
+FINETUNE_UNUSED = frozenset({"run_dir", "num_shots", "base_model", "eval_dtype"})  # evaluates what it trained
 INFERENCE_UNUSED = frozenset({"task", "train_file", "train_fraction", "data_seed", "prompt_format", "max_length",
                               "num_shots"})  # a run's training settings come from its config.json
 BASELINE_UNUSED = frozenset({"train_fraction", "prompt_format", "max_length", "lora_r", "lora_alpha", "lora_dropout",
-                             "lora_targets", "lora_lm_head", "run_dir", "base_model"})  # chat prompts, base model only
+                             "lora_targets", "lora_lm_head", "run_dir", "base_model",
+                             "eval_dtype"})  # chat prompts, base model only (its --dtype sets the compute dtype)
 
 
 def entry_point(main):

@@ -262,8 +262,14 @@ class EvalArguments:
                                         "their forward uses, the LoRA adapter kept beside them unmerged (the same "
                                         "function, several times faster; 2 bytes per parameter, about 14.5 GB for "
                                         "a 7B model). False: the 4-bit model with its PEFT adapter"})
+    eval_dtype: Optional[str] = field(
+        default=None, metadata={"help": "Compute dtype for evaluating a fine-tuned run (default: the one it trained "
+                                        "in): bf16, fp16 or fp32. fp32 evaluates the same 4-bit weights and adapter "
+                                        "without bf16's rounding of every activation"})
 
     def __post_init__(self):
+        _check(self.eval_dtype in (None, "bf16", "fp16", "fp32"), "eval_dtype",
+               f"unknown value {self.eval_dtype!r} (choose bf16, fp16 or fp32)")
         _check(self.eval_batch_size > 0, "eval_batch_size", f"must be positive, got {self.eval_batch_size}")
         _check(self.eval_batch_tokens > 0, "eval_batch_tokens", f"must be positive, got {self.eval_batch_tokens}")
         _check(self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens",

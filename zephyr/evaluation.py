@@ -85,6 +85,7 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
         eval_method=eval_args.eval_method, max_new_tokens=max_new_tokens, eval_batch_size=eval_args.eval_batch_size,
         eval_batch_tokens=eval_args.eval_batch_tokens,
         merge_adapter=eval_args.merge_adapter,
+        compute_dtype=str(model.get_input_embeddings().weight.dtype).removeprefix("torch."),  # the activations' dtype
         test_source=test.source, test_rows_available=len(test.examples), test_rows_dropped_empty=test.dropped,
         eval_seconds=round(seconds, 3), examples_per_s=round(len(examples) / seconds, 3) if seconds else None,
         **peak_memory_gib())

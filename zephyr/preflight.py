@@ -204,6 +204,8 @@ def inference(data_args: DataArguments, eval_args: EvalArguments, task_name: str
     if task_name and trained_data.task != task_name:
         raise UsageError(f"--run_dir: {run_dir} is a {trained_data.task} run; use that task's inference script")
     model_args = _arguments_from(config, ModelArguments, run_dir / CONFIG)
+    if eval_args.eval_dtype:
+        model_args = replace(model_args, dtype=eval_args.eval_dtype)
     # The prompt format and task come from training; where the test data lives comes from this command.
     data_args = replace(trained_data, data_dir=data_args.data_dir, test_file=data_args.test_file,
                         max_test_rows=data_args.max_test_rows)
@@ -217,7 +219,9 @@ def inference(data_args: DataArguments, eval_args: EvalArguments, task_name: str
     name, flag = base_model(run_dir, config, eval_args)
     try:
         model_runtime(model_args)
-    except UsageError as err:  # the settings are the run's, not flags of this script
+    except UsageError as err:  # the settings are the run's, not flags of this script (bar --eval_dtype)
+        if eval_args.eval_dtype and str(err).startswith("--dtype"):
+            raise UsageError(f"--eval_dtype{str(err)[len('--dtype'):]}") from None
         raise UsageError(f"--run_dir: {run_dir} was trained with {err}") from None
     model = model_config(name, model_args.model_cache_dir, flag, hub)
     if model is not None:
