@@ -67,7 +67,8 @@ def test_a_run_logs_phases_tensorboard_and_loss_png_and_its_export_evaluates_the
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from zephyr.evaluation import evaluate, evaluate_run, select_test
+    from zephyr.evaluation import evaluate, evaluate_run
+    from zephyr.preflight_checks import select_test
     from zephyr.export import ExportArguments, export_run
     from zephyr.prompting import PromptBuilder
     from zephyr.tasks import get_task

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from zephyr import preflight
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, to_dict
-from zephyr.errors import UsageError
 from zephyr.generation import greedy_generate, score_labels
 from zephyr.io import atomic_write_json, atomic_write_jsonl
 from zephyr.metrics import echoes_prompt
@@ -26,22 +25,6 @@ from zephyr.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 BASELINE_ROOT = "runs/baselines"
-
-
-def check_eval_method(task: Task, eval_args: EvalArguments) -> None:
-    if eval_args.eval_method == "loglik" and not task.is_classification:
-        raise UsageError(f"--eval_method: loglik needs a classification task, not {task.name}")
-
-
-def select_test(task: Task, test, data_args: DataArguments, labels: list[str]) -> list:
-    """The test rows to score: the first ``--max_test_rows``; every label must be one training saw."""
-    examples = test.examples[: data_args.max_test_rows] if data_args.max_test_rows else test.examples
-    if task.is_classification:
-        unseen = sorted({e.target for e in examples} - set(labels))
-        if unseen:
-            raise UsageError(f"{test.source}: test label {unseen[0]!r} never appears in the training labels "
-                             f"({len(unseen)} unseen label(s))")
-    return examples
 
 
 def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, examples, eval_args: EvalArguments,

@@ -22,13 +22,13 @@ CACHE_ENV = "ZEPHYR_CACHE"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def compute_dtype(requested: str = "auto") -> torch.dtype:
+def compute_dtype(requested: str = "auto", flag: str = "--dtype") -> torch.dtype:
     """``auto``: bf16 on GPUs that support it, else float32 (CPU bf16 matmuls are slow; tests want exactness)."""
     cuda = torch.cuda.is_available()
     if requested == "auto":
         return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     if requested == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise UsageError(f"--dtype bf16: {torch.cuda.get_device_name()} has no bf16 support; use --dtype fp16")
+        raise UsageError(f"{flag} bf16: {torch.cuda.get_device_name()} has no bf16 support; use {flag} fp16")
     return DTYPES[requested]
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, to_dict
 from zephyr.errors import UsageError
-from zephyr.preflight_checks import (is_hub_source, load_split, lora_targets, model_config, model_runtime,
-                                     prompt_budget, run_dir_inside, test_rows, writable_dir)
+from zephyr.preflight_checks import (check_eval_method, is_hub_source, load_split, lora_targets, model_config,
+                                     model_runtime, prompt_budget, run_dir_inside, test_rows, writable_dir)
 from zephyr.rundir import ADAPTER_DIR, CONFIG, finished_with_same_settings, prepare_run_dir, run_directory
 from zephyr.tasks import LoadedSplit, Task
 
@@ -36,7 +36,6 @@ def finetune(task: Task, data_args: DataArguments, model_args: ModelArguments, t
              eval_args: EvalArguments, hub: bool = True) -> FinetunePlan:
     """Everything a fine-tuning run (with ``--do_eval``, and its evaluation) will read or write. ``hub=False``
     skips what needs the network (a hub model's config, hub datasets)."""
-    from zephyr.evaluation import check_eval_method
 
     writable_dir(train_args.output_root, "--output_root")
     run_dir_inside(train_args.output_root, train_args.run_name)
@@ -88,7 +87,6 @@ class BaselinePlan:
 def baseline(task: Task, data_args: DataArguments, model_args: ModelArguments, eval_args: EvalArguments,
              out_dir: Path, hub: bool = True) -> BaselinePlan:
     """Everything a zero- or few-shot baseline will read or write; ``--num_shots`` must be honoured in full."""
-    from zephyr.evaluation import check_eval_method
 
     check_eval_method(task, eval_args)
     writable_dir(out_dir, "--eval_output_dir" if eval_args.eval_output_dir else "output directory")
@@ -188,8 +186,8 @@ def inference(data_args: DataArguments, eval_args: EvalArguments, task_name: str
     """Everything evaluating a fine-tuned run will read or write."""
     from dataclasses import replace
 
-    from zephyr.evaluation import check_eval_method
     from zephyr.io import read_json
+    from zephyr.modeling import compute_dtype
     from zephyr.tasks import get_task
 
     if not eval_args.run_dir:
@@ -217,11 +215,11 @@ def inference(data_args: DataArguments, eval_args: EvalArguments, task_name: str
     test, examples = test_rows(task, data_args, labels) if hub or not is_hub_source(task, "test", data_args) \
         else (None, None)
     name, flag = base_model(run_dir, config, eval_args)
+    if eval_args.eval_dtype:
+        compute_dtype(eval_args.eval_dtype, flag="--eval_dtype")  # this script's flag, checked as such
     try:
         model_runtime(model_args)
-    except UsageError as err:  # the settings are the run's, not flags of this script (bar --eval_dtype)
-        if eval_args.eval_dtype and str(err).startswith("--dtype"):
-            raise UsageError(f"--eval_dtype{str(err)[len('--dtype'):]}") from None
+    except UsageError as err:  # the settings are the run's, not flags of this script
         raise UsageError(f"--run_dir: {run_dir} was trained with {err}") from None
     model = model_config(name, model_args.model_cache_dir, flag, hub)
     if model is not None:

@@ -101,6 +101,11 @@ def lora_targets(config, model_args: ModelArguments) -> None:
                          f"(its layers: {', '.join(known)})")
 
 
+def check_eval_method(task: Task, eval_args: EvalArguments) -> None:
+    if eval_args.eval_method == "loglik" and not task.is_classification:
+        raise UsageError(f"--eval_method: loglik needs a classification task, not {task.name}")
+
+
 def model_runtime(model_args: ModelArguments) -> None:
     """What loading the model needs besides its files: the 4-bit backend, the dtype, the attention kernel."""
     from zephyr.modeling import check_quantization_backend, compute_dtype
@@ -150,9 +155,19 @@ def load_split(task: Task, split: str, data_args: DataArguments) -> LoadedSplit:
     return _read_split(task.name, source, stat.st_size, stat.st_mtime_ns)
 
 
+def select_test(task: Task, test, data_args: DataArguments, labels: list[str]) -> list:
+    """The test rows to score: the first ``--max_test_rows``; every label must be one training saw."""
+    examples = test.examples[: data_args.max_test_rows] if data_args.max_test_rows else test.examples
+    if task.is_classification:
+        unseen = sorted({e.target for e in examples} - set(labels))
+        if unseen:
+            raise UsageError(f"{test.source}: test label {unseen[0]!r} never appears in the training labels "
+                             f"({len(unseen)} unseen label(s))")
+    return examples
+
+
 def test_rows(task: Task, data_args: DataArguments, labels: list[str]):
     """(test split, rows to score); more --max_test_rows than the split has is an error."""
-    from zephyr.evaluation import select_test
 
     test = load_split(task, "test", data_args)
     if data_args.max_test_rows and data_args.max_test_rows > len(test.examples):
