@@ -76,8 +76,7 @@ CONFIGS = {
     "ng_examples": ("newsgroups", EXAMPLES),
 }
 # Re-evaluations of a finished adapter: name -> flags of the inference script.
-EVALS = {"4bit": ["--merge_adapter", "False"], "loglik": ["--eval_method", "loglik"],
-         "fp32": ["--eval_dtype", "fp32"]}  # without bf16's rounding of activations: results/quality/compile-gap/
+EVALS = {"4bit": ["--merge_adapter", "False"], "loglik": ["--eval_method", "loglik"]}
 
 
 @dataclass
@@ -127,10 +126,6 @@ class Lever:
 LEVERS = [
     Lever("packed rows with a block mask (vs TRL's padding-free packing)", Side("packed_eager"), Side("trl_packing")),
     Lever("compiled decoder layers (vs eager)", Side("packed_no_graphs"), Side("packed_eager")),
-    # Compiled layers train a more precise function than the eager bf16 one evaluation computes: the same pair,
-    # both adapters evaluated in fp32.
-    Lever("compiled decoder layers, both evaluated in fp32 (vs eager)", Side("packed_no_graphs", "fp32"),
-          Side("packed_eager", "fp32")),
     Lever("CUDA graphs (vs compiled layers without)", Side("packed"), Side("packed_no_graphs")),
     Lever("NF4 de-quantized in the compiled graph (vs bitsandbytes' matmul)", Side("packed_no_graphs"),
           Side("bnb_nf4")),
