@@ -20,7 +20,9 @@ ORIGINAL_FORMATS = {
 
 SYSTEM_PROMPTS = {
     "newsgroups": "You are a precise text classifier. Reply with the newsgroup name only.",
-    "samsum": "You are a helpful assistant that writes short, faithful summaries of chat dialogues.",
+    # Plain: with "...that writes short, faithful summaries of chat dialogues." more zero-shot answers copied the
+    # dialogue (results/quality/zero-shot-prompt-trial/, variants O and P).
+    "samsum": "You are a helpful assistant.",
 }
 
 INSTRUCTIONS = {
@@ -28,9 +30,11 @@ INSTRUCTIONS = {
         "Classify the following newsgroup post into exactly one of these newsgroups:\n{labels}\n\n"
         "Post:\n{text}\n\nAnswer with the newsgroup name only."
     ),
-    # Instruction, dialogue, then a reminder: on SmolLM2 in 4-bit, a "Dialogue:" header and a trailing "Summary:"
-    # cue made 230 of 819 zero-shot answers the bare word "Dialogue:" (results/quality/zero-shot-prompt-trial/).
-    "samsum": "Summarize the following dialogue in one or two sentences.\n\n{text}\n\nWrite only the summary.",
+    # Instruction, the dialogue between quotes, then a reminder: on SmolLM2 in 4-bit, a "Dialogue:" header and a
+    # trailing "Summary:" cue made 230 of 819 zero-shot answers the bare word "Dialogue:", and without the quotes and
+    # "Do not repeat lines" more answers copied the dialogue's first lines (results/quality/zero-shot-prompt-trial/).
+    "samsum": ('Summarize the following dialogue in one or two sentences.\n\n"""\n{text}\n"""\n\n'
+               "Write only the summary, in your own words. Do not repeat lines of the dialogue."),
 }
 
 # Used for zero/few-shot prompts when a tokenizer has no chat template.

@@ -46,4 +46,5 @@ def test_zero_shot_prompt_without_chat_template_uses_plain_turns(tokenizer):
     plain.chat_template = None
     builder = PromptBuilder(get_task("samsum"), plain, "chat")
     text = builder.prompt_text("A: hi")
-    assert text.startswith("You are a helpful assistant") and "sentences.\n\nA: hi\n\nWrite only the summary." in text
+    assert text.startswith("You are a helpful assistant.")
+    assert 'sentences.\n\n"""\nA: hi\n"""\n\nWrite only the summary, in your own words.' in text
