@@ -183,7 +183,7 @@ class TrainArguments:
                                         "step"})
     cuda_graphs: bool = field(
         default=True, metadata={"help": "Replay the compiled layers as CUDA graphs when no layer is checkpointed (one "
-                                        "process, packed rows): a small model's step is bound by the CPU launching "
+                                        "process, batches of one shape): a small model's step is bound by the CPU launching "
                                         "kernels"})
     neftune_alpha: Optional[float] = field(
         default=None, metadata={"help": "NEFTune noise alpha (the study used 5; default: off)"})
@@ -196,6 +196,10 @@ class TrainArguments:
     packed_rows: bool = field(
         default=True, metadata={"help": "Keep packed rows as rows, each example masked to itself (SDPA, eager); False: "
                                         "TRL's padding-free concatenation (always used with flash_attention_2)"})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every batch of whole examples to --max_length (padding is masked and "
+                                         "carries no loss): one batch shape, which --compile_layers auto compiles "
+                                         "and --cuda_graphs replays on a GPU. Only with --packing False"})
     seed: int = field(default=42, metadata={"help": "Seed of the LoRA initialisation, dropout and data order"})
     logging_steps: int = field(default=10, metadata={"help": "Optimizer steps between rows of train_log.jsonl"})
     save_steps: Optional[int] = field(
@@ -237,6 +241,8 @@ class TrainArguments:
         else:
             self.gradient_checkpointing = _auto_true_false(self.gradient_checkpointing, "gradient_checkpointing")
         self.compile_layers = _auto_true_false(self.compile_layers, "compile_layers")
+        _check(not (self.pad_to_max_length and self.packing), "pad_to_max_length",
+               "pads batches of whole examples; packed rows (--packing True) already have one shape")
         _check_finite(self.train_memory_gib, "train_memory_gib", 0, "must be positive")
 
 

@@ -61,6 +61,9 @@ def _with(base: list[str], **flags: str) -> list[str]:
 
 
 COMPILED = _with(PACKED_EAGER, compile_layers="true")  # the fast path's levers act on packed rows only
+# Batches of whole examples given one shape, so that compiled layers replay as CUDA graphs.
+EXAMPLES_GRAPHS = _with(EXAMPLES, pad_to_max_length="True", compile_layers="true", cuda_graphs="True",
+                        fused_nf4="True")
 # name -> (task, flags): one fine-tuning configuration.
 CONFIGS = {
     "examples": ("samsum", EXAMPLES),
@@ -72,8 +75,10 @@ CONFIGS = {
     "packed_no_graphs": ("samsum", COMPILED),
     "packed": ("samsum", _with(COMPILED, cuda_graphs="True")),
     "bnb_nf4": ("samsum", _with(COMPILED, fused_nf4="False")),
+    "examples_graphs": ("samsum", EXAMPLES_GRAPHS),
     "ng_packed": ("newsgroups", PACKED_EAGER),
     "ng_examples": ("newsgroups", EXAMPLES),
+    "ng_examples_graphs": ("newsgroups", EXAMPLES_GRAPHS),
 }
 # Re-evaluations of a finished adapter: name -> flags of the inference script.
 EVALS = {"4bit": ["--merge_adapter", "False"], "loglik": ["--eval_method", "loglik"]}
@@ -129,6 +134,10 @@ LEVERS = [
     Lever("CUDA graphs (vs compiled layers without)", Side("packed"), Side("packed_no_graphs")),
     Lever("NF4 de-quantized in the compiled graph (vs bitsandbytes' matmul)", Side("packed_no_graphs"),
           Side("bnb_nf4")),
+    Lever("examples padded to max_length, compiled, CUDA graphs (vs eager)", Side("examples_graphs"),
+          Side("examples")),
+    Lever("examples padded to max_length, compiled, CUDA graphs (vs eager)", Side("ng_examples_graphs"),
+          Side("ng_examples")),
     Lever("partial checkpointing, 15 of 30 layers (vs none)", Side("checkpointed"), Side("packed_eager")),
     Lever("sync-free trainer metrics (vs TRL's loss)", Side("examples"), Side("trl_metrics")),
     Lever("fused AdamW (vs the study's paged_adamw_32bit)", Side("examples"), Side("paged_adamw")),

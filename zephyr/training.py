@@ -98,6 +98,7 @@ def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_d
         completion_only_loss=train_args.loss == "completion",
         max_length=data_args.max_length,
         packing=train_args.packing,
+        pad_to_multiple_of=data_args.max_length if train_args.pad_to_max_length else None,
         seed=train_args.seed,
         data_seed=data_args.data_seed,
         logging_steps=train_args.logging_steps,

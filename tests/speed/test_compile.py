@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from zephyr.config import ModelArguments
+from zephyr.config import ModelArguments, TrainArguments
 
 
 def test_compile_auto_only_for_batches_of_one_shape_on_a_gpu():
@@ -112,3 +112,47 @@ def test_inductor_layers_train_exactly_like_eager_bf16(tiny_model_dir, fused_nf4
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=0, atol=0)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=0, atol=0, msg=name)
+
+
+def test_examples_padded_to_max_length_train_exactly_like_unpadded(tokenizer, tmp_path):
+    """--pad_to_max_length gives every batch of whole examples one shape, rows x max_length (what CUDA graphs
+    replay); the padding is masked and carries no loss, so the loss and every gradient are the unpadded batch's."""
+    from transformers import AutoModelForCausalLM, MistralConfig
+    from trl import SFTTrainer
+
+    from conftest import run_args
+    from zephyr.data import Example
+    from zephyr.embedded import TINY_MISTRAL
+    from zephyr.prompting import PromptBuilder
+    from zephyr.tasks import get_task
+    from zephyr.training import build_sft_config, build_training_dataset
+
+    builder = PromptBuilder(get_task("newsgroups"), tokenizer, "original", ["sci.space", "rec.autos"])
+    texts = ["The rocket reached orbit.", "New brakes.", "Shuttle tiles and heat shields again.", "Cars rust."]
+    examples = [Example(str(i), t, "sci.space" if i % 2 == 0 else "rec.autos") for i, t in enumerate(texts)]
+    dataset, _ = build_training_dataset(builder, examples, max_length=48)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL))
+    results = {}
+    for pad in (False, True):
+        data, _, train_args = run_args("unused", "unused", tmp_path, pad_to_max_length=pad)
+        data.max_length = 48
+        trainer = SFTTrainer(model=model, args=build_sft_config(train_args, data, tmp_path), train_dataset=dataset,
+                             processing_class=tokenizer)
+        batch = trainer.data_collator(list(trainer.train_dataset))
+        model.zero_grad(set_to_none=True)
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        results[pad] = batch["input_ids"].shape, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    (plain_shape, plain_loss, plain_grads), (padded_shape, padded_loss, padded_grads) = results[False], results[True]
+    assert padded_shape == (4, 48) and plain_shape[1] < 48
+    torch.testing.assert_close(padded_loss, plain_loss, rtol=1e-6, atol=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(padded_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_pad_to_max_length_is_for_batches_of_examples_only():
+    from zephyr.errors import UsageError
+
+    with pytest.raises(UsageError, match="--pad_to_max_length: pads batches of whole examples"):
+        TrainArguments(pad_to_max_length=True, packing=True)

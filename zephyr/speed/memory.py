@@ -105,15 +105,17 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     batch, as CUDA graphs. Otherwise the plan is sized by probing the compiled layers, which save fewer
     activations than eager ones. Each shape the compiled layers see costs a compilation of about ten seconds,
     and a checkpointed layer's recomputation would run inside the backward pass's graph replay, so CUDA graphs
-    are kept to plans without checkpointing, in one process, on packed rows.
+    are kept to plans without checkpointing, in one process, on batches of one shape (packed rows, or examples
+    padded to --max_length).
     """
     model = trainer.model
     n_layers = len(decoder_layers(model)) or 1
     rows = train_args.per_device_train_batch_size
     budget = train_args.train_memory_gib * 2**30 * 0.9  # 10% for the optimizer and allocator fragmentation
     probing = train_args.gradient_checkpointing == "auto" and torch.cuda.is_available()
-    # Packed rows keep one batch shape (rows x max_length, bar the last batch); other batches vary in length.
-    fixed_shape = isinstance(trainer.data_collator, PackedRowsCollator)
+    # Packed rows, and examples padded to max_length, keep one batch shape (bar the last batch); other batches of
+    # examples vary in length.
+    fixed_shape = isinstance(trainer.data_collator, PackedRowsCollator) or train_args.pad_to_max_length
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if probing else []):  # keep the run's RNG
         if probing:
             probe = _memory_probe(trainer, max_length, model.get_base_model().config.get_text_config().vocab_size)
@@ -123,7 +125,7 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
         else:
             checkpointed = n_layers if train_args.gradient_checkpointing == "true" else 0
         compiled = should_compile(train_args.compile_layers, torch.cuda.is_available(), fixed_shape)
-        # A graph is recorded for each batch shape, so only for packed rows.
+        # A graph is recorded for each batch shape, so only for batches of one shape.
         cuda_graphs = (compiled and checkpointed == 0 and train_args.cuda_graphs and torch.cuda.is_available()
                        and trainer.args.world_size == 1 and fixed_shape)
         uncompile = (compile_decoder_layers(model, cuda_graphs=cuda_graphs, fused_nf4=train_args.fused_nf4)
