@@ -12,7 +12,8 @@
 #            test rows; zero-shot and 3-shot baselines on the same rows.
 # The sweeps share the one GPU at once (TABLE1_SLOTS + TABLE2_SLOTS + 1, + 1 with TABLE3_MODELS), each resumable: run
 # the same command again to go on (finished runs are skipped, unfinished ones resume from their checkpoint).
-# Table 1 starts with its largest fractions, so that the longest runs are not left for the end.
+# Table 1 starts with its largest fractions, so that the longest runs are not left for the end (TABLE1_FRACTIONS
+# picks some of them, e.g. the short ones first when a machine is lent for less time than the longest run takes).
 set -uo pipefail
 : "${GGUF:?path of SmolLM2-135M-Instruct.Q4_1.gguf}" "${DATA:?data root holding samsum/ and newsgroups/}"
 OUT_ROOT=${OUT_ROOT:-runs/study-tables}
@@ -21,8 +22,8 @@ for model in "$GGUF" ${TABLE3_MODELS:-}; do
   python -c "import sys; from zephyr.modeling import resolve_model_path; print(resolve_model_path(sys.argv[1]))" \
     "$model" || exit 2  # converted once here, not by several runs at the same time
 done
-eval_args="--eval_batch_size 64"
-OUT_ROOT=$OUT_ROOT/table1 TASK=newsgroups FRACTIONS="1.0 0.5 0.25 0.1 0.05 0.025" EPOCHS=5 \
+eval_args="--eval_batch_size 64 ${EXTRA_ARGS:-}"  # EXTRA_ARGS: more flags for every run
+OUT_ROOT=$OUT_ROOT/table1 TASK=newsgroups FRACTIONS=${TABLE1_FRACTIONS:-1.0 0.5 0.25 0.1 0.05 0.025} EPOCHS=5 \
   RUNS_PER_GPU=${TABLE1_SLOTS:-8} EXTRA_ARGS="$eval_args" bash sample_ablate.sh &
 table1=$!
 OUT_ROOT=$OUT_ROOT/table2 TASK=samsum FRACTIONS=1.0 EPOCHS=1 \
