@@ -6,13 +6,30 @@ import torch
 from zephyr.config import ModelArguments, TrainArguments
 
 
-def test_compile_auto_only_for_batches_of_one_shape_on_a_gpu():
+def test_compile_auto_only_for_long_runs_of_one_batch_shape_on_a_gpu():
+    from zephyr.speed.compile import MIN_STEPS_TO_COMPILE as LONG
     from zephyr.speed.compile import should_compile
 
-    assert should_compile("auto", on_gpu=True, fixed_shape=True)
-    assert not should_compile("auto", on_gpu=True, fixed_shape=False)  # measured slower than eager (docstring)
-    assert not should_compile("auto", on_gpu=False, fixed_shape=True)
-    assert should_compile("true", on_gpu=False, fixed_shape=False) and not should_compile("false", True, True)
+    assert should_compile("auto", on_gpu=True, fixed_shape=True, steps=LONG)
+    assert not should_compile("auto", on_gpu=True, fixed_shape=True, steps=LONG - 1)  # compiling would not pay
+    assert not should_compile("auto", on_gpu=True, fixed_shape=False, steps=LONG)  # measured slower than eager
+    assert not should_compile("auto", on_gpu=False, fixed_shape=True, steps=LONG)
+    assert should_compile("true", False, False, steps=1) and not should_compile("false", True, True, steps=LONG)
+
+
+def test_planned_steps_count_epochs_over_rows_or_take_max_steps():
+    from types import SimpleNamespace
+
+    from zephyr.speed.memory import planned_steps
+
+    def trainer(rows, max_steps=-1, epochs=5.0):
+        args = SimpleNamespace(max_steps=max_steps, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                               world_size=1, num_train_epochs=epochs)
+        return SimpleNamespace(args=args, train_dataset=range(rows))
+
+    assert planned_steps(trainer(11014)) == 6885  # Table 1's 100 % run: 1,377 steps an epoch, the last one short
+    assert planned_steps(trainer(80, epochs=0.5)) == 5
+    assert planned_steps(trainer(11014, max_steps=12)) == 12
 
 
 def test_compiled_layers_are_one_graph_with_eager_losses_and_gradients(tiny_model_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Callable
 
 import torch
@@ -97,6 +98,15 @@ def _memory_probe(trainer, length: int, vocab_size: int):
     return probe
 
 
+def planned_steps(trainer) -> int:
+    """The optimizer steps a run will take: its --max_steps, or its epochs over the training rows."""
+    args = trainer.args
+    if args.max_steps > 0:
+        return args.max_steps
+    batches = math.ceil(len(trainer.train_dataset) / (args.per_device_train_batch_size * args.world_size))
+    return math.ceil(math.ceil(batches / args.gradient_accumulation_steps) * args.num_train_epochs)
+
+
 def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     """Plan activation checkpointing and compile the decoder layers; returns (checkpointed layers, uncompile).
 
@@ -124,7 +134,8 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
             checkpointed = min(int(train_args.gradient_checkpointing), n_layers)
         else:
             checkpointed = n_layers if train_args.gradient_checkpointing == "true" else 0
-        compiled = should_compile(train_args.compile_layers, torch.cuda.is_available(), fixed_shape)
+        compiled = should_compile(train_args.compile_layers, torch.cuda.is_available(), fixed_shape,
+                                  planned_steps(trainer))
         # A graph is recorded for each batch shape, so only for batches of one shape.
         cuda_graphs = (compiled and checkpointed == 0 and train_args.cuda_graphs and torch.cuda.is_available()
                        and trainer.args.world_size == 1 and fixed_shape)
