@@ -61,7 +61,7 @@ def test_summary_reads_every_run_and_writes_the_schema(tmp_path):
     assert "| CUDA graphs" in to_markdown(summary)
 
 
-def test_extra_seeds_train_only_the_configurations_of_their_lever(tmp_path):
+def test_more_seeds_train_only_the_configurations_of_their_lever(tmp_path):
     plan = Plan("model.gguf", "data", tmp_path / "runs", seeds=[1, 2, 3])
     nf4 = next(lever for lever in LEVERS if lever.name.startswith("NF4"))
     assert plan._seeds(nf4) == [1, 2, 3, 4, 5]
@@ -69,3 +69,4 @@ def test_extra_seeds_train_only_the_configurations_of_their_lever(tmp_path):
     assert {"packed_no_graphs_seed5", "bnb_nf4_seed5", "packed_no_graphs_seed4", "bnb_nf4_seed4"} <= trained
     assert not {name for name in trained if name.endswith(("seed4", "seed5"))} - {
         f"{config}_seed{seed}" for config in (nf4.fast.config, nf4.plain.config) for seed in (4, 5)}
+    assert Plan("model.gguf", "data", tmp_path, seeds=[1, 2, 3, 4, 5, 6])._seeds(nf4) == [1, 2, 3, 4, 5, 6]

@@ -22,18 +22,19 @@ for model in "$GGUF" ${TABLE3_MODELS:-}; do
   python -c "import sys; from zephyr.modeling import resolve_model_path; print(resolve_model_path(sys.argv[1]))" \
     "$model" || exit 2  # converted once here, not by several runs at the same time
 done
-eval_args="--eval_batch_size 64 ${EXTRA_ARGS:-}"  # EXTRA_ARGS: more flags for every run
+eval_args="--eval_batch_size 64"
+train_args="$eval_args ${EXTRA_ARGS:-}"  # EXTRA_ARGS: more flags for every fine-tune (the baselines train nothing)
 OUT_ROOT=$OUT_ROOT/table1 TASK=newsgroups FRACTIONS=${TABLE1_FRACTIONS:-1.0 0.5 0.25 0.1 0.05 0.025} EPOCHS=5 \
-  RUNS_PER_GPU=${TABLE1_SLOTS:-8} EXTRA_ARGS="$eval_args" bash sample_ablate.sh &
+  RUNS_PER_GPU=${TABLE1_SLOTS:-8} EXTRA_ARGS="$train_args" bash sample_ablate.sh &
 table1=$!
 OUT_ROOT=$OUT_ROOT/table2 TASK=samsum FRACTIONS=1.0 EPOCHS=1 \
-  RUNS_PER_GPU=${TABLE2_SLOTS:-4} EXTRA_ARGS="$eval_args" bash sample_ablate.sh &
+  RUNS_PER_GPU=${TABLE2_SLOTS:-4} EXTRA_ARGS="$train_args" bash sample_ablate.sh &
 table2=$!
 (
   status=0
   for model in ${TABLE3_MODELS:-}; do
     OUT_ROOT=$OUT_ROOT/table3 MODEL=$model TASK=samsum FRACTIONS=1.0 EPOCHS=1 VARIANTS=base RUNS_PER_GPU=1 \
-      EXTRA_ARGS="$eval_args" bash sample_ablate.sh || status=1
+      EXTRA_ARGS="$train_args" bash sample_ablate.sh || status=1
     OUT_ROOT=$OUT_ROOT/table3 MODEL=$model TASKS=samsum SHOTS="0 3" RUNS_PER_GPU=1 EXTRA_ARGS="$eval_args" \
       bash baseline_inference.sh || status=1
   done

@@ -88,7 +88,6 @@ def test_cuda_graphs_are_on_while_compiled_and_off_after():
     assert inductor_config.triton.cudagraphs is False
 
 
-
 @pytest.mark.parametrize("fused_nf4", [True, False])
 def test_inductor_layers_train_exactly_like_eager_bf16(tiny_model_dir, fused_nf4):
     """Compiled layers must train the function evaluation computes (eager bf16): left to fuse freely, inductor

@@ -124,8 +124,11 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     budget = train_args.train_memory_gib * 2**30 * 0.9  # 10% for the optimizer and allocator fragmentation
     probing = train_args.gradient_checkpointing == "auto" and torch.cuda.is_available()
     # Packed rows, and examples padded to max_length, keep one batch shape (bar the last batch); other batches of
-    # examples vary in length.
-    fixed_shape = isinstance(trainer.data_collator, PackedRowsCollator) or train_args.pad_to_max_length
+    # examples vary in length. flash_attention_2 strips the padding again inside attention, in shapes that depend
+    # on the data.
+    padded = (train_args.pad_to_max_length
+              and getattr(trainer.model.config, "_attn_implementation", None) != "flash_attention_2")
+    fixed_shape = isinstance(trainer.data_collator, PackedRowsCollator) or padded
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if probing else []):  # keep the run's RNG
         if probing:
             probe = _memory_probe(trainer, max_length, model.get_base_model().config.get_text_config().vocab_size)
