@@ -73,6 +73,7 @@ def test_inductor_layers_train_exactly_like_eager_bf16(tiny_model_dir):
             if "lora_B" in name:
                 torch.nn.init.normal_(param, std=0.02)
     model.enable_input_require_grads()  # else the first layer's input differs (no grad): a second graph
+    model.train()  # as the Trainer trains (on a CPU with AVX512-BF16, eval mode lets bitsandbytes repack 4-bit weights)
     ids = torch.randint(32000, (1, 50))
     positions = torch.cat([torch.arange(30), torch.arange(20)]).unsqueeze(0)  # two packed examples
 
