@@ -183,8 +183,8 @@ class TrainArguments:
                                         "step"})
     cuda_graphs: bool = field(
         default=True, metadata={"help": "Replay the compiled layers as CUDA graphs when no layer is checkpointed (one "
-                                        "process, batches of one shape): a small model's step is bound by the CPU launching "
-                                        "kernels"})
+                                        "process, batches of one shape): a small model's step is bound by the CPU "
+                                        "launching kernels"})
     neftune_alpha: Optional[float] = field(
         default=None, metadata={"help": "NEFTune noise alpha (the study used 5; default: off)"})
     loss: str = field(default="completion", metadata={"help": "completion (answer tokens + EOS) or full (whole text)"})
@@ -199,7 +199,8 @@ class TrainArguments:
     pad_to_max_length: bool = field(
         default=False, metadata={"help": "Pad every batch of whole examples to --max_length (padding is masked and "
                                          "carries no loss): one batch shape, which --compile_layers auto compiles "
-                                         "and --cuda_graphs replays on a GPU. Only with --packing False"})
+                                         "on a GPU for runs of 1,500 steps or more, and --cuda_graphs replays. "
+                                         "Only with --packing False"})
     seed: int = field(default=42, metadata={"help": "Seed of the LoRA initialisation, dropout and data order"})
     logging_steps: int = field(default=10, metadata={"help": "Optimizer steps between rows of train_log.jsonl"})
     save_steps: Optional[int] = field(
