@@ -197,7 +197,7 @@ def test_tables_from_fake_runs_show_missing_cells_as_missing(tmp_path):
     assert table1[0]["base"] == ""
     markdown = written["markdown"].read_text()
     assert "| 0.1 | 1101 | 50.00 | 55.50 | — | — |" in markdown and "| 1 | 11014 | — | — | 0.00 | — |" in markdown
-    assert "| few-shot | — | — | — |" in markdown and "| zero-shot | zephyr-7b-beta | 30.00 | 9.00 |" in markdown
+    assert "| zephyr-7b-beta | few-shot | — | — |" in markdown and "| zephyr-7b-beta | zero-shot | 30.00 | 9.00 |" in markdown
     assert written["accuracy_plot"].stat().st_size > 1000 and written["rouge_plot"].stat().st_size > 1000
 
 

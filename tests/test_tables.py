@@ -21,7 +21,7 @@ def test_table1_puts_the_study_accuracy_beside_ours_for_every_fraction():
     rows = [_row("newsgroups", "base", train_fraction=0.1, train_rows=1101, accuracy=18.93),
             _row("newsgroups", "NEFTune", train_fraction=0.2, train_rows=2203, accuracy=30.0)]
     table = table1(rows)
-    assert list(table[0]) == ["train_fraction", "train_rows", *VARIANTS, "study train_rows",
+    assert list(table[0]) == ["model", "train_fraction", "train_rows", *VARIANTS, "study train_rows",
                               *[f"study {v}" for v in VARIANTS]]
     by_fraction = {r["train_fraction"]: r for r in table}
     assert list(by_fraction) == ["0.025", "0.05", "0.1", "0.2", "0.25", "0.5", "1"]
@@ -31,8 +31,22 @@ def test_table1_puts_the_study_accuracy_beside_ours_for_every_fraction():
     assert by_fraction["0.2"]["study base"] is None and by_fraction["0.2"]["study train_rows"] is None
     assert by_fraction["0.025"]["base"] is None and by_fraction["0.025"]["study all-module"] == 65.36
     markdown = to_markdown(table, list(table[0]))
-    assert "| 0.025 | — | — | — | — | — | 266 | 46.05 | 49.61 | 65.36 | 67.23 |" in markdown
-    assert "| 0.2 | 2203 | — | 30.00 | — | — | — | — | — | — | — |" in markdown
+    assert "| SmolLM2-135M-Instruct.Q4_1 | 0.025 | — | — | — | — | — | 266 | 46.05 | 49.61 | 65.36 | 67.23 |" in markdown
+    assert "| SmolLM2-135M-Instruct.Q4_1 | 0.2 | 2203 | — | 30.00 | — | — | — | — | — | — | — |" in markdown
+
+
+def test_tables_1_and_2_keep_each_model_apart():
+    rows = [_row("newsgroups", "base", train_fraction=0.1, train_rows=1101, accuracy=46.6),
+            _row("newsgroups", "base", model="gemma", train_fraction=0.1, train_rows=1101, accuracy=40.0),
+            _row("samsum", "zero-shot", rouge1=23.8, rouge2=6.9),
+            _row("samsum", "zero-shot", model="gemma", rouge1=3.3, rouge2=0.5),
+            _row("samsum", "NEFTune", rouge1=42.1, rouge2=17.1)]
+    one = {(r["model"], r["train_fraction"]): r["base"] for r in table1(rows)}
+    assert (one[("SmolLM2-135M-Instruct.Q4_1", "0.1")], one[("gemma", "0.1")]) == (46.6, 40.0)
+    two = {(r["model"], r["setting"]): r["rouge1"] for r in table2(rows)}
+    assert len(two) == 2 * (2 + len(VARIANTS))
+    assert (two[("gemma", "zero-shot")], two[("SmolLM2-135M-Instruct.Q4_1", "zero-shot")]) == (3.3, 23.8)
+    assert (two[("gemma", "NEFTune")], two[("SmolLM2-135M-Instruct.Q4_1", "NEFTune")]) == (None, 42.1)
 
 
 def test_table2_has_the_study_rouge_for_every_setting_even_without_our_runs():
@@ -40,8 +54,9 @@ def test_table2_has_the_study_rouge_for_every_setting_even_without_our_runs():
     assert [r["setting"] for r in table] == ["zero-shot", "few-shot", *VARIANTS]
     assert [(r["study rouge1"], r["study rouge2"]) for r in table] == list(reference.TABLE2_ROUGE.values())
     markdown = to_markdown(table, list(table[0]))
-    assert "| zero-shot | SmolLM2-135M-Instruct.Q4_1 | 17.80 | 5.21 | 33.93 | 11.21 |" in markdown
-    assert "| NEFTune + all-module | — | — | — | 53.05 | 29.23 |" in markdown
+    assert "| SmolLM2-135M-Instruct.Q4_1 | zero-shot | 17.80 | 5.21 | 33.93 | 11.21 |" in markdown
+    assert "| SmolLM2-135M-Instruct.Q4_1 | NEFTune + all-module | — | — | 53.05 | 29.23 |" in markdown
+    assert to_markdown(table2([]), list(table[0])).count("| — | zero-shot | — | — | 33.93 | 11.21 |") == 1
 
 
 def test_table3_lists_our_models_then_the_studys():

@@ -94,31 +94,40 @@ def _latest(rows: list[dict]) -> dict:
 STUDY_FRACTIONS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
+def _models(runs: list[dict]) -> list:
+    """Our models in name order; [None] when there are none, so that a table still lists the study's cells."""
+    return sorted({r["model"] for r in runs}) or [None]
+
+
 def table1(rows: list[dict]) -> list[dict]:
-    """Newsgroups accuracy: one row per training-row count, one column per variant, then the study's."""
+    """Newsgroups accuracy: per model, one row per training-row count, one column per variant, then the study's."""
     runs = [r for r in rows if r["task"] == "newsgroups" and r["kind"] == "finetune"]
     out = []
-    for fraction in sorted({r["train_fraction"] for r in runs} | set(STUDY_FRACTIONS)):
-        at = [r for r in runs if r["train_fraction"] == fraction]
-        row = {"train_fraction": f"{fraction:g}", "train_rows": max((r["train_rows"] or 0 for r in at), default=None)}
-        for variant in VARIANTS:
-            row[variant] = _latest([r for r in at if r["variant"] == variant]).get("accuracy")
-        study_rows, study_accuracy = reference.TABLE1_ACCURACY.get(fraction, (None, {}))
-        row["study train_rows"] = study_rows
-        row.update({f"study {variant}": study_accuracy.get(variant) for variant in VARIANTS})
-        out.append(row)
+    for model in _models(runs):
+        mine = [r for r in runs if r["model"] == model]
+        for fraction in sorted({r["train_fraction"] for r in mine} | set(STUDY_FRACTIONS)):
+            at = [r for r in mine if r["train_fraction"] == fraction]
+            row = {"model": model, "train_fraction": f"{fraction:g}",
+                   "train_rows": max((r["train_rows"] or 0 for r in at), default=None)}
+            for variant in VARIANTS:
+                row[variant] = _latest([r for r in at if r["variant"] == variant]).get("accuracy")
+            study_rows, study_accuracy = reference.TABLE1_ACCURACY.get(fraction, (None, {}))
+            row["study train_rows"] = study_rows
+            row.update({f"study {variant}": study_accuracy.get(variant) for variant in VARIANTS})
+            out.append(row)
     return out
 
 
 def table2(rows: list[dict]) -> list[dict]:
-    """SAMSum ROUGE-1/2 for zero-shot, few-shot and the four fine-tuned variants, then the study's."""
+    """SAMSum ROUGE-1/2 per model for zero-shot, few-shot and the four fine-tuned variants, then the study's."""
     runs = [r for r in rows if r["task"] == "samsum"]
     out = []
-    for setting in ["zero-shot", "few-shot", *VARIANTS]:
-        cell = _latest([r for r in runs if r["variant"] == setting])
-        study_rouge1, study_rouge2 = reference.TABLE2_ROUGE[setting]
-        out.append({"setting": setting, "model": cell.get("model"), "rouge1": cell.get("rouge1"),
-                    "rouge2": cell.get("rouge2"), "study rouge1": study_rouge1, "study rouge2": study_rouge2})
+    for model in _models(runs):
+        for setting in ["zero-shot", "few-shot", *VARIANTS]:
+            cell = _latest([r for r in runs if r["model"] == model and r["variant"] == setting])
+            study_rouge1, study_rouge2 = reference.TABLE2_ROUGE[setting]
+            out.append({"model": model, "setting": setting, "rouge1": cell.get("rouge1"),
+                        "rouge2": cell.get("rouge2"), "study rouge1": study_rouge1, "study rouge2": study_rouge2})
     return out
 
 
@@ -148,12 +157,17 @@ def plot_accuracy(table: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    models = list(dict.fromkeys(r["model"] for r in table))
     for variant in VARIANTS:
-        points = [(r["train_rows"], r[variant]) for r in table if r[variant] is not None]
-        if points:
-            (line,) = ax.plot(*zip(*points), marker="o", label=variant)
-            study = [(r["study train_rows"], r[f"study {variant}"]) for r in table if r[f"study {variant}"] is not None]
-            ax.plot(*zip(*study), marker="x", linestyle="--", color=line.get_color(), alpha=0.6,
+        for model in models:
+            points = [(r["train_rows"], r[variant]) for r in table if r["model"] == model and r[variant] is not None]
+            if not points:
+                continue
+            label = variant if len(models) == 1 else f"{model}: {variant}"
+            (line,) = ax.plot(*zip(*points), marker="o", label=label)
+        study = {(r["study train_rows"], r[f"study {variant}"]) for r in table if r[f"study {variant}"] is not None}
+        if any(r[variant] is not None for r in table):  # the study's curve beside a variant we ran
+            ax.plot(*zip(*sorted(study)), marker="x", linestyle="--", color=line.get_color(), alpha=0.6,
                     label=f"{variant} (study, {reference.STUDY_MODEL})")
     ax.set_xscale("log")
     ax.set_xlabel("training rows")
@@ -173,11 +187,13 @@ def plot_rouge(table: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     present = [r for r in table if r["rouge1"] is not None]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(max(7, 0.7 * len(present)), 4))
     x = range(len(present))
     ax.bar([i - 0.2 for i in x], [r["rouge1"] for r in present], width=0.4, label="ROUGE-1")
     ax.bar([i + 0.2 for i in x], [r["rouge2"] for r in present], width=0.4, label="ROUGE-2")
-    ax.set_xticks(list(x), [r["setting"] for r in present], rotation=20, ha="right")
+    several_models = len({r["model"] for r in present}) > 1
+    ax.set_xticks(list(x), [f"{r['model']}: {r['setting']}" if several_models else r["setting"] for r in present],
+                  rotation=20, ha="right")
     ax.set_ylabel("F-measure x100")
     ax.set_title("SAMSum: ROUGE by setting")
     ax.legend()
