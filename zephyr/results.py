@@ -187,16 +187,17 @@ def plot_rouge(table: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     present = [r for r in table if r["rouge1"] is not None]
-    fig, ax = plt.subplots(figsize=(max(7, 0.7 * len(present)), 4))
+    several_models = len({r["model"] for r in present}) > 1
+    fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(present)), 5 if several_models else 4))
     x = range(len(present))
     ax.bar([i - 0.2 for i in x], [r["rouge1"] for r in present], width=0.4, label="ROUGE-1")
     ax.bar([i + 0.2 for i in x], [r["rouge2"] for r in present], width=0.4, label="ROUGE-2")
-    several_models = len({r["model"] for r in present}) > 1
-    ax.set_xticks(list(x), [f"{r['model']}: {r['setting']}" if several_models else r["setting"] for r in present],
-                  rotation=20, ha="right")
+    ax.set_xticks(list(x), [f"{r['model']}\n{r['setting']}" if several_models else r["setting"] for r in present],
+                  rotation=30, ha="right", fontsize=8 if several_models else None)
+    ax.set_ylim(0, 1.2 * max(r["rouge1"] for r in present))  # room for the legend above the bars
     ax.set_ylabel("F-measure x100")
     ax.set_title("SAMSum: ROUGE by setting")
-    ax.legend()
+    ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
