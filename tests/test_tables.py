@@ -49,6 +49,17 @@ def test_tables_1_and_2_keep_each_model_apart():
     assert (two[("gemma", "NEFTune")], two[("SmolLM2-135M-Instruct.Q4_1", "NEFTune")]) == (None, 42.1)
 
 
+def test_make_tables_plots_several_models(tmp_path):
+    from zephyr.results import write_tables
+
+    rows = [_row("newsgroups", "base", train_fraction=0.1, train_rows=1101, accuracy=46.6),
+            _row("newsgroups", "all-module", model="gemma", train_fraction=0.25, train_rows=2754, accuracy=60.0),
+            _row("samsum", "zero-shot", rouge1=23.8, rouge2=6.9), _row("samsum", "base", model="gemma", rouge1=43.1, rouge2=18.4)]
+    written = write_tables([{"run": "r", **row} for row in rows], tmp_path)
+    assert written["accuracy_plot"].stat().st_size > 1000 and written["rouge_plot"].stat().st_size > 1000
+    assert "| gemma | 0.25 | 2754 | — | — | 60.00 |" in written["markdown"].read_text()
+
+
 def test_table2_has_the_study_rouge_for_every_setting_even_without_our_runs():
     table = table2([_row("samsum", "zero-shot", rouge1=17.8, rouge2=5.21)])
     assert [r["setting"] for r in table] == ["zero-shot", "few-shot", *VARIANTS]

@@ -281,7 +281,8 @@ def _pm(mean, stderr, digits=2) -> str:
 
 
 def to_markdown(summary: dict) -> str:
-    lines = [f"Commit `{summary['commit']}`, {summary['gpu']}, seeds {summary['seeds']}.", "",
+    lines = [f"Commit `{summary['commit']}`, {summary['gpu']}, seeds {summary['seeds']} (more where a lever's seeds "
+             "column says so).", "",
              "| lever | task | metric | seeds | plain | fast | Δ fast − plain | within noise |",
              "|---|---|---|---|---|---|---|---|"]
     for lever in summary["levers"]:

@@ -158,16 +158,16 @@ def plot_accuracy(table: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     models = list(dict.fromkeys(r["model"] for r in table))
-    for variant in VARIANTS:
-        for model in models:
+    markers = "os^vDP*X"  # one marker per model, one colour per variant (the study's curve in its variant's colour)
+    for color, variant in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], VARIANTS):
+        for marker, model in zip(markers, models):
             points = [(r["train_rows"], r[variant]) for r in table if r["model"] == model and r[variant] is not None]
-            if not points:
-                continue
-            label = variant if len(models) == 1 else f"{model}: {variant}"
-            (line,) = ax.plot(*zip(*points), marker="o", label=label)
+            if points:
+                ax.plot(*zip(*points), marker=marker, color=color,
+                        label=variant if len(models) == 1 else f"{model}: {variant}")
         study = {(r["study train_rows"], r[f"study {variant}"]) for r in table if r[f"study {variant}"] is not None}
         if any(r[variant] is not None for r in table):  # the study's curve beside a variant we ran
-            ax.plot(*zip(*sorted(study)), marker="x", linestyle="--", color=line.get_color(), alpha=0.6,
+            ax.plot(*zip(*sorted(study)), marker="x", linestyle="--", color=color, alpha=0.6,
                     label=f"{variant} (study, {reference.STUDY_MODEL})")
     ax.set_xscale("log")
     ax.set_xlabel("training rows")
@@ -194,7 +194,7 @@ def plot_rouge(table: list[dict], path: Path) -> None:
     ax.bar([i + 0.2 for i in x], [r["rouge2"] for r in present], width=0.4, label="ROUGE-2")
     ax.set_xticks(list(x), [f"{r['model']}\n{r['setting']}" if several_models else r["setting"] for r in present],
                   rotation=30, ha="right", fontsize=8 if several_models else None)
-    ax.set_ylim(0, 1.2 * max(r["rouge1"] for r in present))  # room for the legend above the bars
+    ax.set_ylim(0, 1.2 * max((r["rouge1"] for r in present), default=1))  # room for the legend above the bars
     ax.set_ylabel("F-measure x100")
     ax.set_title("SAMSum: ROUGE by setting")
     ax.legend(loc="upper left")

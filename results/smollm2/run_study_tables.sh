@@ -10,10 +10,10 @@
 #            non-empty test row (7,317 of 7,532);
 #   Table 2: SAMSum, all 14,731 non-empty training rows, 1 epoch, the 4 variants, greedy generation on all 819
 #            test rows; zero-shot and 3-shot baselines on the same rows.
-# Table 1's two largest fractions (TABLE1_FAST_FRACTIONS, default "1.0 0.5": 6,885 and 3,442 optimizer steps a
+# Table 1's two largest fractions (TABLE1_FAST_FRACTIONS, default "1.0 0.5": 6,885 and 3,445 optimizer steps a
 # run, about an hour and half an hour eager at the ~0.5 s a step of a shared H200) train with FAST_ARGS: whole
 # examples padded to max_length, so that compiled layers replay as CUDA graphs (0.14 s a step). The quality benchmark
-# measures exactly these flags against the eager default: +0.06 +- 0.06 ROUGE-1 over 3 seeds (results/quality).
+# measures exactly these flags against the eager default: +0.06 +- 0.06 ROUGE-1 over 3 seeds (SAMSum; results/quality).
 # Their runs go to their own sweep folder, table1-fast; the other fractions (TABLE1_FRACTIONS) train eagerly.
 # The sweeps share the one GPU at once (TABLE1_SLOTS + TABLE1_FAST_SLOTS + TABLE2_SLOTS + 1, + 1 with TABLE3_MODELS),
 # each resumable: run the same command again to go on (finished runs are skipped, unfinished ones resume from their
@@ -21,6 +21,11 @@
 set -uo pipefail
 : "${GGUF:?path of SmolLM2-135M-Instruct.Q4_1.gguf}" "${DATA:?data root holding samsum/ and newsgroups/}"
 OUT_ROOT=${OUT_ROOT:-runs/study-tables}
+fast_fractions=${TABLE1_FAST_FRACTIONS-1.0 0.5} eager_fractions=${TABLE1_FRACTIONS-0.25 0.1 0.05 0.025}
+for fraction in $fast_fractions; do  # a fraction in both would train twice and fill its cells from either
+  case " $eager_fractions " in *" $fraction "*)
+    echo "error: TABLE1_FAST_FRACTIONS: $fraction is also in TABLE1_FRACTIONS" >&2; exit 2;; esac
+done
 export MODEL=$GGUF DATA_DIR=$DATA GPUS=${GPU:-0}
 for model in "$GGUF" ${TABLE3_MODELS:-}; do
   python -c "import sys; from zephyr.modeling import resolve_model_path; print(resolve_model_path(sys.argv[1]))" \
@@ -30,12 +35,12 @@ eval_args="--eval_batch_size 64"
 train_args="$eval_args ${EXTRA_ARGS:-}"  # EXTRA_ARGS: more flags for every fine-tune (the baselines train nothing)
 fast_args=${FAST_ARGS:---pad_to_max_length True --compile_layers true --cuda_graphs True --fused_nf4 True}
 table1_sweep() {  # <folder> <fractions> <slots> <flags>; nothing for no fractions (sample_ablate.sh would take all)
-  [ -n "$2" ] || return 0
+  [ -n "${2// /}" ] || return 0
   OUT_ROOT=$OUT_ROOT/$1 TASK=newsgroups FRACTIONS=$2 EPOCHS=5 RUNS_PER_GPU=$3 EXTRA_ARGS="$4" bash sample_ablate.sh
 }
-table1_sweep table1-fast "${TABLE1_FAST_FRACTIONS-1.0 0.5}" "${TABLE1_FAST_SLOTS:-8}" "$train_args $fast_args" &
+table1_sweep table1-fast "$fast_fractions" "${TABLE1_FAST_SLOTS:-8}" "$train_args $fast_args" &
 table1_fast=$!
-table1_sweep table1 "${TABLE1_FRACTIONS-0.25 0.1 0.05 0.025}" "${TABLE1_SLOTS:-6}" "$train_args" &
+table1_sweep table1 "$eager_fractions" "${TABLE1_SLOTS:-6}" "$train_args" &
 table1=$!
 OUT_ROOT=$OUT_ROOT/table2 TASK=samsum FRACTIONS=1.0 EPOCHS=1 \
   RUNS_PER_GPU=${TABLE2_SLOTS:-4} EXTRA_ARGS="$train_args" bash sample_ablate.sh &
