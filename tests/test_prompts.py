@@ -48,3 +48,20 @@ def test_zero_shot_prompt_without_chat_template_uses_plain_turns(tokenizer):
     text = builder.prompt_text("A: hi")
     assert text.startswith("You are a helpful assistant.")
     assert 'sentences.\n\n"""\nA: hi\n"""\n\nWrite only the summary, in your own words.' in text
+
+
+def test_a_generated_answer_ends_where_its_plain_turn_ends(tokenizer):
+    import copy
+
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    shots = [Example("s", "A: late again\nB: ok", "A will be late.")]
+    builder = PromptBuilder(get_task("samsum"), plain, "chat", shots=shots)
+    assert builder.prompt_text("A: hi").count("A will be late.\n\n") == 1  # the turn's end that the shot shows
+    # A pretrained model goes on with the next turn; only its first turn is its answer.
+    assert builder.answer_from('Eric will be late.\n\nSummarize the following dialogue') == "Eric will be late."
+    assert builder.answer_from("no turn end") == "no turn end" and builder.answer_from(None) is None
+    # With a chat template, or the original format, the stop token ends the answer: nothing is cut.
+    task = get_task("samsum")
+    for kept in (PromptBuilder(task, tokenizer, "chat"), PromptBuilder(task, plain, "original")):
+        assert kept.answer_from("one\n\ntwo") == "one\n\ntwo"

@@ -51,8 +51,9 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
                                      progress)
         predictions = [builder.labels[p] if p is not None else None for p in picks]
     else:
-        predictions, errors = greedy_generate(model, tokenizer, prompt_ids, max_new_tokens,
-                                              eval_args.eval_batch_size, eval_args.eval_batch_tokens, progress)
+        continuations, errors = greedy_generate(model, tokenizer, prompt_ids, max_new_tokens,
+                                                eval_args.eval_batch_size, eval_args.eval_batch_tokens, progress)
+        predictions = [builder.answer_from(text) for text in continuations]
     seconds = time.perf_counter() - start
     evaluated = phase_done("evaluating", start, f"{len(examples)} examples by {eval_args.eval_method}, "
                          f"{len(examples) / seconds if seconds else 0:.2f} examples/s")

@@ -55,6 +55,14 @@ class PromptBuilder:
             return self.task.original_prompt(text)
         return self._render(self._messages(text, self.shots if shots is None else shots), True)
 
+    def answer_from(self, continuation: str | None) -> str | None:
+        """The answer in a generated continuation. A plain conversation (chat format on a model without a chat
+        template) ends every answer turn with a blank line and no stop token, so a model not tuned to stop, like a
+        pretrained one in a few-shot prompt, goes on with the next turn; that is not part of its answer."""
+        if continuation is None or self.prompt_format != "chat" or self.tokenizer.chat_template:
+            return continuation
+        return continuation.split(prompts.PLAIN_TURN["assistant"].format(content=""), 1)[0].strip()
+
     def answer_text(self, prompt: str, text: str, target: str) -> str:
         """What follows the prompt in a full training sequence, up to the end of the answer (EOS excluded)."""
         if self.prompt_format == "original" or not self.tokenizer.chat_template:
