@@ -97,18 +97,27 @@ def _die_with_parent():
 
 
 class CsvLog:
-    """The sweep's CSV, rewritten atomically on every row so a kill never leaves half a line."""
+    """The sweep's CSV, rewritten atomically on every row so a kill never leaves half a line. Sweeps that share
+    it (two started on one output root) take turns by locking its folder, so that no row is lost."""
 
     def __init__(self, path: Path):
         self.path, self.lock = path, threading.Lock()
 
     def append(self, row: dict) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.lock:
-            rows = []
-            if self.path.is_file():
-                rows = list(csv.DictReader(self.path.open(encoding="utf-8")))
-            rows.append(row)
-            atomic_write_text(self.path, to_csv(rows, CSV_COLUMNS))
+            folder = os.open(self.path.parent, os.O_RDONLY)  # the CSV itself is replaced, its folder stays
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX)
+                rows = []
+                if self.path.is_file():
+                    rows = list(csv.DictReader(self.path.open(encoding="utf-8")))
+                rows.append(row)
+                atomic_write_text(self.path, to_csv(rows, CSV_COLUMNS))
+            finally:
+                os.close(folder)  # releases the lock
 
 
 def _last_line(path: Path) -> str:
