@@ -61,7 +61,34 @@ def test_a_generated_answer_ends_where_its_plain_turn_ends(tokenizer):
     # A pretrained model goes on with the next turn; only its first turn is its answer.
     assert builder.answer_from('Eric will be late.\n\nSummarize the following dialogue') == "Eric will be late."
     assert builder.answer_from("no turn end") == "no turn end" and builder.answer_from(None) is None
+    assert builder.answer_from("\n\nafter a leading blank line\n\nnext") == "after a leading blank line"
     # With a chat template, or the original format, the stop token ends the answer: nothing is cut.
     task = get_task("samsum")
     for kept in (PromptBuilder(task, tokenizer, "chat"), PromptBuilder(task, plain, "original")):
         assert kept.answer_from("one\n\ntwo") == "one\n\ntwo"
+
+
+def test_evaluation_writes_the_answer_not_the_next_turns(tokenizer, tmp_path, monkeypatch):
+    import copy
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from zephyr import evaluation
+    from zephyr.config import EvalArguments
+    from zephyr.tasks.base import LoadedSplit
+
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    model = torch.nn.Module()
+    model.config = SimpleNamespace(max_position_embeddings=512)
+    model.get_input_embeddings = lambda: torch.nn.Embedding(2, 2)  # the dtype that metrics.json records
+    monkeypatch.setattr(evaluation, "greedy_generate", lambda model, tok, prompts, *args: (
+        ["A will be late.\n\nSummarize the following dialogue"] * len(prompts), [None] * len(prompts)))
+    examples = [Example("1", "A: late again", "A is late.")]
+    task = get_task("samsum")
+    evaluation.evaluate(task, model, plain, PromptBuilder(task, plain, "chat"), LoadedSplit(examples, "inline"),
+                        examples, EvalArguments(merge_adapter=False), tmp_path)
+    [row] = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert row["prediction"] == "A will be late."

@@ -61,7 +61,7 @@ class PromptBuilder:
         pretrained one in a few-shot prompt, goes on with the next turn; that is not part of its answer."""
         if continuation is None or self.prompt_format != "chat" or self.tokenizer.chat_template:
             return continuation
-        return continuation.split(prompts.PLAIN_TURN["assistant"].format(content=""), 1)[0].strip()
+        return continuation.strip().split(prompts.PLAIN_TURN["assistant"].format(content=""), 1)[0].strip()
 
     def answer_text(self, prompt: str, text: str, target: str) -> str:
         """What follows the prompt in a full training sequence, up to the end of the answer (EOS excluded)."""

@@ -110,10 +110,15 @@ class CsvLog:
         with self.lock:
             folder = os.open(self.path.parent, os.O_RDONLY)  # the CSV itself is replaced, its folder stays
             try:
-                fcntl.flock(folder, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(folder, fcntl.LOCK_EX)
+                except OSError as err:  # e.g. NFS, where flock needs a file open for writing: one sweep still works
+                    print(f"warning: cannot lock {self.path.parent} ({err}): two sweeps writing {self.path.name} "
+                          "at once may lose rows", file=sys.stderr, flush=True)
                 rows = []
                 if self.path.is_file():
-                    rows = list(csv.DictReader(self.path.open(encoding="utf-8")))
+                    with self.path.open(encoding="utf-8") as existing:
+                        rows = list(csv.DictReader(existing))
                 rows.append(row)
                 atomic_write_text(self.path, to_csv(rows, CSV_COLUMNS))
             finally:
