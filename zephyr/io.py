@@ -20,6 +20,22 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() would give (0644 under the usual umask); mkstemp gives 0600
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, wait: bool = True):
+    """Exclusive lock held on a folder itself: the OS releases it even on kill -9, and no lock file is left
+    behind. With ``wait`` False, raises BlockingIOError at once if another process holds it."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

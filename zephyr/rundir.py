@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 from dataclasses import dataclass, fields
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
 from zephyr.errors import UsageError
-from zephyr.io import atomic_write_json, atomic_write_text, read_json
+from zephyr.io import atomic_write_json, atomic_write_text, folder_lock, read_json
 from zephyr.runinfo import device_info, git_commit, versions
 
 log = logging.getLogger(__name__)
@@ -55,20 +54,13 @@ _RESUMABLE_DIFFERENCES = {"overwrite", "do_eval", "logging_steps", "save_steps",
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
-    """Exclusive lock on a run, held on the run directory itself: the OS releases it even on kill -9, and no lock
-    file is left behind however the run ends."""
-    import fcntl
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handle = os.open(run_dir, os.O_RDONLY)
-    try:
+    """Exclusive lock on a run, held on the run directory itself (``folder_lock``)."""
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            stack.enter_context(folder_lock(run_dir, wait=False))
         except BlockingIOError:
             raise UsageError(f"{run_dir}: another process is writing this run") from None
         yield
-    finally:
-        os.close(handle)  # releases the lock
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

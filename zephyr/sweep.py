@@ -15,6 +15,7 @@ whose layers have the shapes of an earlier run's loads their compiled kernels in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import ctypes
 import os
@@ -29,7 +30,7 @@ from pathlib import Path
 from queue import Empty, Queue
 
 from zephyr.errors import UsageError
-from zephyr.io import atomic_write_text
+from zephyr.io import atomic_write_text, folder_lock
 from zephyr.progress import eta, format_duration
 from zephyr.results import ROW_COLUMNS, summarize_run, to_csv
 from zephyr.rundir import CONFIG, METRICS, SWEEP_LOG
@@ -104,25 +105,18 @@ class CsvLog:
         self.path, self.lock = path, threading.Lock()
 
     def append(self, row: dict) -> None:
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.lock:
-            folder = os.open(self.path.parent, os.O_RDONLY)  # the CSV itself is replaced, its folder stays
+        with self.lock, contextlib.ExitStack() as stack:
             try:
-                try:
-                    fcntl.flock(folder, fcntl.LOCK_EX)
-                except OSError as err:  # e.g. NFS, where flock needs a file open for writing: one sweep still works
-                    print(f"warning: cannot lock {self.path.parent} ({err}): two sweeps writing {self.path.name} "
-                          "at once may lose rows", file=sys.stderr, flush=True)
-                rows = []
-                if self.path.is_file():
-                    with self.path.open(encoding="utf-8") as existing:
-                        rows = list(csv.DictReader(existing))
-                rows.append(row)
-                atomic_write_text(self.path, to_csv(rows, CSV_COLUMNS))
-            finally:
-                os.close(folder)  # releases the lock
+                stack.enter_context(folder_lock(self.path.parent))  # the CSV itself is replaced, its folder stays
+            except OSError as err:  # e.g. NFS, where flock needs a file open for writing: one sweep still works
+                print(f"warning: cannot lock {self.path.parent} ({err}): two sweeps writing {self.path.name} "
+                      "at once may lose rows", file=sys.stderr, flush=True)
+            rows = []
+            if self.path.is_file():
+                with self.path.open(encoding="utf-8") as existing:
+                    rows = list(csv.DictReader(existing))
+            rows.append(row)
+            atomic_write_text(self.path, to_csv(rows, CSV_COLUMNS))
 
 
 def _last_line(path: Path) -> str:
