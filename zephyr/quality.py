@@ -278,7 +278,7 @@ def _gpu_of_runs(plan: Plan) -> str | None:
     return ", ".join(sorted(map(str, names))) or None
 
 
-def _pm(mean, stderr, digits=2) -> str:
+def plus_minus(mean, stderr, digits=2) -> str:
     if mean is None:
         return "—"
     return f"{mean:.{digits}f}" + (f" ± {stderr:.{digits}f}" if stderr is not None else "")
@@ -295,14 +295,14 @@ def to_markdown(summary: dict) -> str:
         if not lever["required"]:
             verdict += " (a different method)"
         lines.append(f"| {lever['name']} | {lever['task']} | {lever['metric']} | {len(lever['seeds'])} | "
-                     f"{_pm(**plain)} | {_pm(**fast)} | "
-                     f"{_pm(lever['mean_delta'], lever['stderr'])} | {verdict} |")
+                     f"{plus_minus(**plain)} | {plus_minus(**fast)} | "
+                     f"{plus_minus(lever['mean_delta'], lever['stderr'])} | {verdict} |")
     lines += ["", "| task | protocol | metric | optimizer steps | train s | eval s |", "|---|---|---|---|---|---|"]
     for protocol in summary["protocols"]:
         for label in ("packed_rows", "examples"):
             row = protocol[label]
             lines.append(f"| {protocol['task']} | {label.replace('_', ' ')} ({row['config']}) | "
-                         f"{_pm(row['mean'], row['stderr'])} | {_fmt_list(row['optimizer_steps'])} | "
+                         f"{plus_minus(row['mean'], row['stderr'])} | {_fmt_list(row['optimizer_steps'])} | "
                          f"{_fmt_list(row['train_s'])} | {_fmt_list(row['eval_s'])} |")
     return "\n".join(lines) + "\n"
 
