@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from zephyr import preflight
@@ -113,8 +114,9 @@ def run_baseline(data_args: DataArguments, model_args: ModelArguments, eval_args
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_args, model_path)
     phase_done("loading model", started, f"{model_path} ({model_args.quantization})")
+    data_args = replace(data_args, prompt_format="chat")  # what baselines prompt with (not a flag of theirs)
     write_config(out_dir / CONFIG, to_dict(data_args, model_args, eval_args), kind="baseline",
                  model_path=model_path, base_model=model_args.model_name_or_path,
                  data={"labels": plan.labels, "shot_ids": [s.id for s in plan.shots]})
-    builder = PromptBuilder(task, tokenizer, "chat", plan.labels, plan.shots)
+    builder = PromptBuilder(task, tokenizer, data_args.prompt_format, plan.labels, plan.shots)
     return out_dir, evaluate(task, model, tokenizer, builder, plan.test, plan.examples, eval_args, out_dir)

@@ -15,7 +15,8 @@ from zephyr.metrics import rouge_metrics
 
 
 def first_rows_rouge(run_dir: Path, rows: int) -> dict:
-    with gzip.open(run_dir / "predictions.jsonl.gz", "rt") as stored:
+    plain = run_dir / "predictions.jsonl"  # a fresh run; committed runs keep it gzipped
+    with (plain.open() if plain.is_file() else gzip.open(run_dir / "predictions.jsonl.gz", "rt")) as stored:
         predictions = [json.loads(line) for line in stored][:rows]
     return rouge_metrics([p["reference"] for p in predictions], [p["prediction"] for p in predictions])
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tables 1 and 2 of the study at the study's protocol, with SmolLM2-135M-Instruct (NOT Zephyr-7B), on ONE GPU:
+# The study's three tables at the study's protocol, with SmolLM2-135M-Instruct (NOT Zephyr-7B), on ONE GPU (GPUS=0):
 #   GGUF=../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf DATA=../shared/data \
 #     bash results/smollm2/run_study_tables.sh
 #   python scripts/make_tables.py --runs runs/study-tables --out results/smollm2/study --protocol "…"
@@ -22,11 +22,24 @@ set -uo pipefail
 : "${GGUF:?path of SmolLM2-135M-Instruct.Q4_1.gguf}" "${DATA:?data root holding samsum/ and newsgroups/}"
 OUT_ROOT=${OUT_ROOT:-runs/study-tables}
 fast_fractions=${TABLE1_FAST_FRACTIONS-1.0 0.5} eager_fractions=${TABLE1_FRACTIONS-0.25 0.1 0.05 0.025}
-for fraction in $fast_fractions; do  # a fraction in both would train twice and fill its cells from either
-  case " $eager_fractions " in *" $fraction "*)
-    echo "error: TABLE1_FAST_FRACTIONS: $fraction is also in TABLE1_FRACTIONS" >&2; exit 2;; esac
+[ -d "$DATA" ] || { echo "error: DATA: $DATA: directory not found" >&2; exit 2; }
+check_numbers() {  # <variable> <fraction>...: here, once, not by each of the sweeps that run at the same time
+  local variable=$1; shift
+  for fraction in "$@"; do
+    printf %g "$fraction" > /dev/null 2>&1 || { echo "error: $variable: $fraction is not a number" >&2; exit 2; }
+  done
+}
+check_numbers TABLE1_FAST_FRACTIONS $fast_fractions
+check_numbers TABLE1_FRACTIONS $eager_fractions
+as_number() { printf %g "$1"; }  # 1 and 1.0 are one fraction
+for fast in $fast_fractions; do  # a fraction in both would train twice and fill its cells from either
+  for eager in $eager_fractions; do
+    if [ "$(as_number "$fast")" = "$(as_number "$eager")" ]; then
+      echo "error: TABLE1_FAST_FRACTIONS: $fast is also in TABLE1_FRACTIONS ($eager)" >&2; exit 2
+    fi
+  done
 done
-export MODEL=$GGUF DATA_DIR=$DATA GPUS=${GPU:-0}
+export MODEL=$GGUF DATA_DIR=$DATA GPUS=${GPUS:-0}
 for model in "$GGUF" ${TABLE3_MODELS:-}; do
   python -c "import sys; from zephyr.modeling import resolve_model_path; print(resolve_model_path(sys.argv[1]))" \
     "$model" || exit 2  # converted once here, not by several runs at the same time
