@@ -69,6 +69,7 @@ def test_smollm2_gguf_summarizes_four_samsum_dialogues(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(rows) == 4 and all(r["prediction"] and r["error"] is None for r in rows), rows
     assert metrics["n_examples"] == 4 and 5 < metrics["rouge1"] <= 100 and metrics["rouge2"] >= 0
+    assert metrics["n_cut_at_turn_end"] == 0 and not any("continuation" in r for r in rows)  # a chat template stops
     arguments = json.loads((out / "config.json").read_text())["arguments"]
     assert arguments["DataArguments"]["prompt_format"] == "chat"  # what baselines prompt with
 

@@ -92,3 +92,5 @@ def test_evaluation_writes_the_answer_not_the_next_turns(tokenizer, tmp_path, mo
                         examples, EvalArguments(merge_adapter=False), tmp_path)
     [row] = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert row["prediction"] == "A will be late."
+    assert row["continuation"] == "A will be late.\n\nSummarize the following dialogue"  # what the rule cut
+    assert json.loads((tmp_path / "metrics.json").read_text())["n_cut_at_turn_end"] == 1

@@ -51,6 +51,7 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
                                      tokenizer.pad_token_id, eval_args.eval_batch_size, eval_args.eval_batch_tokens,
                                      progress)
         predictions = [builder.labels[p] if p is not None else None for p in picks]
+        continuations = predictions
     else:
         continuations, errors = greedy_generate(model, tokenizer, prompt_ids, max_new_tokens,
                                                 eval_args.eval_batch_size, eval_args.eval_batch_tokens, progress)
@@ -60,13 +61,17 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
                          f"{len(examples) / seconds if seconds else 0:.2f} examples/s")
     rows = [{"id": e.id, "reference": e.target, "prediction": p, "error": err, "prompt_tokens": len(enc.ids),
              "truncated": enc.truncated} for e, p, err, enc in zip(examples, predictions, errors, encoded)]
+    cut = [_was_cut(p, text) for p, text in zip(predictions, continuations)]
+    for row, was_cut, text in zip(rows, cut, continuations):
+        if was_cut:  # kept, so that what the answer rule removed can be read
+            row["continuation"] = text
     metrics = task.score([e.target for e in examples], predictions, builder.labels)
     metrics.update(
         n_empty=sum(not (p or "").strip() for p in predictions),
         # A label copied from the prompt's list of labels is an answer, not an echo: counted for free text only.
         n_echo=None if task.is_classification else sum(echoes_prompt(p, tokenizer.decode(enc.ids))
                                                        for p, enc in zip(predictions, encoded)),
-        n_truncated=sum(e.truncated for e in encoded), prompt_token_budget=budget,
+        n_cut_at_turn_end=sum(cut), n_truncated=sum(e.truncated for e in encoded), prompt_token_budget=budget,
         eval_method=eval_args.eval_method, max_new_tokens=max_new_tokens, eval_batch_size=eval_args.eval_batch_size,
         eval_batch_tokens=eval_args.eval_batch_tokens,
         merge_adapter=eval_args.merge_adapter,
@@ -81,6 +86,12 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     atomic_write_json(out_dir / METRICS, metrics)
     phase_done("writing results", evaluated, f"predictions.jsonl and metrics.json in {out_dir}")
     return metrics
+
+
+def _was_cut(prediction: str | None, continuation: str | None) -> bool:
+    """Whether ``PromptBuilder.answer_from`` ended the answer before the continuation did (a plain-conversation
+    model that went on with the next turn)."""
+    return len((prediction or "").strip()) < len((continuation or "").strip())
 
 
 def evaluate_run(data_args: DataArguments, eval_args: EvalArguments, task_name: str | None = None) -> dict:
