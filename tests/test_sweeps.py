@@ -204,8 +204,9 @@ def _fake_run(root: Path, name: str, kind: str, task: str, metrics: dict, **args
     (run / "metrics.json").write_text(json.dumps(metrics))
 
 
-def test_tables_from_fake_runs_show_missing_cells_as_missing(tmp_path):
+def test_tables_from_fake_runs_show_missing_cells_as_missing(tmp_path, caplog):
     root = tmp_path / "runs"
+    _fake_run(root / "a-check", "n1", "finetune", "newsgroups", {"accuracy": 49.0}, fraction=0.1, rows=1101)
     _fake_run(root, "n1", "finetune", "newsgroups", {"accuracy": 50.0}, fraction=0.1, rows=1101)
     _fake_run(root, "n2", "finetune", "newsgroups", {"accuracy": 55.5}, fraction=0.1, rows=1101, neftune=True)
     _fake_run(root, "n3", "finetune", "newsgroups", {"accuracy": 0.0}, fraction=1.0, rows=11014, all_modules=True)
@@ -218,6 +219,7 @@ def test_tables_from_fake_runs_show_missing_cells_as_missing(tmp_path):
     assert [r["train_rows"] for r in table1] == ["", "", "1101", "", "", "11014"]
     assert (table1[2]["base"], table1[2]["NEFTune"], table1[2]["all-module"]) == ("50.0", "55.5", "")
     assert table1[5]["all-module"] == "0.0"  # a real zero stays a zero
+    assert f"2 runs fill one cell ({root}/a-check/n1, {root}/n1); the table shows the last" in caplog.text
     assert table1[0]["base"] == ""
     markdown = written["markdown"].read_text()
     assert "| 0.1 | 1101 | 50.00 | 55.50 | — | — |" in markdown and "| 1 | 11014 | — | — | 0.00 | — |" in markdown

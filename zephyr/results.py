@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 
 from zephyr import reference, rundir
@@ -22,6 +23,7 @@ ROW_COLUMNS = ["run", "kind", "task", "model", "variant", "train_fraction", "tra
                "epochs", "lora_targets", "lora_lm_head", "neftune_alpha", "num_shots", "tokens_per_s",
                "peak_gpu_memory_gib", *METRIC_COLUMNS]
 MISSING = "—"
+log = logging.getLogger(__name__)
 
 
 def summarize_run(run_dir: str | Path) -> dict | None:
@@ -86,7 +88,11 @@ def to_markdown(rows: list[dict], columns: list[str]) -> str:
 
 
 def _latest(rows: list[dict]) -> dict:
-    """One row per cell: if several runs fill a cell, the last one listed (sorted by path) wins."""
+    """One row per cell: if several runs fill a cell, the last one listed (sorted by path) wins, and a warning says
+    so (runs of one cell made two ways, e.g. a fast-path check beside the table's own runs, would mix silently)."""
+    if len(rows) > 1:
+        paths = [r.get("path") or r["run"] for r in rows]
+        log.warning("%d runs fill one cell (%s); the table shows the last", len(rows), ", ".join(paths))
     return rows[-1] if rows else {}
 
 
