@@ -70,3 +70,38 @@ def test_more_seeds_train_only_the_configurations_of_their_lever(tmp_path):
     assert not {name for name in trained if name.endswith(("seed4", "seed5"))} - {
         f"{config}_seed{seed}" for config in (nf4.fast.config, nf4.plain.config) for seed in (4, 5)}
     assert Plan("model.gguf", "data", tmp_path, seeds=[1, 2, 3, 4, 5, 6])._seeds(nf4) == [1, 2, 3, 4, 5, 6]
+
+
+def _load_script(path: str):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location(path.replace("/", "_").removesuffix(".py"), REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fast_check_pairs_each_seed_with_its_eager_twin(tmp_path):
+    fast_check = _load_script("results/smollm2/study/fast_check.py")
+    run = fast_check.RUN.format(variant="all")
+
+    def finished(folder, accuracy):
+        (tmp_path / folder / run).mkdir(parents=True)
+        (tmp_path / folder / run / "metrics.json").write_text(json.dumps({"accuracy": accuracy}))
+
+    finished("runs/table1", 64.0)  # seed 42's eager run is Table 1's own
+    finished("fast-check/seed42-fast", 65.0)
+    assert fast_check.pairs(tmp_path, "all") == {42: (64.0, 65.0)}
+    one_seed = "| all-module | 42 | 64.00 (64.00) | 65.00 (65.00) | 1.00 | — (one seed) |"
+    assert one_seed in fast_check.to_markdown(tmp_path)
+    for seed, eager, fast in ((1, 64.5, 64.7), (2, 63.5, 63.3)):
+        finished(f"fast-check/seed{seed}-eager", eager)
+        finished(f"fast-check/seed{seed}-fast", fast)
+    (tmp_path / "fast-check" / "seedX-fast").mkdir()  # not a seed folder: ignored
+    assert sorted(fast_check.pairs(tmp_path, "all")) == [1, 2, 42]
+    row = next(line for line in fast_check.to_markdown(tmp_path).splitlines() if line.startswith("| all-module"))
+    # deltas 0.2, -0.2, 1.0: mean 0.33 ± 0.35, within two standard errors
+    assert row.endswith("| 0.33 ± 0.35 | yes |"), row
+    assert fast_check.pairs(tmp_path, "base") == {}  # a variant without runs gets no row
