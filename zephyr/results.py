@@ -88,12 +88,20 @@ def to_markdown(rows: list[dict], columns: list[str]) -> str:
 
 
 def _latest(rows: list[dict]) -> dict:
-    """One row per cell: if several runs fill a cell, the last one listed (sorted by path) wins, and a warning says
-    so (runs of one cell made two ways, e.g. a fast-path check beside the table's own runs, would mix silently)."""
-    if len(rows) > 1:
-        paths = [r.get("path") or r["run"] for r in rows]
-        log.warning("%d runs fill one cell (%s); the table shows the last", len(rows), ", ".join(paths))
+    """One row per cell: if several runs fill a cell, the last one listed (sorted by path) wins."""
     return rows[-1] if rows else {}
+
+
+def _warn_shared_cells(rows: list[dict]) -> None:
+    """Once per cell that several runs fill (runs of one cell made two ways, e.g. a fast-path check beside the
+    table's own runs, would otherwise mix silently)."""
+    cells: dict[tuple, list[str]] = {}
+    for r in rows:
+        cell = (r["task"], r["model"], r["variant"], r["train_fraction"])
+        cells.setdefault(cell, []).append(r.get("path") or r["run"])
+    for paths in cells.values():
+        if len(paths) > 1:
+            log.warning("%d runs fill one cell (%s); the table shows the last", len(paths), ", ".join(paths))
 
 
 # The study's training fractions: Table 1 always lists them, with missing runs shown as missing.
@@ -280,6 +288,7 @@ def write_tables(rows: list[dict], out_dir: str | Path, protocol: str = "") -> d
     """Write tables 1-3 (Markdown + CSV), runs.csv, and the plots into ``out_dir``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _warn_shared_cells(rows)
     tables = {"table1_newsgroups_accuracy": table1(rows), "table2_samsum_rouge": table2(rows),
               "table3_samsum_rouge_by_model": table3(rows)}
     written, markdown = {}, [f"# Result tables\n\n{protocol}\n" if protocol else "# Result tables\n"]
