@@ -94,7 +94,7 @@ def test_fast_check_pairs_each_seed_with_its_eager_twin(tmp_path):
     finished("runs/table1", 64.0)  # seed 42's eager run is Table 1's own
     finished("fast-check/seed42-fast", 65.0)
     assert fast_check.pairs(tmp_path, "all") == {42: (64.0, 65.0)}
-    one_seed = "| all-module | 42 | 64.00 (64.00) | 65.00 (65.00) | 1.00 | — (one seed) |"
+    one_seed = "| all-module, FAST_ARGS | 42 | 64.00 (64.00) | 65.00 (65.00) | 1.00 | — (one seed) |"
     assert one_seed in fast_check.to_markdown(tmp_path)
     for seed, eager, fast in ((1, 64.5, 64.7), (2, 63.5, 63.3)):
         finished(f"fast-check/seed{seed}-eager", eager)
@@ -105,3 +105,9 @@ def test_fast_check_pairs_each_seed_with_its_eager_twin(tmp_path):
     # deltas 0.2, -0.2, 1.0: mean 0.33 ± 0.35, within two standard errors
     assert row.endswith("| 0.33 ± 0.35 | yes |"), row
     assert fast_check.pairs(tmp_path, "base") == {}  # a variant without runs gets no row
+    assert "padding alone" not in fast_check.to_markdown(tmp_path)
+    for seed, padded in ((1, 65.5), (2, 64.5)):  # the bisect's half of FAST_ARGS, against the same eager runs
+        finished(f"fast-check/padded-seed{seed}", padded)
+    assert fast_check.pairs(tmp_path, "all", "padded") == {1: (64.5, 65.5), 2: (63.5, 64.5)}
+    rows = fast_check.to_markdown(tmp_path).splitlines()
+    assert rows[-1] == "| all-module, padding alone | 1, 2 | 64.00 ± 0.50 (64.50, 63.50) | 65.00 ± 0.50 (65.50, 64.50) | 1.00 ± 0.00 | **no** |", rows[-1]

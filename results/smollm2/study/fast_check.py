@@ -2,7 +2,9 @@
 
 The tables' 50 % and 100 % runs train with FAST_ARGS (run_study_tables.sh); this compares the same flags against
 eager training at 25 %, where both fit a lease. Seed 42's eager run is Table 1's own (runs/table1); every other
-run is in fast-check/seed<N>-{eager,fast}/. The statistics are the quality benchmark's (zephyr.quality).
+run is in fast-check/seed<N>-{eager,fast}/. Runs in fast-check/padded-seed<N>/ pad the examples with eager layers
+(--pad_to_max_length True --compile_layers false): half of FAST_ARGS, to tell which half moves the accuracy; they
+get rows of their own against the same eager runs. The statistics are the quality benchmark's (zephyr.quality).
 
     python results/smollm2/study/fast_check.py results/smollm2/study
 """
@@ -16,6 +18,8 @@ from zephyr.quality import mean_and_stderr, paired_delta, plus_minus
 
 RUN = "newsgroups_SmolLM2-135M-Instruct.Q4_1_frac0.25_{variant}"
 VARIANTS = {"base": "base (q,v)", "all": "all-module"}
+# the other side of each comparison: its folder pattern, and its name in the table
+SIDES = {"fast": (r"seed(\d+)-fast", "FAST_ARGS"), "padded": (r"padded-seed(\d+)", "padding alone")}
 
 
 def accuracy(run_dir: Path) -> float | None:
@@ -23,36 +27,40 @@ def accuracy(run_dir: Path) -> float | None:
     return read_json(metrics)["accuracy"] if metrics.is_file() else None
 
 
-def pairs(study: Path, variant: str) -> dict[int, tuple[float, float]]:
-    """seed -> (eager accuracy, fast accuracy), for the seeds where both runs finished."""
+def pairs(study: Path, variant: str, side: str = "fast") -> dict[int, tuple[float, float]]:
+    """seed -> (eager accuracy, the side's accuracy), for the seeds where both runs finished."""
     found = {}
-    for fast_dir in sorted((study / "fast-check").glob("seed*-fast")):
-        match = re.fullmatch(r"seed(\d+)-fast", fast_dir.name)
+    pattern = SIDES[side][0]
+    for side_dir in sorted((study / "fast-check").glob("*")):
+        match = re.fullmatch(pattern, side_dir.name)
         if not match:
             continue
         seed = int(match[1])
         eager_root = study / "runs" / "table1" if seed == 42 else study / "fast-check" / f"seed{seed}-eager"
         run = RUN.format(variant=variant)
-        eager, fast = accuracy(eager_root / run), accuracy(fast_dir / run)
-        if eager is not None and fast is not None:
-            found[seed] = (eager, fast)
+        eager, other = accuracy(eager_root / run), accuracy(side_dir / run)
+        if eager is not None and other is not None:
+            found[seed] = (eager, other)
     return found
 
 
 def to_markdown(study: Path) -> str:
-    lines = ["| LoRA | seeds | eager | fast | Δ fast − eager | within noise |", "|---|---|---|---|---|---|"]
-    for variant, label in VARIANTS.items():
-        found = pairs(study, variant)
-        if not found:
-            continue
-        eager, fast = [found[s][0] for s in found], [found[s][1] for s in found]
-        delta = paired_delta(fast, eager)
-        cells = [plus_minus(**mean_and_stderr(values)) + f" ({', '.join(f'{v:.2f}' for v in values)})"
-                 for values in (eager, fast)]
-        lines.append(f"| {label} | {', '.join(map(str, found))} | {cells[0]} | {cells[1]} | "
-                     f"{plus_minus(delta['mean_delta'], delta['stderr'])} | "
-                     f"{verdict(delta, len(found))} |")
+    lines = ["| LoRA, path | seeds | eager | path | Δ path − eager | within noise |", "|---|---|---|---|---|---|"]
+    for side, (_, path) in SIDES.items():
+        for variant, label in VARIANTS.items():
+            lines += _row(pairs(study, variant, side), f"{label}, {path}")
     return "\n".join(lines)
+
+
+def _row(found: dict[int, tuple[float, float]], label: str) -> list[str]:
+    if not found:
+        return []
+    eager, other = [found[s][0] for s in found], [found[s][1] for s in found]
+    delta = paired_delta(other, eager)
+    cells = [plus_minus(**mean_and_stderr(values)) + f" ({', '.join(f'{v:.2f}' for v in values)})"
+             for values in (eager, other)]
+    return [f"| {label} | {', '.join(map(str, found))} | {cells[0]} | {cells[1]} | "
+            f"{plus_minus(delta['mean_delta'], delta['stderr'])} | {verdict(delta, len(found))} |"]
 
 
 def verdict(delta: dict, seeds: int) -> str:
