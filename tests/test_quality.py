@@ -111,3 +111,23 @@ def test_fast_check_pairs_each_seed_with_its_eager_twin(tmp_path):
     assert fast_check.pairs(tmp_path, "all", "padded") == {1: (64.5, 65.5), 2: (63.5, 64.5)}
     rows = fast_check.to_markdown(tmp_path).splitlines()
     assert rows[-1] == "| all-module, padding alone | 1, 2 | 64.00 ± 0.50 (64.50, 63.50) | 65.00 ± 0.50 (65.50, 64.50) | 1.00 ± 0.00 | **no** |", rows[-1]
+
+
+def test_dropout_masks_of_compiled_layers_are_measured_against_independence():
+    """The dropout probe compiles its layers with the suite's settings and reads masks that, on the CPU, keep
+    1 - p and are independent between neighbouring channels, aligned groups and steps, like eager ones."""
+    from torch._dynamo.utils import counters
+
+    dropout_masks = _load_script("results/smollm2/study/dropout_masks.py")
+    counters.clear()
+    results = dropout_masks.measure("cpu", batch=2, tokens=64, heads=4, head_dim=16, steps=3)
+    assert counters["stats"]["unique_graphs"] >= 2  # each probe's layer ran compiled
+    independent = {"kept": 0.9, "neighbours alike": 0.82, "groups of 4 alike": 0.9**4 + 0.1**4,
+                   "alike at the next step": 0.82}
+    for probe in ("o_proj input (transposed)", "hidden states"):
+        for side in ("eager", "compiled"):
+            for name, expected in independent.items():
+                assert abs(results[probe][side][name] - expected) < 0.03, (probe, side, name, results[probe][side])
+    table = dropout_masks.to_markdown(results).splitlines()
+    assert table[0] == "| dropout input | layers | kept | neighbours alike | groups of 4 alike | alike at the next step |"
+    assert len(table) == 6
