@@ -4,7 +4,8 @@ Table 1's fast path scored 0.64 ± 0.25 points above eager with all-module LoRA 
 five epochs into overfitting and LoRA dropout is the one regularizer. Compiled layers draw dropout's random numbers
 from inductor's own generator, not from eager's; a mask that kept more than 1 - p, repeated itself from step to
 step (CUDA graph replays) or tied neighbouring channels together would regularize differently. PEFT applies
-dropout to each adapted linear's input in float32; o_proj's input is attention's output transposed back to
+dropout to each adapted linear's input in the adapter's dtype, bf16 (TRL casts a quantized model's LoRA weights to
+bf16); o_proj's input is attention's output transposed back to
 (batch, tokens, heads x head_dim), the layout of a known inductor bug that gave groups of channels one mask
 (pytorch/pytorch#198333). This compiles probe layers with ``compile_decoder_layers`` (the suite's settings: CUDA
 graphs on a GPU, bf16 rounding as eager) and reads their masks over several training steps, forward and backward.
@@ -31,19 +32,19 @@ P = 0.1
 
 class TransposedInputDecoderLayer(torch.nn.Module):
     """Dropout on o_proj's LoRA input: attention's (batch, heads, tokens, head_dim) output made contiguous as
-    (batch, tokens, heads x head_dim), cast to float32 as PEFT casts it for a float32 adapter."""
+    (batch, tokens, heads x head_dim)."""
 
     def forward(self, attention):
         batch, heads, tokens, head_dim = attention.shape
         hidden = attention.transpose(1, 2).contiguous().reshape(batch, tokens, heads * head_dim)
-        return F.dropout(hidden.float(), P, self.training)
+        return F.dropout(hidden, P, self.training)
 
 
 class HiddenInputDecoderLayer(torch.nn.Module):
     """Dropout on the other projections' LoRA input: the (batch, tokens, hidden) states themselves."""
 
     def forward(self, hidden):
-        return F.dropout(hidden.float(), P, self.training)
+        return F.dropout(hidden, P, self.training)
 
 
 def masks(layer: torch.nn.Module, shape: tuple[int, ...], steps: int, device: str) -> list[torch.Tensor]:
