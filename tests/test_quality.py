@@ -131,3 +131,22 @@ def test_dropout_masks_of_compiled_layers_are_measured_against_independence():
     table = dropout_masks.to_markdown(results).splitlines()
     assert table[0] == "| dropout input | layers | kept | neighbours alike | groups of 4 alike | alike at the next step |"
     assert len(table) == 6
+
+
+@pytest.mark.parametrize("script, argv, culprit", [
+    ("results/smollm2/study/fast_check.py", ["{tmp}"], "{tmp}: no fast-check/ folder"),
+    ("results/smollm2/study/fast_check.py", ["{tmp}", "extra"], "unknown argument(s): extra"),
+    ("results/smollm2/study/dropout_masks.py", ["--steps", "1"], "--steps: 1: must be at least 2"),
+    ("results/smollm2/study/dropout_masks.py", ["--device", "gpu"], "argument --device: invalid choice"),
+    ("results/smollm2/study/dropout_masks.py", ["--tokns", "8"], "unrecognized arguments: --tokns"),
+    ("results/quality/first_rows.py", ["x", "{tmp}"], "ROWS: x: must be a whole number"),
+    ("results/quality/first_rows.py", ["200", "{tmp}"], "{tmp}: no predictions.jsonl"),
+])
+def test_result_scripts_refuse_bad_input_in_one_line(script, argv, culprit, tmp_path, capsys):
+    module = _load_script(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main([arg.format(tmp=tmp_path) for arg in argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert culprit.format(tmp=tmp_path) in err
+    assert list(tmp_path.iterdir()) == []  # nothing written

@@ -7,9 +7,10 @@ The quality benchmark evaluates on all 819 rows; this reads the same predictions
 
 import gzip
 import json
-import sys
 from pathlib import Path
 
+from zephyr.cli import entry_point
+from zephyr.errors import UsageError
 from zephyr.io import read_json
 from zephyr.metrics import rouge_metrics
 
@@ -21,9 +22,22 @@ def first_rows_rouge(run_dir: Path, rows: int) -> dict:
     return rouge_metrics([p["reference"] for p in predictions], [p["prediction"] for p in predictions])
 
 
-if __name__ == "__main__":
-    rows = int(sys.argv[1])
+@entry_point
+def main(argv: list[str]) -> None:
+    if len(argv) < 2:
+        raise UsageError("ROWS and at least one RUN_DIR are needed: first_rows.py ROWS RUN_DIR [RUN_DIR ...]")
+    if not argv[0].isdigit() or int(argv[0]) < 1:
+        raise UsageError(f"ROWS: {argv[0]}: must be a whole number of rows, at least 1")
+    runs = list(map(Path, argv[1:]))
+    for run in runs:
+        if not any((run / name).is_file() for name in ("predictions.jsonl", "predictions.jsonl.gz")):
+            raise UsageError(f"{run}: no predictions.jsonl or predictions.jsonl.gz in it")
+    rows = int(argv[0])
     print("| run | commit | ROUGE-1 | ROUGE-2 | ROUGE-L |\n|---|---|---|---|---|")
-    for run in map(Path, sys.argv[2:]):
+    for run in runs:
         scores, commit = first_rows_rouge(run, rows), read_json(run / "config.json").get("git_commit", "?")[:7]
         print(f"| {run.name} | `{commit}` | {scores['rouge1']:.2f} | {scores['rouge2']:.2f} | {scores['rougeL']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -25,6 +25,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from zephyr.cli import entry_point
+from zephyr.errors import UsageError
 from zephyr.speed.compile import compile_decoder_layers
 
 P = 0.1
@@ -99,9 +101,15 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+@entry_point
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+
+    def one_line_error(message):
+        raise UsageError(message)
+
+    parser.error = one_line_error
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     # SmolLM2-135M's attention (9 heads of 64) on Table 1's batches (8 examples of up to 512 tokens)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=512)
@@ -109,6 +117,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head_dim", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device: cuda: no GPU is visible")
+    for flag in ("batch", "tokens", "heads", "head_dim"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag}: {getattr(args, flag)}: must be at least 1")
+    if args.steps < 2:  # "alike at the next step" compares consecutive steps
+        raise UsageError(f"--steps: {args.steps}: must be at least 2")
     torch.manual_seed(0)
     print(to_markdown(measure(args.device, args.batch, args.tokens, args.heads, args.head_dim, args.steps)))
 

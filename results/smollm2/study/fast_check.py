@@ -10,9 +10,10 @@ get rows of their own against the same eager runs. The statistics are the qualit
 """
 
 import re
-import sys
 from pathlib import Path
 
+from zephyr.cli import entry_point
+from zephyr.errors import UsageError
 from zephyr.io import read_json
 from zephyr.quality import mean_and_stderr, paired_delta, plus_minus
 
@@ -71,5 +72,15 @@ def verdict(delta: dict, seeds: int) -> str:
     return "yes" if delta["within_noise"] else "**no**"
 
 
+@entry_point
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise UsageError(f"unknown argument(s): {' '.join(argv[1:])} (give one folder, the study's results)")
+    study = Path(argv[0] if argv else "results/smollm2/study")
+    if not (study / "fast-check").is_dir():
+        raise UsageError(f"{study}: no fast-check/ folder in it (give the study's results, e.g. results/smollm2/study)")
+    print(to_markdown(study))
+
+
 if __name__ == "__main__":
-    print(to_markdown(Path(sys.argv[1] if len(sys.argv) > 1 else "results/smollm2/study")))
+    main()
