@@ -91,8 +91,9 @@ def test_dry_run_of_the_lora_grid_and_baselines(tmp_path):
 
 def test_study_tables_command_trains_table1_fast_fractions_on_the_fast_path(tmp_path, tiny_model_dir):
     data = write_synthetic_data(tmp_path / "data", seed=0, train_rows=160, test_rows=8)
+    # the fast path only where asked; every other fraction of the study's six trains eagerly
     env = {"DRY_RUN": "1", "GGUF": str(tiny_model_dir), "DATA": str(data), "OUT_ROOT": str(tmp_path / "out"),
-           "TABLE1_FRACTIONS": "0.25", "TABLE1_FAST_FRACTIONS": "1.0", "GPUS": "3"}
+           "TABLE1_FAST_FRACTIONS": "1", "GPUS": "3"}
     result = sweep_script("results/smollm2/run_study_tables.sh", env)
     commands = [line for line in result.stdout.splitlines() if line.startswith("CUDA_VISIBLE_DEVICES=")]
     assert result.returncode == 0, result.stderr
@@ -102,14 +103,15 @@ def test_study_tables_command_trains_table1_fast_fractions_on_the_fast_path(tmp_
         return [line for line in commands if re.search(rf"{tmp_path}/out/{folder}[ /]", line)]
 
     fast, eager = sweep("table1-fast"), sweep("table1")
-    assert len(fast) == len(eager) == 4 and len(sweep("table2")) == 4 and len(sweep("baselines")) == 2
-    assert all("--train_fraction 1.0 " in line and "--pad_to_max_length True --compile_layers true" in line
+    assert len(fast) == 4 and len(eager) == 5 * 4 and len(sweep("table2")) == 4 and len(sweep("baselines")) == 2
+    assert all("--train_fraction 1 " in line and "--pad_to_max_length True --compile_layers true" in line
                for line in fast)
-    assert all("--train_fraction 0.25 " in line and "--pad_to_max_length" not in line for line in eager)
+    assert {re.search(r"--train_fraction (\S+) ", line)[1] for line in eager} == {"0.5", "0.25", "0.1", "0.05", "0.025"}
+    assert all("--pad_to_max_length" not in line for line in eager)
     assert all("--num_train_epochs 5 " in line for line in fast + eager)
     assert not (tmp_path / "out").exists(), "a dry run writes nothing"
-    both = sweep_script("results/smollm2/run_study_tables.sh", {**env, "TABLE1_FRACTIONS": "1 0.25"})
-    assert both.returncode == 2 and both.stderr == "error: TABLE1_FAST_FRACTIONS: 1.0 is also in TABLE1_FRACTIONS (1)\n"
+    both = sweep_script("results/smollm2/run_study_tables.sh", {**env, "TABLE1_FRACTIONS": "0.25 1.0"})
+    assert both.returncode == 2 and both.stderr == "error: TABLE1_FRACTIONS: 1.0 is also in TABLE1_FAST_FRACTIONS\n"
 
 
 def test_complete_runs_are_skipped(tmp_path):
