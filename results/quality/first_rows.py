@@ -15,9 +15,15 @@ from zephyr.io import read_json
 from zephyr.metrics import rouge_metrics
 
 
+def predictions_file(run_dir: Path) -> Path | None:
+    """A fresh run's predictions.jsonl, or the gzipped copy that committed runs keep; None if neither."""
+    return next((path for path in (run_dir / "predictions.jsonl", run_dir / "predictions.jsonl.gz")
+                 if path.is_file()), None)
+
+
 def first_rows_rouge(run_dir: Path, rows: int) -> dict:
-    plain = run_dir / "predictions.jsonl"  # a fresh run; committed runs keep it gzipped
-    with (plain.open() if plain.is_file() else gzip.open(run_dir / "predictions.jsonl.gz", "rt")) as stored:
+    path = predictions_file(run_dir)
+    with (gzip.open(path, "rt") if path.suffix == ".gz" else path.open()) as stored:
         predictions = [json.loads(line) for line in stored][:rows]
     return rouge_metrics([p["reference"] for p in predictions], [p["prediction"] for p in predictions])
 
@@ -30,7 +36,7 @@ def main(argv: list[str]) -> None:
         raise UsageError(f"ROWS: {argv[0]}: must be a whole number of rows, at least 1")
     runs = list(map(Path, argv[1:]))
     for run in runs:
-        if not any((run / name).is_file() for name in ("predictions.jsonl", "predictions.jsonl.gz")):
+        if predictions_file(run) is None:
             raise UsageError(f"{run}: no predictions.jsonl or predictions.jsonl.gz in it")
     rows = int(argv[0])
     print("| run | commit | ROUGE-1 | ROUGE-2 | ROUGE-L |\n|---|---|---|---|---|")

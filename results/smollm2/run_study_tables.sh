@@ -34,8 +34,9 @@ check_numbers() {  # <variable> <fraction>...: here, once, not by each of the sw
   done
 }
 check_numbers TABLE1_FAST_FRACTIONS $fast_fractions
-as_number() { printf %g "$1"; }  # 1 and 1.0 are one fraction
-is_fast() { local fast; for fast in $fast_fractions; do [ "$(as_number "$fast")" = "$(as_number "$1")" ] && return 0; done; return 1; }
+is_fast() {  # compared as numbers: 1 and 1.0 are one fraction
+  local fast; for fast in $fast_fractions; do [ "$(printf %g "$fast")" = "$(printf %g "$1")" ] && return 0; done; return 1
+}
 if [ -n "${TABLE1_FRACTIONS+set}" ]; then
   eager_fractions=$TABLE1_FRACTIONS
   check_numbers TABLE1_FRACTIONS $eager_fractions
