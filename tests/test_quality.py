@@ -85,16 +85,16 @@ def _load_script(path: str):
 
 def test_fast_check_pairs_each_seed_with_its_eager_twin(tmp_path):
     fast_check = _load_script("results/smollm2/study/fast_check.py")
-    run = fast_check.RUN.format(variant="all")
 
-    def finished(folder, accuracy):
-        (tmp_path / folder / run).mkdir(parents=True)
-        (tmp_path / folder / run / "metrics.json").write_text(json.dumps({"accuracy": accuracy}))
+    def finished(folder, accuracy, fraction="0.25", variant="all"):
+        run = tmp_path / folder / fast_check.RUN.format(fraction=fraction, variant=variant)
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"accuracy": accuracy}))
 
     finished("runs/table1", 64.0)  # seed 42's eager run is Table 1's own
     finished("fast-check/seed42-fast", 65.0)
     assert fast_check.pairs(tmp_path, "all") == {42: (64.0, 65.0)}
-    one_seed = "| all-module, FAST_ARGS | 42 | 64.00 (64.00) | 65.00 (65.00) | 1.00 | — (one seed) |"
+    one_seed = "| all-module, 25 %, FAST_ARGS | 42 | 64.00 (64.00) | 65.00 (65.00) | 1.00 | — (one seed) |"
     assert one_seed in fast_check.to_markdown(tmp_path)
     for seed, eager, fast in ((1, 64.5, 64.7), (2, 63.5, 63.3)):
         finished(f"fast-check/seed{seed}-eager", eager)
@@ -110,7 +110,16 @@ def test_fast_check_pairs_each_seed_with_its_eager_twin(tmp_path):
         finished(f"fast-check/padded-seed{seed}", padded)
     assert fast_check.pairs(tmp_path, "all", "padded") == {1: (64.5, 65.5), 2: (63.5, 64.5)}
     rows = fast_check.to_markdown(tmp_path).splitlines()
-    assert rows[-1] == "| all-module, padding alone | 1, 2 | 64.00 ± 0.50 (64.50, 63.50) | 65.00 ± 0.50 (65.50, 64.50) | 1.00 ± 0.00 | **no** |", rows[-1]
+    assert rows[-1] == "| all-module, 25 %, padding alone | 1, 2 | 64.00 ± 0.50 (64.50, 63.50) | 65.00 ± 0.50 (65.50, 64.50) | 1.00 ± 0.00 | **no** |", rows[-1]
+    finished("fast-check/seed1-eager-repeat", 64.9)  # the null: seed 1's eager run again, not a fast run
+    assert fast_check.pairs(tmp_path, "all", "repeat") == {1: (64.5, 64.9)}
+    assert sorted(fast_check.pairs(tmp_path, "all")) == [1, 2, 42]
+    finished("runs/table1", 67.0, fraction="0.5", variant="neftune_all")  # another fraction's Table 1 cell
+    finished("fast-check/seed42-fast", 66.5, fraction="0.5", variant="neftune_all")
+    assert fast_check.pairs(tmp_path, "neftune_all", fraction="0.5") == {42: (67.0, 66.5)}
+    rows = fast_check.to_markdown(tmp_path).splitlines()
+    assert rows[-2:] == ["| all-module, 25 %, eager again | 1 | 64.50 (64.50) | 64.90 (64.90) | 0.40 | — (one seed) |",
+                         "| NEFTune + all-module, 50 %, FAST_ARGS | 42 | 67.00 (67.00) | 66.50 (66.50) | -0.50 | — (one seed) |"], rows
 
 
 def test_dropout_masks_of_compiled_layers_are_measured_against_independence():

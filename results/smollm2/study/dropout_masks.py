@@ -1,6 +1,6 @@
 """LoRA dropout masks in the suite's compiled decoder layers against eager ones: are they the masks dropout promises?
 
-Table 1's fast path scored 0.64 ± 0.25 points above eager with all-module LoRA (fast_check.py), where training runs
+Table 1's fast path scored 0.42 ± 0.21 points above eager with all-module LoRA (fast_check.py), where training runs
 five epochs into overfitting and LoRA dropout is the one regularizer. Compiled layers draw dropout's random numbers
 from inductor's own generator, not from eager's; a mask that kept more than 1 - p, repeated itself from step to
 step (CUDA graph replays) or tied neighbouring channels together would regularize differently. PEFT applies
@@ -9,6 +9,8 @@ bf16); o_proj's input is attention's output transposed back to
 (batch, tokens, heads x head_dim), the layout of a known inductor bug that gave groups of channels one mask
 (pytorch/pytorch#198333). This compiles probe layers with ``compile_decoder_layers`` (the suite's settings: CUDA
 graphs on a GPU, bf16 rounding as eager) and reads their masks over several training steps, forward and backward.
+On the H200 (torch 2.11, CUDA graphs) compiled masks are as independent as eager ones
+(fast-check/h200-dropout-masks.md): dropout is not what moves the fast path's accuracy.
 
     python results/smollm2/study/dropout_masks.py            # on the GPU if there is one
     python results/smollm2/study/dropout_masks.py --device cpu --tokens 16 --heads 2 --head_dim 8 --steps 4

@@ -1,10 +1,12 @@
-"""Table 1's fast path against eager on Table 1's own protocol (20 Newsgroups, 25 % of the rows, 5 epochs), per seed.
+"""Table 1's fast path against eager on Table 1's own protocol (20 Newsgroups, 5 epochs), per seed and fraction.
 
-The tables' 50 % and 100 % runs train with FAST_ARGS (run_study_tables.sh); this compares the same flags against
-eager training at 25 %, where both fit a lease. Seed 42's eager run is Table 1's own (runs/table1); every other
-run is in fast-check/seed<N>-{eager,fast}/. Runs in fast-check/padded-seed<N>/ pad the examples with eager layers
-(--pad_to_max_length True --compile_layers false): half of FAST_ARGS, to tell which half moves the accuracy; they
-get rows of their own against the same eager runs. The statistics are the quality benchmark's (zephyr.quality).
+Table 1's 100 % row, and once its 50 % row, trained with FAST_ARGS (run_study_tables.sh); this compares the same
+flags against eager training. Seed 42's eager run is Table 1's own (runs/table1, for every fraction it has); every
+other run is in fast-check/seed<N>-{eager,fast}/. Runs in fast-check/padded-seed<N>/ pad the examples with eager
+layers (--pad_to_max_length True --compile_layers false): half of FAST_ARGS, to tell which half moves the accuracy.
+Runs in fast-check/seed<N>-eager-repeat/ are the eager run once more with the same flags: the null, how far two
+runs of one seed land apart on the GPU. Each kind gets rows of its own against the same eager runs. The
+statistics are the quality benchmark's (zephyr.quality).
 
     python results/smollm2/study/fast_check.py results/smollm2/study
 """
@@ -17,10 +19,12 @@ from zephyr.errors import UsageError
 from zephyr.io import read_json
 from zephyr.quality import mean_and_stderr, paired_delta, plus_minus
 
-RUN = "newsgroups_SmolLM2-135M-Instruct.Q4_1_frac0.25_{variant}"
-VARIANTS = {"base": "base (q,v)", "all": "all-module"}
+RUN = "newsgroups_SmolLM2-135M-Instruct.Q4_1_frac{fraction}_{variant}"
+FRACTIONS = ("0.25", "0.5")
+VARIANTS = {"base": "base (q,v)", "all": "all-module", "neftune_all": "NEFTune + all-module"}
 # the other side of each comparison: its folder pattern, and its name in the table
-SIDES = {"fast": (r"seed(\d+)-fast", "FAST_ARGS"), "padded": (r"padded-seed(\d+)", "padding alone")}
+SIDES = {"fast": (r"seed(\d+)-fast", "FAST_ARGS"), "padded": (r"padded-seed(\d+)", "padding alone"),
+         "repeat": (r"seed(\d+)-eager-repeat", "eager again")}
 
 
 def accuracy(run_dir: Path) -> float | None:
@@ -28,7 +32,7 @@ def accuracy(run_dir: Path) -> float | None:
     return read_json(metrics)["accuracy"] if metrics.is_file() else None
 
 
-def pairs(study: Path, variant: str, side: str = "fast") -> dict[int, tuple[float, float]]:
+def pairs(study: Path, variant: str, side: str = "fast", fraction: str = "0.25") -> dict[int, tuple[float, float]]:
     """seed -> (eager accuracy, the side's accuracy), for the seeds where both runs finished."""
     found = {}
     pattern = SIDES[side][0]
@@ -38,7 +42,7 @@ def pairs(study: Path, variant: str, side: str = "fast") -> dict[int, tuple[floa
             continue
         seed = int(match[1])
         eager_root = study / "runs" / "table1" if seed == 42 else study / "fast-check" / f"seed{seed}-eager"
-        run = RUN.format(variant=variant)
+        run = RUN.format(fraction=fraction, variant=variant)
         eager, other = accuracy(eager_root / run), accuracy(side_dir / run)
         if eager is not None and other is not None:
             found[seed] = (eager, other)
@@ -46,10 +50,11 @@ def pairs(study: Path, variant: str, side: str = "fast") -> dict[int, tuple[floa
 
 
 def to_markdown(study: Path) -> str:
-    lines = ["| LoRA, path | seeds | eager | path | Δ path − eager | within noise |", "|---|---|---|---|---|---|"]
-    for side, (_, path) in SIDES.items():
-        for variant, label in VARIANTS.items():
-            lines += _row(pairs(study, variant, side), f"{label}, {path}")
+    lines = ["| LoRA, rows, path | seeds | eager | path | Δ path − eager | within noise |", "|---|---|---|---|---|---|"]
+    for fraction in FRACTIONS:
+        for side, (_, path) in SIDES.items():
+            for variant, label in VARIANTS.items():
+                lines += _row(pairs(study, variant, side, fraction), f"{label}, {float(fraction) * 100:g} %, {path}")
     return "\n".join(lines)
 
 
