@@ -34,41 +34,33 @@ def test_train_then_inference_writes_metrics_and_predictions(tiny_model_dir, syn
     rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert metrics["n_examples"] == len(rows) == 6 and 0 <= metrics["accuracy"] <= 100
     assert {"id", "reference", "prediction", "error"} <= set(rows[0])
-    loglik = tmp_path / "loglik"
-    run("zephyr_classification_inference.py", "--run_dir", run_dir, "--data_dir", synthetic_data,
-        "--max_test_rows", 6, "--eval_method", "loglik", "--eval_output_dir", loglik)
-    assert json.loads((loglik / "metrics.json").read_text())["invalid_rate"] == 0.0  # always a valid label
 
 
 def test_embedded_default_writes_metrics(tmp_path):
-    run("quickstart.py", "--task", "samsum", "--output_root", tmp_path, "--num_train_epochs", 1, "--max_test_rows", 8)
+    run("quickstart.py", "--task", "samsum", "--output_root", tmp_path, "--max_steps", 4, "--max_test_rows", 8)
     [metrics_file] = tmp_path.glob("samsum_*/metrics.json")
     metrics = json.loads(metrics_file.read_text())
     assert metrics["n_examples"] == 8 and "rouge1" in metrics and "rougeLsum" in metrics
 
 
 def test_bad_input_is_one_line_naming_the_flag(tmp_path):
+    """The entry point's exit: status 2 and one line, nothing written (each message in-process: test_reliability)."""
     result = run("zephyr_summarization.py", "--lora_r", 0, "--output_root", tmp_path, check=False)
     assert result.returncode == 2 and result.stderr.strip() == "error: --lora_r: must be positive, got 0"
-    result = run("zephyr_summarization_inference.py", "--run_dir", tmp_path, check=False)
-    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        f"error: --run_dir: {tmp_path}: no adapter (adapter/adapter_config.json); did training finish?"]
-    result = run("zephyr_classification.py", "--model_name_or_path", tmp_path / "nope", check=False)
-    assert result.returncode == 2 and f"--model_name_or_path: {tmp_path / 'nope'}: no such directory" in result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 @requires_shared
-def test_smollm2_gguf_summarizes_four_samsum_dialogues(tmp_path):
+def test_smollm2_gguf_summarizes_two_samsum_dialogues(tmp_path):
     gguf = shared_dir() / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     out = tmp_path / "baseline"
     run("zephyr_baseline_inference.py", "--task", "samsum", "--model_name_or_path", gguf,
-        "--data_dir", shared_dir() / "data", "--max_test_rows", 4, "--quantization", "none",
+        "--data_dir", shared_dir() / "data", "--max_test_rows", 2, "--quantization", "none",
         "--max_new_tokens", 48, "--eval_output_dir", out, "--model_cache_dir", tmp_path / "cache")
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert len(rows) == 4 and all(r["prediction"] and r["error"] is None for r in rows), rows
-    assert metrics["n_examples"] == 4 and 5 < metrics["rouge1"] <= 100 and metrics["rouge2"] >= 0
+    assert len(rows) == 2 and all(r["prediction"] and r["error"] is None for r in rows), rows
+    assert metrics["n_examples"] == 2 and 5 < metrics["rouge1"] <= 100 and metrics["rouge2"] >= 0
     assert metrics["n_cut_at_turn_end"] == 0 and not any("continuation" in r for r in rows)  # a chat template stops
     arguments = json.loads((out / "config.json").read_text())["arguments"]
     assert arguments["DataArguments"]["prompt_format"] == "chat"  # what baselines prompt with
@@ -92,6 +84,7 @@ def test_one_run_on_two_processes_trains_once_and_evaluates_once(tiny_model_dir,
     assert [row["step"] for row in log if "loss" in row] == [1, 2, 3] and log[-1]["epoch"] == 0.5
     assert json.loads((run_dir / "train_metrics.json").read_text())["processes"] == 2
     assert json.loads((run_dir / "config.json").read_text())["processes"] == 2
-    assert json.loads((run_dir / "metrics.json").read_text())["n_examples"] == 6
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["n_examples"] == 6 and metrics["invalid_rate"] == 0.0  # log-likelihood always picks a label
     assert result.stdout.count('"metrics"') == 1  # evaluated by the main process only
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # no lock file left behind
