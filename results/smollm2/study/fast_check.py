@@ -20,8 +20,8 @@ from zephyr.io import read_json
 from zephyr.quality import mean_and_stderr, paired_delta, plus_minus
 
 RUN = "newsgroups_SmolLM2-135M-Instruct.Q4_1_frac{fraction}_{variant}"
-FRACTIONS = ("0.25", "0.5")
-VARIANTS = {"base": "base (q,v)", "all": "all-module", "neftune_all": "NEFTune + all-module"}
+FRACTIONS = ("0.25", "0.5", "1.0")  # a fraction or variant without runs on both sides gets no row
+VARIANTS = {"base": "base (q,v)", "neftune": "NEFTune (q,v)", "all": "all-module", "neftune_all": "NEFTune + all-module"}
 # the other side of each comparison: its folder pattern, and its name in the table
 SIDES = {"fast": (r"seed(\d+)-fast", "FAST_ARGS"), "padded": (r"padded-seed(\d+)", "padding alone"),
          "repeat": (r"seed(\d+)-eager-repeat", "eager again")}
