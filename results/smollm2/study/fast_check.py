@@ -1,11 +1,11 @@
 """Table 1's fast path against eager on Table 1's own protocol (20 Newsgroups, 5 epochs), per seed and fraction.
 
-Table 1's 100 % row, and once its 50 % row, trained with FAST_ARGS (run_study_tables.sh); this compares the same
-flags against eager training. Seed 42's eager run is Table 1's own (runs/table1, for every fraction it has); every
-other run is in fast-check/seed<N>-{eager,fast}/. Runs in fast-check/padded-seed<N>/ pad the examples with eager
-layers (--pad_to_max_length True --compile_layers false): half of FAST_ARGS, to tell which half moves the accuracy.
-Runs in fast-check/seed<N>-eager-repeat/ are the eager run once more with the same flags: the null, how far two
-runs of one seed land apart on the GPU. Each kind gets rows of its own against the same eager runs. The
+Table 1's 100 % row and its 50 % base and NEFTune cells trained with FAST_ARGS (run_study_tables.sh); this compares
+the same flags against eager training. Seed 42's eager run is Table 1's own (runs/table1, for every fraction it
+has); every other run is in fast-check/seed<N>-{eager,fast}/. Runs in fast-check/padded-seed<N>/ pad the examples
+with eager layers (--pad_to_max_length True --compile_layers false): half of FAST_ARGS, to tell which half moves the
+accuracy. Runs in fast-check/seed<N>-eager-repeat/ are the eager run once more with the same flags: the null, how
+far two runs of one seed land apart on the GPU. Each kind gets rows of its own against the same eager runs. The
 statistics are the quality benchmark's (zephyr.quality).
 
     python results/smollm2/study/fast_check.py results/smollm2/study
@@ -21,7 +21,8 @@ from zephyr.quality import mean_and_stderr, paired_delta, plus_minus
 
 RUN = "newsgroups_SmolLM2-135M-Instruct.Q4_1_frac{fraction}_{variant}"
 FRACTIONS = ("0.25", "0.5", "1.0")  # a fraction or variant without runs on both sides gets no row
-VARIANTS = {"base": "base (q,v)", "neftune": "NEFTune (q,v)", "all": "all-module", "neftune_all": "NEFTune + all-module"}
+VARIANTS = {"base": "base (q,v)", "neftune": "NEFTune (q,v)", "all": "all-module",
+            "neftune_all": "NEFTune + all-module"}
 # the other side of each comparison: its folder pattern, and its name in the table
 SIDES = {"fast": (r"seed(\d+)-fast", "FAST_ARGS"), "padded": (r"padded-seed(\d+)", "padding alone"),
          "repeat": (r"seed(\d+)-eager-repeat", "eager again")}
@@ -50,11 +51,13 @@ def pairs(study: Path, variant: str, side: str = "fast", fraction: str = "0.25")
 
 
 def to_markdown(study: Path) -> str:
-    lines = ["| LoRA, rows, path | seeds | eager | path | Δ path − eager | within noise |", "|---|---|---|---|---|---|"]
+    lines = ["| LoRA, rows, path | seeds | eager | path | Δ path − eager | within noise |",
+             "|---|---|---|---|---|---|"]
     for fraction in FRACTIONS:
         for side, (_, path) in SIDES.items():
             for variant, label in VARIANTS.items():
-                lines += _row(pairs(study, variant, side, fraction), f"{label}, {float(fraction) * 100:g} %, {path}")
+                label_row = f"{label}, {float(fraction) * 100:g} %, {path}"
+                lines += _row(pairs(study, variant, side, fraction), label_row)
     return "\n".join(lines)
 
 
