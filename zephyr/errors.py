@@ -3,3 +3,14 @@
 
 class UsageError(ValueError):
     """Bad input (flag, config key, data file, model path). The message names the culprit."""
+
+
+def raise_usage_errors(parser, prefix: str = "", suffix: str = ""):
+    """Make an argparse parser report bad arguments as one UsageError (``prefix + message + suffix``) instead of
+    printing its usage text and exiting."""
+
+    def one_line_error(message: str):
+        raise UsageError(f"{prefix}{message}{suffix}")
+
+    parser.error = one_line_error
+    return parser

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from zephyr.errors import UsageError
+from zephyr.errors import UsageError, raise_usage_errors
 from zephyr.io import not_utf8
 
 
@@ -94,11 +94,7 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None, defaults: 
     _remove_flags(parser, set(unused))
     parser.add_argument("--config", default=None, help="YAML or JSON file of argument values; CLI flags win")
     add_log_level_flag(parser)
-
-    def one_line_error(message):
-        raise UsageError(message + (f" (values from {known.config} included)" if known.config else ""))
-
-    parser.error = one_line_error
+    raise_usage_errors(parser, suffix=f" (values from {known.config} included)" if known.config else "")
     known_fields = {f.name for cls in dataclass_types for f in fields(cls)}
     allowed = known_fields - set(unused)
     if defaults:

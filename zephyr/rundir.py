@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
-from zephyr.errors import UsageError
+from zephyr.errors import UsageError, raise_usage_errors
 from zephyr.io import atomic_write_json, atomic_write_text, folder_lock, read_json
 from zephyr.runinfo import device_info, git_commit, versions
 
@@ -246,11 +246,7 @@ def sweep_run_name(sweep: str, flags: list[str]) -> str:
     for cls in (DataArguments, ModelArguments, TrainArguments, EvalArguments):
         for field in fields(cls):
             parser.add_argument(f"--{field.name}")
-
-    def refuse(message: str):
-        raise UsageError(f"name: {message}")
-
-    parser.error = refuse
+    raise_usage_errors(parser, prefix="name: ")
     given = {k: v for k, v in vars(parser.parse_args(flags)).items() if v is not None}
     lm_head = given.get("lora_lm_head", "false").lower() in ("true", "yes", "t", "y", "1")  # as HfArgumentParser
     try:

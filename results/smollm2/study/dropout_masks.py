@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from zephyr.cli import entry_point
-from zephyr.errors import UsageError
+from zephyr.errors import UsageError, raise_usage_errors
 from zephyr.speed.compile import compile_decoder_layers
 
 P = 0.1
@@ -105,12 +105,7 @@ def to_markdown(results: dict) -> str:
 
 @entry_point
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-
-    def one_line_error(message):
-        raise UsageError(message)
-
-    parser.error = one_line_error
+    parser = raise_usage_errors(argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False))
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     # SmolLM2-135M's attention (9 heads of 64) on Table 1's batches (8 examples of up to 512 tokens)
     parser.add_argument("--batch", type=int, default=8)
