@@ -5,6 +5,8 @@
         --data_dir ../shared/data --output_root runs/quality --results_dir results/quality
     # the commands only
     python scripts/quality.py --dry_run True
+    # some configurations only (the summary still reads every run under --output_root)
+    python scripts/quality.py --configs examples_flat,ng_examples_flat ...
     # the summary of the runs there are (after a partial run, or on another machine)
     python scripts/quality.py --summary_only True
 
@@ -24,7 +26,7 @@ from zephyr.quality import Plan, QualityArguments, run, to_markdown, write_summa
 def main(argv=None):
     (args,) = parse_args((QualityArguments,), argv)
     model = args.model_name_or_path if args.dry_run else resolve_model_path(args.model_name_or_path)
-    plan = Plan(model, args.data_dir, Path(args.output_root), args.seed_list)
+    plan = Plan(model, args.data_dir, Path(args.output_root), args.seed_list, configs=args.config_list)
     status = 0
     if not args.summary_only:
         status = run(plan, args.runs_per_gpu, args.gpu, args.dry_run)

@@ -72,6 +72,39 @@ def test_out_of_memory_halves_the_batch_then_records_an_error():
     assert calls == [3, 1, 2, 1, 1]  # halve to 1, error row; the rest restart at full size and halve
 
 
+def test_out_of_memory_retries_are_counted():
+    from zephyr.generation import run_batched
+
+    stats = {}
+    run_batched([[1]] * 8, batch_size=8, stats=stats,
+                fn=lambda batch: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("out of memory"))
+                if len(batch) > 2 else batch)
+    assert stats == {"oom_retries": 2}  # 8 -> 4 -> 2
+
+
+def test_evaluation_batches_are_planned_from_the_memory_budget():
+    """Two probes (the longest prompt alone, then the four longest) give the fixed memory and the cost of a batch
+    token; the plan is the most tokens under the budget, capped by --eval_batch_tokens."""
+    from zephyr.generation import plan_batch_tokens
+
+    gib, kib = 2**30, 2**10
+    probed = []
+
+    def peak_of(fn, batch):  # 14 GiB of weights, 430 KiB a batch token (prompt + 20 new tokens)
+        probed.append([len(b) for b in batch])
+        return 14 * gib + len(batch) * (len(batch[0]) + 20) * 430 * kib
+
+    items = [[0] * n for n in (100, 480, 300, 460, 470, 50)]
+    planned = plan_batch_tokens(items, lambda batch: batch, 20, 18 * gib, 16384, peak_of=peak_of)
+    assert probed == [[480], [480, 470, 460, 300]]
+    assert planned == int(4 * gib / (430 * kib))  # 9,754 tokens: 4 GiB over the weights
+    assert plan_batch_tokens(items, None, 20, 18 * gib, 5000, peak_of=peak_of) == 5000  # the flag caps it
+    # a budget below the weights still lets one longest prompt through (out of memory then halves nothing)
+    assert plan_batch_tokens(items, None, 20, 10 * gib, 16384, peak_of=peak_of) == 500
+    if not torch.cuda.is_available():  # nothing to measure on the CPU: the flag's cap stands
+        assert plan_batch_tokens(items, None, 20, 18 * gib, 16384) == 16384
+
+
 def test_token_budget_gives_long_prompts_smaller_batches():
     from zephyr.generation import run_batched
 

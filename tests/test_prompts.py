@@ -84,7 +84,7 @@ def test_evaluation_writes_the_answer_not_the_next_turns(tokenizer, tmp_path, mo
     model = torch.nn.Module()
     model.config = SimpleNamespace(max_position_embeddings=512)
     model.get_input_embeddings = lambda: torch.nn.Embedding(2, 2)  # the dtype that metrics.json records
-    monkeypatch.setattr(evaluation, "greedy_generate", lambda model, tok, prompts, *args: (
+    monkeypatch.setattr(evaluation, "greedy_generate", lambda model, tok, prompts, *args, **kwargs: (
         ["A will be late.\n\nSummarize the following dialogue"] * len(prompts), [None] * len(prompts)))
     examples = [Example("1", "A: late again", "A is late.")]
     task = get_task("samsum")

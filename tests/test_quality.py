@@ -18,7 +18,9 @@ def test_each_training_lever_changes_only_its_own_flags():
         "NF4": {"--fused_nf4"}, "partial checkpointing": {"--gradient_checkpointing"},
         "sync-free": {"--sync_free_metrics"}, "fused AdamW": {"--optim"},
         # --cuda_graphs and --fused_nf4 are spelled out on the fast side only; they act on compiled layers alone
-        "examples padded": {"--pad_to_max_length", "--compile_layers", "--cuda_graphs", "--fused_nf4"}}
+        "examples padded": {"--pad_to_max_length", "--compile_layers", "--cuda_graphs", "--fused_nf4"},
+        "flat batches (": {"--batch_layout"},
+        "flat batches, compiled": {"--batch_layout", "--compile_layers", "--fused_nf4"}}
     for lever in LEVERS:
         if lever.fast.config == lever.plain.config:
             assert lever.fast.evaluation != lever.plain.evaluation  # the same adapter, evaluated two ways

@@ -101,8 +101,33 @@ def test_neftune_alpha_reaches_the_trainer(tiny_model_dir, synthetic_data, tmp_p
         return handle
 
     monkeypatch.setattr(trainer_module, "activate_neftune", spy)
-    train(*run_args(tiny_model_dir, synthetic_data, tmp_path, quantization="none", max_steps=1, neftune_alpha=5.0))
+    train(*run_args(tiny_model_dir, synthetic_data, tmp_path, quantization="none", max_steps=1, neftune_alpha=5.0,
+                    batch_layout="padded"))
     assert seen == {"alpha": 5.0, "embedding_alpha": 5.0}
+
+
+def test_flat_batches_add_neftune_noise_at_the_padded_batches_scale(tiny_model_dir, synthetic_data, tmp_path,
+                                                                    monkeypatch):
+    """Flat batches replace transformers' hook (whose scale would follow the flat row's length) with one told each
+    batch's padded width; the hook is gone after training."""
+    import transformers.trainer as trainer_module
+
+    from zephyr.speed.flat import NEFTuneWidth
+
+    calls, original = [], NEFTuneWidth.__call__
+
+    def spy(self, module, inputs, output):
+        calls.append((self.alpha, self.width, output.shape[1], module.training))
+        return original(self, module, inputs, output)
+
+    monkeypatch.setattr(NEFTuneWidth, "__call__", spy)
+    monkeypatch.setattr(trainer_module, "activate_neftune", lambda *a, **k: pytest.fail("transformers' hook"))
+    run = train(*run_args(tiny_model_dir, synthetic_data, tmp_path, quantization="none", max_steps=2,
+                          neftune_alpha=5.0))
+    training = [c for c in calls if c[3]]
+    assert len(training) == 2 and all(alpha == 5.0 for alpha, *_ in training)
+    assert all(0 < width < length for _, width, length, _ in training)  # the longest example, not the whole row
+    assert not run.model.get_base_model().get_input_embeddings()._forward_hooks
 
 
 def test_finished_run_is_not_overwritten_without_the_flag(tiny_model_dir, synthetic_data, tmp_path):

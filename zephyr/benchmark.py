@@ -50,12 +50,20 @@ SHAPES = {
 # Everything else as stock TRL does it: its padding-free packing collator, no compilation.
 ORIGINAL_TRAINING = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, gradient_checkpointing="true",
                          optim="paged_adamw_32bit", packing=True, packed_rows=False, compile_layers="false")
-# The suite's fast path, measured beside its defaults: the study's packed rows, compiled layers on a GPU (CUDA
-# graphs when nothing is checkpointed). Its few timed steps stand for a long run, which --compile_layers auto
-# would compile; on the CPU (tests) nothing is compiled. Packed rows take fewer optimizer steps an epoch than
-# batches of examples, which cost quality at the same learning rate: see results/quality.
-FAST_TRAINING = dict(packing=True, compile_layers="true" if torch.cuda.is_available() else "false")
+# The few timed steps of each setting stand for a long run: --compile_layers auto compiles a run of 1,500 steps or
+# more on a GPU (every Table 2 run, Table 1's 25 % to 100 %), so the settings that a long run compiles are timed
+# compiled. On the CPU (tests) nothing is compiled.
+LONG_RUN = "true" if torch.cuda.is_available() else "false"
+# The suite's defaults as a long run resolves them: flat batches of 8 whole examples, compiled layers.
+SUITE_TRAINING = dict(compile_layers=LONG_RUN)
+# The same 8 examples a step padded to the batch's longest, eager (padded batches change shape at every step, so
+# auto does not compile them): the plain path that flat batches are tested equal to.
+PADDED_TRAINING = dict(batch_layout="padded", compile_layers="false")
+# The study's packed rows, compiled (CUDA graphs when nothing is checkpointed): packed rows take 2.6x fewer
+# optimizer steps an epoch than batches of examples, which cost quality at the same learning rate (results/quality).
+FAST_TRAINING = dict(packing=True, compile_layers=LONG_RUN)
 PRESETS = {"q,v": dict(lora_targets="attention"), "all+lm_head": dict(lora_targets="all", lora_lm_head=True)}
+PATHS = ("suite", "padded", "fast")  # the rows compared with the original's
 
 
 @dataclass
@@ -78,6 +86,11 @@ class BenchmarkArguments:
     batched_newsgroups: int = field(default=256, metadata={"help": "Examples for the suite's batched path"})
     batched_samsum: int = field(default=128, metadata={"help": "SAMSum dialogues for the suite's batched path"})
     eval_batch_size: Optional[int] = field(default=None, metadata={"help": "Default: the suite's"})
+    eval_preset: str = field(default="q,v", metadata={"help": "LoRA preset of the evaluated adapter: q,v or "
+                                                                "all+lm_head"})
+    memory_cap_gib: Optional[float] = field(
+        default=None, metadata={"help": "Cap PyTorch's allocator at this much GPU memory for the whole benchmark "
+                                        "(21.5 imitates a 24 GB A10G)"})
     train: bool = field(default=True, metadata={"help": "Measure training (False: evaluation only)"})
     evaluate: bool = field(default=True, metadata={"help": "Also measure evaluation (False: training only)"})
     extra_settings: Optional[str] = field(
@@ -87,6 +100,33 @@ class BenchmarkArguments:
                                         "evaluation batch per path here"})
     peak_tflops: Optional[float] = field(default=None, metadata={"help": "Dense bf16 peak for MFU (default: by "
                                                                          "GPU name)"})
+
+
+    def __post_init__(self):
+        from dataclasses import fields
+
+        from zephyr.errors import UsageError
+
+        if self.shape not in SHAPES:
+            raise UsageError(f"--shape: unknown shape {self.shape!r} (choose {', '.join(SHAPES)})")
+        if self.eval_preset not in PRESETS:
+            raise UsageError(f"--eval_preset: unknown preset {self.eval_preset!r} (choose {', '.join(PRESETS)})")
+        if self.memory_cap_gib is not None and not self.memory_cap_gib > 0:
+            raise UsageError(f"--memory_cap_gib: must be positive, got {self.memory_cap_gib}")
+        try:
+            extra = json.loads(self.extra_settings or "{}")
+        except json.JSONDecodeError as err:
+            raise UsageError(f"--extra_settings: not JSON ({err})") from None
+        known = {f.name for f in fields(TrainArguments)} | {f.name for f in fields(ModelArguments)} | {"preset"}
+        if not isinstance(extra, dict) or not all(isinstance(v, dict) for v in extra.values()):
+            raise UsageError('--extra_settings: expected {"name": {"flag": value, ...}, ...}')
+        for name, overrides in extra.items():
+            unknown = sorted(set(overrides) - known)
+            if unknown:
+                raise UsageError(f"--extra_settings: {name}: unknown setting {unknown[0]!r}")
+            if overrides.get("preset", "q,v") not in PRESETS:
+                raise UsageError(f"--extra_settings: {name}: unknown preset {overrides['preset']!r} "
+                                 f"(choose {', '.join(PRESETS)})")
 
 
 # -- the model --------------------------------------------------------------------------------------
@@ -136,6 +176,7 @@ def measure_evaluation(model, tokenizer, data_dir: str, labels: list[str], bench
     from zephyr.tasks import get_task
 
     eval_args = EvalArguments(eval_batch_size=bench.eval_batch_size or EvalArguments.eval_batch_size)
+    memory_budget = eval_args.eval_memory_gib * 2**30 * 0.9  # as evaluation.evaluate plans it
     newsgroups, samsum = get_task("newsgroups"), get_task("samsum")
     # A fine-tuned model's prompt budget (evaluation.evaluate): its context minus new tokens, at most max_length.
     budget = {t.name: min(context_length(model) - t.max_new_tokens, DataArguments.max_length)
@@ -146,7 +187,8 @@ def measure_evaluation(model, tokenizer, data_dir: str, labels: list[str], bench
     out = {"prompt_tokens_mean": {"newsgroups": round(sum(map(len, cls_batch)) / len(cls_batch), 1),
                                   "samsum": round(sum(map(len, sum_batch)) / len(sum_batch), 1)},
            "eval_batch_size": eval_args.eval_batch_size, "eval_batch_tokens": eval_args.eval_batch_tokens,
-           "merge_adapter": eval_args.merge_adapter}
+           "eval_memory_gib": eval_args.eval_memory_gib, "merge_adapter": eval_args.merge_adapter,
+           "preset": bench.eval_preset}
     model.eval()
     original = {
         "newsgroups": sampled_one_at_a_time(model, tokenizer, cls_prompts[: bench.sampled_newsgroups],
@@ -158,15 +200,16 @@ def measure_evaluation(model, tokenizer, data_dir: str, labels: list[str], bench
     size, tokens = eval_args.eval_batch_size, eval_args.eval_batch_tokens
     label_ids = builder.label_ids("")
     runs = {
-        "newsgroups_generate": (cls_batch, lambda prompts: greedy_generate(
-            model, tokenizer, prompts, newsgroups.max_new_tokens, size, tokens)),
-        "newsgroups_loglik": (cls_batch, lambda prompts: label_log_likelihoods(
-            model, prompts, label_ids, tokenizer.pad_token_id, size, tokens)),
-        "samsum_generate": (sum_batch, lambda prompts: greedy_generate(
-            model, tokenizer, prompts, samsum.max_new_tokens, size, tokens)),
+        "newsgroups_generate": (cls_batch, lambda prompts, **plan: greedy_generate(
+            model, tokenizer, prompts, newsgroups.max_new_tokens, size, tokens, **plan)),
+        "newsgroups_loglik": (cls_batch, lambda prompts, **plan: label_log_likelihoods(
+            model, prompts, label_ids, tokenizer.pad_token_id, size, tokens, **plan)),
+        "samsum_generate": (sum_batch, lambda prompts, **plan: greedy_generate(
+            model, tokenizer, prompts, samsum.max_new_tokens, size, tokens, **plan)),
     }
     for name, (prompts, fn) in runs.items():
-        seconds, peak, errors = timed_run(lambda: fn(prompts))
+        stats = {}
+        seconds, peak, errors = timed_run(lambda: fn(prompts, memory_budget=memory_budget, stats=stats))
         count = len(prompts)
         if bench.profile_dir:
             with torch.profiler.profile(activities=profiler_activities()) as profiler:
@@ -174,7 +217,8 @@ def measure_evaluation(model, tokenizer, data_dir: str, labels: list[str], bench
             write_profile(profiler, Path(bench.profile_dir) / f"eval-{name}.txt")
         baseline = original[name.split("_")[0]]
         out[name] = {"examples": count, "examples_per_s": round(count / seconds, 2), "peak_gpu_memory_gib": peak,
-                     "errors": errors, "original_examples_per_s": round(baseline, 3),
+                     "errors": errors, "planned_batch_tokens": stats.get("planned_batch_tokens"),
+                     "oom_retries": stats.get("oom_retries"), "original_examples_per_s": round(baseline, 3),
                      "speedup": round(count / seconds / baseline, 1)}
     return out
 
@@ -195,14 +239,15 @@ def _training_data(tokenizer, data_dir: str, rows: int):
 
 
 def training_settings(bench: BenchmarkArguments) -> dict[str, tuple[str, dict]]:
-    """name -> (LoRA preset, flag overrides): original, suite and fast for each preset (unless ``--train False``),
-    then ``--extra_settings``."""
+    """name -> (LoRA preset, flag overrides): original, suite, padded and fast for each preset (unless
+    ``--train False``), then ``--extra_settings``."""
     settings = {}
     if bench.train:
-        settings.update({f"original {p}": (p, ORIGINAL_TRAINING) for p in PRESETS})
-        settings.update({f"suite {p}": (p, {}) for p in PRESETS})
-        settings.update({f"fast {p}": (p, FAST_TRAINING) for p in PRESETS})
+        for name, overrides in (("original", ORIGINAL_TRAINING), ("suite", SUITE_TRAINING),
+                                ("padded", PADDED_TRAINING), ("fast", FAST_TRAINING)):
+            settings.update({f"{name} {p}": (p, overrides) for p in PRESETS})
     for name, overrides in json.loads(bench.extra_settings or "{}").items():
+        overrides = dict(overrides)
         preset = overrides.pop("preset", "q,v")
         settings[name] = (preset, overrides)
     return settings
@@ -214,6 +259,9 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
     from zephyr.runinfo import device_info, git_commit, versions
 
     started = time.perf_counter()
+    if bench.memory_cap_gib and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, bench.memory_cap_gib * 2**30 / total))
     scratch = Path(bench.checkpoint_dir).parent
     data_dir = bench.data_dir or str(write_synthetic_data(scratch / "generated-data"))
     if bench.model_name_or_path:
@@ -250,7 +298,8 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
         print(json.dumps({name: training[name]}), flush=True)
     for preset in PRESETS if bench.train else ():
         original = training[f"original {preset}"]
-        for suite in (training[f"suite {preset}"], training[f"fast {preset}"]):
+        for path in PATHS:
+            suite = training[f"{path} {preset}"]
             if original["tokens_per_s"] and suite["tokens_per_s"]:
                 suite["speedup"] = round(suite["tokens_per_s"] / original["tokens_per_s"], 2)
     from peft import get_peft_model
@@ -258,7 +307,7 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
     from zephyr.modeling import build_lora_config
 
     # The study's default adapter (q,v): the cheaper one for the original unmerged path.
-    eval_model = get_peft_model(base, build_lora_config(replace(model_args, **PRESETS["q,v"])))
+    eval_model = get_peft_model(base, build_lora_config(replace(model_args, **PRESETS[bench.eval_preset])))
     for name, param in eval_model.named_parameters():
         if "lora_B" in name:  # a trained-looking adapter, so merging has something to merge
             torch.nn.init.normal_(param, std=1e-3)
@@ -277,9 +326,9 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
 def summary_table(result: dict) -> str:
     """A Markdown table of the ratios, as the README shows it."""
     lines = ["| measurement | original | suite | ratio | suite peak GiB |", "|---|---|---|---|---|"]
-    for preset in PRESETS if result["training"] else ():
-        original = result["training"][f"original {preset}"]
-        for path in ("suite", "fast"):
+    for preset in PRESETS:
+        original = result["training"].get(f"original {preset}")
+        for path in PATHS if original else ():
             suite = result["training"][f"{path} {preset}"]
             lines.append(f"| training tokens/s, LoRA {preset} ({path}) | {original['tokens_per_s']} | "
                          f"{suite['tokens_per_s']} | {suite.get('speedup', '—')}x | {suite['peak_gpu_memory_gib']} |")

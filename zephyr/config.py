@@ -169,10 +169,9 @@ class TrainArguments:
         default=20.0, metadata={"help": "GPU memory budget that --gradient_checkpointing auto plans for (20 leaves "
                                         "headroom on a 24 GB A10G)"})
     compile_layers: str = field(
-        default="false", metadata={"help": "false: eager decoder layers; auto: torch.compile each decoder layer on a "
-                                           "GPU when batches keep one shape (--packing True); true. Off by default: "
-                                           "compiled training scored 0.37 ROUGE-1 below eager on SmolLM2 over 3 "
-                                           "seeds (results/quality)"})
+        default="auto", metadata={"help": "auto: torch.compile each decoder layer on a GPU for runs of at least 1,500 "
+                                          "optimizer steps, when batches are flat or keep one shape (packed rows, "
+                                          "--pad_to_max_length); true: always; false: eager layers"})
     fused_nf4: bool = field(
         default=True, metadata={"help": "In compiled layers, de-quantize NF4 weights with plain tensor operations "
                                         "fused into the graph (bit for bit bitsandbytes' values); False: "
@@ -196,6 +195,12 @@ class TrainArguments:
     packed_rows: bool = field(
         default=True, metadata={"help": "Keep packed rows as rows, each example masked to itself (SDPA, eager); False: "
                                         "TRL's padding-free concatenation (always used with flash_attention_2)"})
+    batch_layout: Optional[str] = field(
+        default=None, metadata={"help": "How a micro-batch of whole examples is laid out (--packing False). flat "
+                                        "(the default): end to end in one row, each example keeping its positions "
+                                        "and attending only to itself, no padding (the padded batch's function, "
+                                        "tested equal); padded: each example padded to the batch's longest (the "
+                                        "default with --pad_to_max_length)"})
     pad_to_max_length: bool = field(
         default=False, metadata={"help": "Pad every batch of whole examples to --max_length (padding is masked and "
                                          "carries no loss): one batch shape, which --compile_layers auto compiles "
@@ -242,8 +247,14 @@ class TrainArguments:
         else:
             self.gradient_checkpointing = _auto_true_false(self.gradient_checkpointing, "gradient_checkpointing")
         self.compile_layers = _auto_true_false(self.compile_layers, "compile_layers")
+        if self.batch_layout is None:
+            self.batch_layout = "padded" if self.pad_to_max_length else "flat"
+        _check(self.batch_layout in ("flat", "padded"), "batch_layout",
+               f"unknown value {self.batch_layout!r} (choose flat or padded)")
         _check(not (self.pad_to_max_length and self.packing), "pad_to_max_length",
                "pads batches of whole examples; packed rows (--packing True) already have one shape")
+        _check(not (self.pad_to_max_length and self.batch_layout == "flat" and not self.packing), "pad_to_max_length",
+               "pads each example of a padded batch; --batch_layout flat has no padding")
         _check_finite(self.train_memory_gib, "train_memory_gib", 0, "must be positive")
 
 
@@ -259,6 +270,11 @@ class EvalArguments:
     eval_batch_tokens: int = field(
         default=16384, metadata={"help": "Most prompt + new tokens per batch: long prompts go in smaller batches, so "
                                          "the memory peak stays flat (about 17 GiB for a 7B model)"})
+    eval_memory_gib: float = field(
+        default=20.0, metadata={"help": "GPU memory budget for evaluation batches: two probe batches measure what a "
+                                        "batch token costs, and batches hold at most the tokens that keep the peak "
+                                        "within nine tenths of it (20 leaves headroom on a 24 GB A10G); out of memory "
+                                        "still halves a batch as a last resort"})
     max_new_tokens: Optional[int] = field(default=None, metadata={"help": "Default: 20 classification, 100 SAMSum"})
     eval_method: str = field(default="generate", metadata={"help": "generate, or loglik (classification only)"})
     num_shots: int = field(default=0, metadata={"help": "Few-shot examples in baseline prompts (0: zero-shot)"})
@@ -279,6 +295,7 @@ class EvalArguments:
                f"unknown value {self.eval_dtype!r} (choose bf16, fp16 or fp32)")
         _check(self.eval_batch_size > 0, "eval_batch_size", f"must be positive, got {self.eval_batch_size}")
         _check(self.eval_batch_tokens > 0, "eval_batch_tokens", f"must be positive, got {self.eval_batch_tokens}")
+        _check_finite(self.eval_memory_gib, "eval_memory_gib", 0, "must be positive")
         _check(self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens",
                f"must be positive, got {self.max_new_tokens}")
         _check(self.max_prompt_tokens is None or self.max_prompt_tokens > 0, "max_prompt_tokens",

@@ -46,15 +46,17 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     model.eval()
     start = time.perf_counter()
     progress = Progress("evaluating", len(examples), "examples").update
+    memory = dict(memory_budget=eval_args.eval_memory_gib * 2**30 * 0.9, stats={})
     if eval_args.eval_method == "loglik":
         picks, errors = score_labels(model, prompt_ids, builder.label_ids(examples[0].text),
                                      tokenizer.pad_token_id, eval_args.eval_batch_size, eval_args.eval_batch_tokens,
-                                     progress)
+                                     progress, **memory)
         predictions = [builder.labels[p] if p is not None else None for p in picks]
         continuations = predictions
     else:
         continuations, errors = greedy_generate(model, tokenizer, prompt_ids, max_new_tokens,
-                                                eval_args.eval_batch_size, eval_args.eval_batch_tokens, progress)
+                                                eval_args.eval_batch_size, eval_args.eval_batch_tokens, progress,
+                                                **memory)
         predictions = [builder.answer_from(text) for text in continuations]
     seconds = time.perf_counter() - start
     evaluated = phase_done("evaluating", start, f"{len(examples)} examples by {eval_args.eval_method}, "
@@ -73,8 +75,8 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
                                                        for p, enc in zip(predictions, encoded)),
         n_cut_at_turn_end=sum(cut), n_truncated=sum(e.truncated for e in encoded), prompt_token_budget=budget,
         eval_method=eval_args.eval_method, max_new_tokens=max_new_tokens, eval_batch_size=eval_args.eval_batch_size,
-        eval_batch_tokens=eval_args.eval_batch_tokens,
-        merge_adapter=eval_args.merge_adapter,
+        eval_batch_tokens=eval_args.eval_batch_tokens, planned_batch_tokens=memory["stats"]["planned_batch_tokens"],
+        oom_retries=memory["stats"]["oom_retries"], merge_adapter=eval_args.merge_adapter,
         compute_dtype=str(model.get_input_embeddings().weight.dtype).removeprefix("torch."),  # the activations' dtype
         test_source=test.source, test_rows_available=len(test.examples), test_rows_dropped_empty=test.dropped,
         eval_seconds=round(seconds, 3), examples_per_s=round(len(examples) / seconds, 3) if seconds else None,

@@ -19,17 +19,58 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
+def _cuda_peak(fn: Callable[[list], list], batch: list) -> float:
+    """Peak GPU memory allocated while ``fn(batch)`` runs, in bytes."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn(batch)
+    torch.cuda.synchronize()
+    return float(torch.cuda.max_memory_allocated())
+
+
+def plan_batch_tokens(items: Sequence, fn: Callable[[list], list], extra_tokens: int, budget_bytes: float,
+                      max_tokens: int | None, peak_of: Callable[[Callable, list], float] | None = None) -> int | None:
+    """The most tokens a batch may hold (counted as ``run_batched`` counts them) for its peak GPU memory to stay
+    within ``budget_bytes``; ``max_tokens`` unchanged off the GPU.
+
+    Two probe batches of the longest prompts (1 and 4 of them, the shape of the first real batches) give the
+    peak memory with nothing but the model allocated and what each batch token adds: the peak is linear in the
+    batch's tokens (key/value cache, activations). The probes' outputs are discarded; the plan is capped by
+    ``max_tokens``. ``peak_of(fn, batch)`` measures a probe (default: CUDA's peak allocated memory).
+    """
+    if peak_of is None:
+        if not torch.cuda.is_available():
+            return max_tokens
+        peak_of = _cuda_peak
+    longest = sorted(items, key=len, reverse=True)[:4]
+    if len(longest) < 2:
+        return max_tokens
+    probes = [longest[:1], longest]
+    tokens = [len(batch) * (len(batch[0]) + extra_tokens) for batch in probes]
+    peaks = [peak_of(fn, batch) for batch in probes]
+    per_token = max(1.0, (peaks[1] - peaks[0]) / (tokens[1] - tokens[0]))
+    fixed = peaks[0] - per_token * tokens[0]
+    planned = max(tokens[0], int((budget_bytes - fixed) / per_token))
+    log.info("evaluation batches: at most %d tokens (%.0f KiB a token over %.2f GiB) for a %.1f GiB peak",
+             planned, per_token / 1024, fixed / 2**30, budget_bytes / 2**30)
+    return min(planned, max_tokens) if max_tokens else planned
+
+
 def run_batched(items: Sequence, batch_size: int, fn: Callable[[list], list], max_tokens: int | None = None,
-                extra_tokens: int = 0, progress: Callable[[int], None] | None = None) -> tuple[list, list]:
+                extra_tokens: int = 0, progress: Callable[[int], None] | None = None,
+                stats: dict | None = None) -> tuple[list, list]:
     """Apply ``fn`` to batches of ``items`` (longest first); returns (results, errors) in input order.
 
     A batch holds at most ``batch_size`` items and, with ``max_tokens``, at most that many tokens counting each
     item as long as the batch's longest plus ``extra_tokens`` (what padding and generation make of it).
-    ``progress(done)`` is called with the number of items finished (scored or failed) after each batch.
+    ``progress(done)`` is called with the number of items finished (scored or failed) after each batch;
+    ``stats["oom_retries"]`` counts the batches retried smaller after running out of memory.
     """
     order = sorted(range(len(items)), key=lambda i: -len(items[i]))
     results, errors = [None] * len(items), [None] * len(items)
     start, size = 0, batch_size
+    stats = {} if stats is None else stats
+    stats["oom_retries"] = 0
     while start < len(order):
         fits = max_tokens // (len(items[order[start]]) + extra_tokens) if max_tokens else size
         chunk = order[start:start + max(1, min(size, fits))]
@@ -40,6 +81,7 @@ def run_batched(items: Sequence, batch_size: int, fn: Callable[[list], list], ma
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            stats["oom_retries"] += 1
             if len(chunk) > 1:
                 size = max(1, len(chunk) // 2)
                 log.warning("out of memory at batch size %d; retrying with %d", len(chunk), size)
@@ -77,9 +119,13 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 @torch.inference_mode()
 def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-                    max_batch_tokens: int | None = None, progress: Callable[[int], None] | None = None
+                    max_batch_tokens: int | None = None, progress: Callable[[int], None] | None = None,
+                    memory_budget: float | None = None, stats: dict | None = None
                     ) -> tuple[list[str | None], list[str | None]]:
-    """Greedy continuations, cut at the first stop token (token level), decoded without special tokens."""
+    """Greedy continuations, cut at the first stop token (token level), decoded without special tokens.
+
+    ``memory_budget`` (bytes): batches are sized on the GPU so that their peak stays within it
+    (``plan_batch_tokens``); ``stats`` receives the plan and the out-of-memory retries."""
     from transformers import GenerationConfig
 
     stops = stop_token_ids(model, tokenizer)
@@ -96,7 +142,16 @@ def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
             texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
         return texts
 
-    return run_batched(prompts, batch_size, generate, max_batch_tokens, max_new_tokens, progress)
+    return _planned_run(prompts, batch_size, generate, max_batch_tokens, max_new_tokens, progress, memory_budget,
+                        stats)
+
+
+def _planned_run(items, batch_size, fn, max_tokens, extra_tokens, progress, memory_budget, stats):
+    stats = {} if stats is None else stats
+    if memory_budget:
+        max_tokens = plan_batch_tokens(items, fn, extra_tokens, memory_budget, max_tokens)
+    stats["planned_batch_tokens"] = max_tokens
+    return run_batched(items, batch_size, fn, max_tokens, extra_tokens, progress, stats)
 
 
 def _label_layout(label_ids: list[list[int]]):
@@ -110,8 +165,8 @@ def _label_layout(label_ids: list[list[int]]):
 @torch.inference_mode()
 def label_log_likelihoods(model, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int,
                           batch_size: int, max_batch_tokens: int | None = None,
-                          progress: Callable[[int], None] | None = None
-                          ) -> tuple[list[list[float] | None], list[str | None]]:
+                          progress: Callable[[int], None] | None = None, memory_budget: float | None = None,
+                          stats: dict | None = None) -> tuple[list[list[float] | None], list[str | None]]:
     """Total log-probability of each label's tokens (EOS included) after each prompt.
 
     One forward pass per batch scores every label: each row is ``[left padding][prompt][label 1]...[label K]``,
@@ -153,12 +208,14 @@ def label_log_likelihoods(model, prompts: list[list[int]], label_ids: list[list[
         totals = torch.zeros(len(batch), len(label_ids), device=device).index_add_(1, owner.to(device), token_logp)
         return totals.tolist()
 
-    return run_batched(prompts, batch_size, score, max_batch_tokens, n_label_tokens, progress)
+    return _planned_run(prompts, batch_size, score, max_batch_tokens, n_label_tokens, progress, memory_budget, stats)
 
 
 def score_labels(model, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int, batch_size: int,
-                 max_batch_tokens: int | None = None, progress: Callable[[int], None] | None = None
+                 max_batch_tokens: int | None = None, progress: Callable[[int], None] | None = None,
+                 memory_budget: float | None = None, stats: dict | None = None
                  ) -> tuple[list[int | None], list[str | None]]:
     """Index of the most likely label after each prompt (``None`` where scoring failed)."""
-    scores, errors = label_log_likelihoods(model, prompts, label_ids, pad_id, batch_size, max_batch_tokens, progress)
+    scores, errors = label_log_likelihoods(model, prompts, label_ids, pad_id, batch_size, max_batch_tokens, progress,
+                                           memory_budget, stats)
     return [None if s is None else max(range(len(s)), key=s.__getitem__) for s in scores], errors

@@ -22,6 +22,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from zephyr.errors import UsageError
 from zephyr.io import atomic_write_json, atomic_write_text, read_json
@@ -40,9 +41,11 @@ TASK_SETTINGS = {
 COMMON = ["--max_length", "512", "--do_eval", "True", "--eval_batch_size", "64", "--save_steps", "0",
           "--gradient_checkpointing", "false", "--logging_steps", "10"]
 # Every lever spelled out, so that a change of the suite's defaults does not change what a row measures.
-# The suite's default path: batches of 8 whole examples, eager layers.
-EXAMPLES = ["--packing", "False", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
-            "--compile_layers", "false", "--sync_free_metrics", "True", "--optim", "adamw_torch_fused"]
+# The plain path of the suite's protocol: batches of 8 whole examples, each padded to the batch's longest, eager
+# layers.
+EXAMPLES = ["--packing", "False", "--batch_layout", "padded", "--per_device_train_batch_size", "8",
+            "--gradient_accumulation_steps", "1", "--compile_layers", "false", "--sync_free_metrics", "True",
+            "--optim", "adamw_torch_fused"]
 # The study's protocol: packed rows (8 x 1), eager layers; the compiled-path flags are named for the pairs below.
 PACKED_EAGER = ["--packing", "True", "--packed_rows", "True", "--per_device_train_batch_size", "8",
                 "--gradient_accumulation_steps", "1", "--compile_layers", "false", "--cuda_graphs", "False",
@@ -65,6 +68,10 @@ COMPILED = _with(PACKED_EAGER, compile_layers="true")  # the compiled path's lev
 # Batches of whole examples given one shape, so that compiled layers replay as CUDA graphs.
 EXAMPLES_GRAPHS = _with(EXAMPLES, pad_to_max_length="True", compile_layers="true", cuda_graphs="True",
                         fused_nf4="True")
+# The default: the same examples laid end to end in one row (flat batches), eager, and compiled as --compile_layers
+# auto compiles a run of 1,500 steps or more on a GPU.
+EXAMPLES_FLAT = _with(EXAMPLES, batch_layout="flat")
+EXAMPLES_FLAT_COMPILED = _with(EXAMPLES_FLAT, compile_layers="true", fused_nf4="True")
 # name -> (task, flags): one fine-tuning configuration.
 CONFIGS = {
     "examples": ("samsum", EXAMPLES),
@@ -80,6 +87,10 @@ CONFIGS = {
     "ng_packed": ("newsgroups", PACKED_EAGER),
     "ng_examples": ("newsgroups", EXAMPLES),
     "ng_examples_graphs": ("newsgroups", EXAMPLES_GRAPHS),
+    "examples_flat": ("samsum", EXAMPLES_FLAT),
+    "examples_flat_compiled": ("samsum", EXAMPLES_FLAT_COMPILED),
+    "ng_examples_flat": ("newsgroups", EXAMPLES_FLAT),
+    "ng_examples_flat_compiled": ("newsgroups", EXAMPLES_FLAT_COMPILED),
 }
 # Re-evaluations of a finished adapter: name -> flags of the inference script.
 EVALS = {"4bit": ["--merge_adapter", "False"], "loglik": ["--eval_method", "loglik"]}
@@ -97,6 +108,8 @@ class QualityArguments:
     runs_per_gpu: int = field(default=8, metadata={"help": "Runs at a time on the one GPU"})
     gpu: str = field(default="0", metadata={"help": "The GPU the runs share"})
     summary_only: bool = field(default=False, metadata={"help": "Only write the summary from the runs there are"})
+    configs: Optional[str] = field(
+        default=None, metadata={"help": "Run only these configurations (comma-separated names; default: all)"})
     dry_run: bool = field(default=False, metadata={"help": "Print the commands, run nothing"})
 
     def __post_init__(self):
@@ -108,6 +121,10 @@ class QualityArguments:
             raise UsageError("--seeds: give at least one seed")
         if self.runs_per_gpu < 1:
             raise UsageError(f"--runs_per_gpu: must be positive, got {self.runs_per_gpu}")
+        self.config_list = None if self.configs is None else [c.strip() for c in self.configs.split(",") if c.strip()]
+        for name in self.config_list or []:
+            if name not in CONFIGS:
+                raise UsageError(f"--configs: unknown configuration {name!r} (choose from {', '.join(CONFIGS)})")
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,11 @@ class Lever:
 
 
 LEVERS = [
+    Lever("flat batches (vs padded batches of the same examples)", Side("examples_flat"), Side("examples")),
+    Lever("flat batches (vs padded batches of the same examples)", Side("ng_examples_flat"), Side("ng_examples")),
+    Lever("flat batches, compiled layers (vs padded, eager)", Side("examples_flat_compiled"), Side("examples")),
+    Lever("flat batches, compiled layers (vs padded, eager)", Side("ng_examples_flat_compiled"),
+          Side("ng_examples")),
     Lever("packed rows with a block mask (vs TRL's padding-free packing)", Side("packed_eager"), Side("trl_packing")),
     Lever("compiled decoder layers (vs eager)", Side("packed_no_graphs"), Side("packed_eager")),
     Lever("CUDA graphs (vs compiled layers without)", Side("packed"), Side("packed_no_graphs")),
@@ -160,6 +182,7 @@ class Plan:
     out_root: Path
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     python: str = sys.executable
+    configs: list[str] | None = None  # only these configurations run (the summary reads every run there is)
 
     def run_dir(self, config: str, seed: int) -> Path:
         return self.out_root / f"{config}_seed{seed}"
@@ -178,14 +201,15 @@ class Plan:
         for lever in LEVERS:
             for side in (lever.fast, lever.plain):
                 seeds[side.config].update(self._seeds(lever))
-        return {config: sorted(values) for config, values in seeds.items()}
+        return {config: sorted(values) for config, values in seeds.items()
+                if self.configs is None or config in self.configs}
 
     def training_jobs(self) -> list[Job]:
         """Seed by seed, so that an interrupted benchmark has whole seeds of every configuration."""
         jobs, config_seeds = [], self._config_seeds()
         for seed in sorted(set().union(*config_seeds.values())):
             for config, (task, flags) in CONFIGS.items():
-                if seed not in config_seeds[config]:
+                if seed not in config_seeds.get(config, ()):
                     continue
                 script = str(REPO / "scripts" / SCRIPTS[task][0])
                 jobs.append(Job(self.run_dir(config, seed), [
@@ -196,7 +220,7 @@ class Plan:
 
     def evaluation_jobs(self) -> list[Job]:
         wanted = {(side, seed) for lever in LEVERS for side in (lever.fast, lever.plain) if side.evaluation
-                  for seed in self._seeds(lever)}
+                  and (self.configs is None or side.config in self.configs) for seed in self._seeds(lever)}
         jobs = []
         for side, seed in sorted(wanted, key=lambda item: (item[1], item[0].config, item[0].evaluation)):
             task = CONFIGS[side.config][0]

@@ -26,6 +26,7 @@ from zephyr.rundir import (ADAPTER_DIR, DEFAULT_SAVE_STEPS, TRAIN_METRICS, defau
                            loss_sum, prepare_run_dir, run_directory, run_lock, write_config)
 from zephyr.runinfo import peak_memory_gib
 from zephyr.speed.compile import compile_summary
+from zephyr.speed.flat import FlatBatchCollator, add_neftune, use_flat_attention
 from zephyr.speed.memory import prepare_layers
 from zephyr.speed.packing import PackedRowsCollator
 from zephyr.tasks import Task, get_task
@@ -75,6 +76,11 @@ def _train_log_callback():
     return TrainLogCallback
 
 
+def flat_batches(train_args: TrainArguments) -> bool:
+    """Whole examples laid end to end in one row per micro-batch (--batch_layout flat, without --packing)."""
+    return not train_args.packing and train_args.batch_layout == "flat"
+
+
 def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_dir: Path,
                      dtype: torch.dtype = torch.float32):
     """The SFTConfig for one run: the study's optimisation settings plus completion-only loss and EOS."""
@@ -94,7 +100,8 @@ def build_sft_config(train_args: TrainArguments, data_args: DataArguments, run_d
         # "auto" is decided by prepare_layers once the model is on the GPU.
         gradient_checkpointing=train_args.gradient_checkpointing == "true",
         gradient_checkpointing_kwargs={"use_reentrant": False},
-        neftune_noise_alpha=train_args.neftune_alpha,
+        # Flat batches add NEFTune's noise with the padded batch's scale themselves (zephyr/speed/flat.py).
+        neftune_noise_alpha=None if flat_batches(train_args) else train_args.neftune_alpha,
         completion_only_loss=train_args.loss == "completion",
         max_length=data_args.max_length,
         packing=train_args.packing,
@@ -159,6 +166,13 @@ def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_arg
     if train_args.packing and train_args.packed_rows and model_args.attn_implementation != "flash_attention_2":
         # flash attention's varlen kernel is what TRL's padding-free rows are made for; SDPA and eager want rows
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id, dtype)
+    restore_attention = remove_neftune = lambda: None
+    if flat_batches(train_args):
+        trainer.data_collator = FlatBatchCollator(tokenizer.pad_token_id)
+        if model_args.attn_implementation != "flash_attention_2":  # which reads the example boundaries itself
+            restore_attention = use_flat_attention(model)
+        if train_args.neftune_alpha is not None:
+            trainer.neftune_width, remove_neftune = add_neftune(model, train_args.neftune_alpha)
     checkpointed, uncompile = prepare_layers(trainer, train_args, data_args.max_length)
     from transformers.trainer_callback import PrinterCallback
 
@@ -166,6 +180,8 @@ def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_arg
 
     def restore():
         uncompile()
+        remove_neftune()
+        restore_attention()
         restore_lm_head()
 
     return trainer, restore, checkpointed

@@ -27,6 +27,9 @@ SEQ_LENGTHS = "seq_lengths"
 # A plain int in the batch (left on the CPU by device placement): the batch's real tokens, so that the trainer
 # can count tokens without a GPU-to-CPU sync in every micro-step. The trainer removes it before the forward.
 NUM_TOKENS = "num_tokens"
+# A plain int in a flat batch (zephyr/speed/flat.py): the width its examples would have padded to, which sets
+# NEFTune's noise scale. Removed before the forward pass, like NUM_TOKENS.
+PADDED_WIDTH = "padded_width"
 
 
 def fused_forward(model, inputs: dict):
@@ -117,8 +120,16 @@ def _suite_trainer_class():
             self._total_loss_scalar += self.loss_before_resume or 0.0
             return super()._finalize_training(*args, **kwargs)
 
+        neftune_width = None  # flat batches' NEFTune hook (zephyr/speed/flat.py), told each batch's padded width
+        checkpoint_plan = None  # a per-step checkpointing plan (zephyr/speed/memory.py), sized by the batch's tokens
+
         def training_step(self, model, inputs, *args, **kwargs):
             self._batch_tokens = inputs.pop(NUM_TOKENS, None)
+            width = inputs.pop(PADDED_WIDTH, None)
+            if self.neftune_width is not None:
+                self.neftune_width.width = width
+            if self.checkpoint_plan is not None:
+                self.checkpoint_plan.apply(model, inputs["input_ids"].numel())
             return super().training_step(model, inputs, *args, **kwargs)
 
         def _track_num_input_tokens(self, inputs):

@@ -10,10 +10,10 @@ def test_compile_auto_only_for_long_runs_of_one_batch_shape_on_a_gpu():
     from zephyr.speed.compile import MIN_STEPS_TO_COMPILE as LONG
     from zephyr.speed.compile import should_compile
 
-    assert should_compile("auto", on_gpu=True, fixed_shape=True, steps=LONG)
-    assert not should_compile("auto", on_gpu=True, fixed_shape=True, steps=LONG - 1)  # compiling would not pay
-    assert not should_compile("auto", on_gpu=True, fixed_shape=False, steps=LONG)  # measured slower than eager
-    assert not should_compile("auto", on_gpu=False, fixed_shape=True, steps=LONG)
+    assert should_compile("auto", on_gpu=True, compilable_batches=True, steps=LONG)
+    assert not should_compile("auto", on_gpu=True, compilable_batches=True, steps=LONG - 1)  # compiling would not pay
+    assert not should_compile("auto", on_gpu=True, compilable_batches=False, steps=LONG)  # each padded shape compiles
+    assert not should_compile("auto", on_gpu=False, compilable_batches=True, steps=LONG)
     assert should_compile("true", False, False, steps=1) and not should_compile("false", True, True, steps=LONG)
 
 

@@ -54,3 +54,32 @@ def test_planned_layers_alone_stay_checkpointed_once_the_trainer_enables_it():
     assert [layer.gradient_checkpointing for layer in decoder_layers(model)] == [True, True]
     _checkpoint_only_callback([False, True]).on_train_begin(None, None, None, model=model)
     assert [layer.gradient_checkpointing for layer in decoder_layers(model)] == [False, True]
+
+
+def test_flat_batches_checkpoint_only_the_layers_each_step_needs():
+    """A flat step's size follows its examples: short steps checkpoint nothing, the largest what the model says."""
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    from zephyr.embedded import TINY_MISTRAL
+    from zephyr.speed.compile import decoder_layers
+    from zephyr.speed.memory import MemoryModel, StepCheckpointing
+
+    gib = 2**30
+    # 4 GiB fixed, 0.1 GiB a 512-token row checkpointed, 0.05 GiB a row for each layer that keeps its activations
+    memory = MemoryModel(fixed=4 * gib, per_row=0.1 * gib, per_layer_row=0.05 * gib, n_layers=32)
+    plan = StepCheckpointing(memory, budget=12 * gib, row_tokens=512)
+    assert plan.layers_for_tokens(4 * 512) == 0  # 4 + 4 * (0.1 + 32 * 0.05) = 10.8 GiB
+    # 8 rows: 4 + 8 * (0.1 + 0.05 * resident) <= 12 allows 18 resident layers, one of them recomputed: 15
+    assert plan.layers_for_tokens(8 * 512) == 15 == memory.layers_for(8, 12 * gib)
+    # 6 rows: 4 + 6 * (0.1 + 0.05 * resident) <= 12 allows 24 resident layers, one of them recomputed: 9
+    assert plan.layers_for_tokens(6 * 512) == 9
+    model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL))
+    model.gradient_checkpointing_enable()
+    small = StepCheckpointing(MemoryModel(fixed=0, per_row=1, per_layer_row=1, n_layers=2), budget=6, row_tokens=10)
+    small.apply(model, 10)  # 1 row: 1 + 2 = 3 <= 6: nothing checkpointed
+    assert [layer.gradient_checkpointing for layer in decoder_layers(model)] == [False, False]
+    small.apply(model, 25)  # 2.5 rows: 2.5 * 3 = 7.5 > 6; one layer: 2.5 * (1 + 2) = 7.5 > 6; both: 2.5 * 2 = 5
+    assert [layer.gradient_checkpointing for layer in decoder_layers(model)] == [True, True]
+    small.apply(model, 10)
+    assert [layer.gradient_checkpointing for layer in decoder_layers(model)] == [False, False]
+    assert small.steps_by_layers == {0: 2, 2: 1}

@@ -72,15 +72,15 @@ def compile_summary() -> str:
 MIN_STEPS_TO_COMPILE = 1500
 
 
-def should_compile(setting: str, on_gpu: bool, fixed_shape: bool, steps: int) -> bool:
-    """``--compile_layers``: ``auto`` compiles on a GPU when the batches keep one shape (packed rows, or examples
-    padded with ``--pad_to_max_length``) and the run has at least ``MIN_STEPS_TO_COMPILE`` optimizer steps.
+def should_compile(setting: str, on_gpu: bool, compilable_batches: bool, steps: int) -> bool:
+    """``--compile_layers``: ``auto`` compiles on a GPU when the batches are flat (one graph for every length) or
+    keep one shape (packed rows, or examples padded with ``--pad_to_max_length``), and the run has at least
+    ``MIN_STEPS_TO_COMPILE`` optimizer steps.
 
-    Batches of whole examples change length at every step. Measured on SmolLM2-135M (SAMSum, batches of 8
-    examples, one H200), compiled training ran at 2,346 tokens/s against 4,442 eager, compilation included
-    (issue 13); on the CPU compiling takes longer than the short runs it would speed up, and on a GPU a short
-    run spends more time compiling than compiled layers save it (above).
+    Padded batches of whole examples change shape at every step, and each new shape would compile again; on the
+    CPU compiling takes longer than the short runs it would speed up, and on a GPU a short run spends more time
+    compiling than compiled layers save it (above).
     """
     if setting == "auto":
-        return on_gpu and fixed_shape and steps >= MIN_STEPS_TO_COMPILE
+        return on_gpu and compilable_batches and steps >= MIN_STEPS_TO_COMPILE
     return setting == "true"

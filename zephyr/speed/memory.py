@@ -4,16 +4,46 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from zephyr.config import TrainArguments
 from zephyr.speed.compile import compile_decoder_layers, decoder_layers, should_compile
+from zephyr.speed.flat import FlatBatchCollator
 from zephyr.speed.packing import PackedRowsCollator
-from zephyr.trl_compat import SEQ_LENGTHS, fused_forward
+from zephyr.trl_compat import NUM_TOKENS, PADDED_WIDTH, SEQ_LENGTHS, fused_forward
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Peak memory of a training step, linear in its rows: ``fixed`` (weights, optimizer state), ``per_row`` with
+    every layer checkpointed, and ``per_layer_row``, what each layer that keeps its activations adds per row."""
+
+    fixed: float
+    per_row: float
+    per_layer_row: float
+    n_layers: int
+
+    def layers_for(self, rows: float, budget: float) -> int:
+        """Fewest layers to checkpoint so that a step of ``rows`` rows stays within ``budget`` bytes."""
+        for checkpointed in range(self.n_layers + 1):
+            # A checkpointed layer's activations come back, one layer at a time, during the backward pass.
+            resident = self.n_layers - checkpointed + (1 if checkpointed else 0)
+            if self.fixed + rows * (self.per_row + resident * self.per_layer_row) <= budget:
+                return checkpointed
+        return self.n_layers
+
+
+def fit_memory_model(probe: Callable[[int, bool], float], n_layers: int) -> MemoryModel:
+    """Three small probes: one and two rows with every layer checkpointed, one row with none."""
+    one, two, one_full = probe(1, True), probe(2, True), probe(1, False)
+    per_row = two - one
+    return MemoryModel(fixed=one - per_row, per_row=per_row, per_layer_row=max(0.0, (one_full - one) / n_layers),
+                       n_layers=n_layers)
 
 
 def plan_checkpointing(probe: Callable[[int, bool], float], n_layers: int, rows: int, budget: float) -> int:
@@ -22,22 +52,40 @@ def plan_checkpointing(probe: Callable[[int, bool], float], n_layers: int, rows:
     ``probe(rows, checkpointed)`` returns the peak memory of one forward and backward pass with every layer
     checkpointed or none (infinite when it ran out of memory). A whole step without checkpointing is tried
     first: compiled layers may fit where the eager step did not (prepare_layers), and the training batch's
-    shape is one they compile anyway. Otherwise three small probes give the fixed cost (weights), the cost per
-    row with every layer checkpointed, and what each un-checkpointed layer adds per row; peak memory is linear
-    in rows.
+    shape is one they compile anyway. Otherwise the memory model (``fit_memory_model``) decides.
     """
     if probe(rows, False) <= budget:
         return 0
-    one, two, one_full = probe(1, True), probe(2, True), probe(1, False)
-    per_row = two - one
-    per_layer_row = max(0.0, (one_full - one) / n_layers)
-    fixed = one - per_row
-    for checkpointed in range(n_layers + 1):
-        # A checkpointed layer's activations come back, one layer at a time, during the backward pass.
-        resident = n_layers - checkpointed + (1 if checkpointed else 0)
-        if fixed + rows * (per_row + resident * per_layer_row) <= budget:
-            return checkpointed
-    return n_layers
+    return fit_memory_model(probe, n_layers).layers_for(rows, budget)
+
+
+@dataclass
+class StepCheckpointing:
+    """Checkpointing planned step by step, for flat batches whose size changes at every step.
+
+    A step of 8 whole examples holds from a few hundred to ``8 x max_length`` tokens; a plan for the largest
+    would recompute layers in every step. Before each step the trainer calls ``apply`` with the step's tokens,
+    and exactly the layers the memory model needs for that many tokens are checkpointed (spread over the stack).
+    Checkpointing recomputes the same function, so the plan changes time and memory only.
+    """
+
+    memory: MemoryModel
+    budget: float
+    row_tokens: int  # the tokens of one probe row (max_length)
+    current: int | None = None
+    steps_by_layers: dict = field(default_factory=dict)  # checkpointed layers -> steps so planned
+
+    def layers_for_tokens(self, tokens: int) -> int:
+        return self.memory.layers_for(tokens / self.row_tokens, self.budget)
+
+    def apply(self, model, tokens: int) -> None:
+        checkpointed = self.layers_for_tokens(tokens)
+        self.steps_by_layers[checkpointed] = self.steps_by_layers.get(checkpointed, 0) + 1
+        if checkpointed != self.current:
+            flags = spread_layers(self.memory.n_layers, checkpointed)
+            for layer, flag in zip(decoder_layers(model), flags, strict=True):
+                layer.gradient_checkpointing = flag
+            self.current = checkpointed
 
 
 def spread_layers(n_layers: int, checkpointed: int) -> list[bool]:
@@ -76,7 +124,8 @@ def _memory_probe(trainer, length: int, vocab_size: int):
             backbone.gradient_checkpointing_disable()
         examples = [{"input_ids": ids, "labels": ids, SEQ_LENGTHS: [length]}
                     for ids in torch.randint(vocab_size, (rows, length)).tolist()]
-        batch = {k: v.to(device) for k, v in trainer.data_collator(examples).items() if isinstance(v, torch.Tensor)}
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                 for k, v in trainer.data_collator(examples).items() if k not in (NUM_TOKENS, PADDED_WIDTH)}
         model.train()  # as in training: dropout on, and the compiled layers' graphs are those of training
         peaks = []
         try:
@@ -117,6 +166,10 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     and a checkpointed layer's recomputation would run inside the backward pass's graph replay, so CUDA graphs
     are kept to plans without checkpointing, in one process, on batches of one shape (packed rows, or examples
     padded to --max_length).
+
+    Flat batches (zephyr/speed/flat.py) change size at every step: when the largest possible step (every example
+    ``max_length`` tokens long) does not fit, checkpointing is planned step by step (``StepCheckpointing``), and
+    compiled layers take every length with one graph (no CUDA graphs).
     """
     model = trainer.model
     n_layers = len(decoder_layers(model)) or 1
@@ -129,6 +182,8 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     padded = (train_args.pad_to_max_length
               and getattr(trainer.model.config, "_attn_implementation", None) != "flash_attention_2")
     fixed_shape = isinstance(trainer.data_collator, PackedRowsCollator) or padded
+    flat = isinstance(trainer.data_collator, FlatBatchCollator)
+    step_plan = None
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if probing else []):  # keep the run's RNG
         if probing:
             probe = _memory_probe(trainer, max_length, model.get_base_model().config.get_text_config().vocab_size)
@@ -137,24 +192,31 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
             checkpointed = min(int(train_args.gradient_checkpointing), n_layers)
         else:
             checkpointed = n_layers if train_args.gradient_checkpointing == "true" else 0
-        compiled = should_compile(train_args.compile_layers, torch.cuda.is_available(), fixed_shape,
+        compiled = should_compile(train_args.compile_layers, torch.cuda.is_available(), fixed_shape or flat,
                                   planned_steps(trainer))
         # A graph is recorded for each batch shape, so only for batches of one shape.
         cuda_graphs = (compiled and checkpointed == 0 and train_args.cuda_graphs and torch.cuda.is_available()
                        and trainer.args.world_size == 1 and fixed_shape)
         uncompile = (compile_decoder_layers(model, cuda_graphs=cuda_graphs, fused_nf4=train_args.fused_nf4)
                      if compiled else (lambda: None))
-        if checkpointed is None:
+        if checkpointed is None and flat:
+            step_plan = StepCheckpointing(fit_memory_model(probe, n_layers), budget, max_length)
+            checkpointed = step_plan.layers_for_tokens(rows * max_length)  # the largest step's
+        elif checkpointed is None:
             checkpointed = plan_checkpointing(probe, n_layers, rows, budget)
     if probing:
         model.get_base_model().gradient_checkpointing_disable()
         torch.cuda.empty_cache()
-    if checkpointed and checkpointed < n_layers and train_args.gradient_checkpointing != "true":
+    if step_plan is not None:
+        trainer.args.gradient_checkpointing = True  # the Trainer enables it on every layer; each step trims
+        trainer.checkpoint_plan = step_plan
+    elif checkpointed and checkpointed < n_layers and train_args.gradient_checkpointing != "true":
         trainer.args.gradient_checkpointing = True  # the Trainer enables it on every layer; the callback trims
         trainer.add_callback(_checkpoint_only_callback(spread_layers(n_layers, checkpointed)))
     elif checkpointed == n_layers:
         trainer.args.gradient_checkpointing = True
-    log.info("activation checkpointing: %d of %d layers%s", checkpointed, n_layers,
+    log.info("activation checkpointing: %s%d of %d layers%s", "by each step's tokens, up to " if step_plan else "",
+             checkpointed, n_layers,
              f" (budget {train_args.train_memory_gib:.1f} GiB)" if probing else "")
     log.info("decoder layers: %s", "compiled, replayed as CUDA graphs" if cuda_graphs
              else "compiled" if compiled else "eager")

@@ -1,0 +1,159 @@
+"""Flat batches compute what padded batches of the same examples compute: loss and every LoRA gradient."""
+
+import json
+
+import pytest
+import torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _examples(tokenizer, count=8, max_length=96):
+    """``count`` Newsgroups training rows of different lengths, as the trainer's dataset holds them."""
+    from zephyr.data import Example
+    from zephyr.prompting import PromptBuilder
+    from zephyr.tasks import get_task
+    from zephyr.training import build_training_dataset
+
+    words = "orbit rocket brakes tyres shuttle engine night runway heat shield rust".split()
+    texts = [" ".join(words[(i * 3 + j) % len(words)] for j in range(2 + 7 * i)) for i in range(count)]
+    builder = PromptBuilder(get_task("newsgroups"), tokenizer, "original", ["sci.space", "rec.autos"])
+    examples = [Example(str(i), t, "sci.space" if i % 2 else "rec.autos") for i, t in enumerate(texts)]
+    dataset, _ = build_training_dataset(builder, examples, max_length)
+    return dataset
+
+
+def _one_step(model_dir, tokenizer, tmp_path, dtype: str, flat: bool, device: str, neftune=None):
+    """Loss and LoRA gradients of one training step of the suite's trainer on 8 examples (4-bit, LoRA on every
+    projection and lm_head, no dropout so that both layouts draw nothing at random)."""
+    from peft import get_peft_model
+
+    from zephyr.config import DataArguments, ModelArguments, TrainArguments
+    from zephyr.modeling import build_lora_config, load_model
+    from zephyr.speed.flat import FlatBatchCollator, use_flat_attention
+    from zephyr.training import build_sft_config
+    from zephyr.trl_compat import _suite_trainer_class, expose_lm_head_adapter
+
+    args = ModelArguments(model_name_or_path=str(model_dir), lora_targets="all", lora_lm_head=True, dtype=dtype,
+                          lora_dropout=0.0)
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(args), build_lora_config(args))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # a trained-looking adapter, so that every gradient path carries signal
+            torch.nn.init.normal_(param, std=0.02, generator=torch.Generator().manual_seed(1))
+    model.to(device)
+    expose_lm_head_adapter(model)
+    dataset = _examples(tokenizer)
+    train_args = TrainArguments(output_root=str(tmp_path), max_steps=1, optim="adamw_torch",
+                                gradient_checkpointing="false", batch_layout="flat" if flat else "padded")
+    data_args = DataArguments(max_length=96)
+    config = build_sft_config(train_args, data_args, tmp_path, torch.bfloat16 if dtype == "bf16" else torch.float32)
+    trainer = _suite_trainer_class()(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    if dtype == "fp32":  # TRL casts a 4-bit model's LoRA weights to bf16; fp32 here means fp32 throughout
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+    rows = [trainer.train_dataset[i] for i in range(len(dataset))]
+    if flat:
+        use_flat_attention(model)
+        batch = FlatBatchCollator(tokenizer.pad_token_id)(rows)
+    else:
+        batch = trainer.data_collator(rows)
+    batch.pop("num_tokens", None)
+    batch.pop("padded_width", None)
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    model.train()
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    grads = {n: p.grad.float().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), grads, batch
+
+
+def _relative(a: dict, b: dict) -> float:
+    """Largest relative difference, by norm, over the LoRA gradients."""
+    return max(((a[n] - b[n]).norm() / b[n].norm()).item() for n in a)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_flat_batch_trains_exactly_like_the_padded_batch(tiny_model_dir, tokenizer, tmp_path, device):
+    """fp32: the two layouts multiply the same numbers in matrices of other shapes, so they agree to float32's
+    rounding of those sums (loss to 1e-6, each gradient to 1e-5 by norm)."""
+    if device == "cuda":
+        pytest.skip("fp32 on the GPU: TF32 and kernel choice differ by shape; bf16 below is what users run")
+    padded_loss, padded, padded_batch = _one_step(tiny_model_dir, tokenizer, tmp_path, "fp32", False, device)
+    flat_loss, flat, flat_batch = _one_step(tiny_model_dir, tokenizer, tmp_path, "fp32", True, device)
+    assert padded_batch["input_ids"].shape[0] == 8 and flat_batch["input_ids"].shape[0] == 1
+    real = int(padded_batch["attention_mask"].sum())
+    assert flat_batch["input_ids"].shape[1] == real < padded_batch["input_ids"].numel()  # no padding left
+    assert (flat_batch["labels"] != -100).sum() == (padded_batch["labels"][:, 1:] != -100).sum()
+    assert flat_loss == pytest.approx(padded_loss, rel=1e-6)
+    assert len(flat) == len(padded) > 20  # every projection of both layers and lm_head
+    assert _relative(flat, padded) < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_flat_batch_in_bf16_differs_from_padded_only_by_bf16_rounding(tiny_model_dir, tokenizer, tmp_path, device):
+    """bf16, as users train: each layout rounds its own sums, so neither is exact; the flat layout must be as close
+    to the float32 step as the padded layout is (the layout adds no error of its own), and the two close to each
+    other. On a CUDA GPU the flat layout runs the flash varlen kernel, the padded one SDPA with a padding mask."""
+    _, reference, _ = _one_step(tiny_model_dir, tokenizer, tmp_path, "fp32", False, "cpu")
+    padded_loss, padded, _ = _one_step(tiny_model_dir, tokenizer, tmp_path, "bf16", False, device)
+    flat_loss, flat, _ = _one_step(tiny_model_dir, tokenizer, tmp_path, "bf16", True, device)
+    padded_error, flat_error = _relative(padded, reference), _relative(flat, reference)
+    assert flat_loss == pytest.approx(padded_loss, rel=1e-2)
+    assert flat_error < 1.5 * padded_error + 1e-3, (flat_error, padded_error)
+    assert _relative(flat, padded) < 2 * padded_error + 1e-3
+
+
+def test_flat_attention_matches_each_example_alone():
+    """The attention function itself: each example of a flat row gets exactly its own causal attention."""
+    from zephyr.speed.flat import flat_attention
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = [5, 1, 9, 3]
+    q = torch.randn(1, 4, sum(lengths), 8, generator=generator)
+    k, v = torch.randn(1, 2, sum(lengths), 8, generator=generator), torch.randn(1, 2, sum(lengths), 8,
+                                                                             generator=generator)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    out, _ = flat_attention(None, q, k, v, None, scaling=0.3, cu_seq_lens_q=cu, max_length_q=max(lengths))
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        alone = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, start:end], k[:, :, start:end].repeat_interleave(2, 1), v[:, :, start:end].repeat_interleave(2, 1),
+            is_causal=True, scale=0.3)
+        torch.testing.assert_close(out[:, start:end], alone.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_neftune_noise_keeps_the_padded_batch_scale():
+    """NEFTune draws uniform noise in +-alpha / sqrt(width x hidden): the flat row's hook uses the padded width."""
+    from zephyr.speed.flat import NEFTuneWidth
+
+    embedding = torch.nn.Embedding(10, 64)
+    hook = NEFTuneWidth(alpha=5.0)
+    embedding.register_forward_hook(hook)
+    ids = torch.zeros(1, 4000, dtype=torch.long)
+    hook.width = 25
+    with torch.no_grad():
+        noise = embedding(ids) - embedding.weight[0]
+    bound = 5.0 / (25 * 64) ** 0.5
+    assert noise.abs().max() <= bound * (1 + 1e-6)
+    assert noise.abs().max() > 0.99 * bound  # uniform over the whole range, not the flat row's smaller one
+    embedding.eval()
+    with torch.no_grad():
+        assert torch.equal(embedding(ids)[0, 0], embedding.weight[0])
+
+
+def test_compiled_layers_take_flat_batches_of_every_length_with_one_graph(tiny_model_dir, synthetic_data, tmp_path):
+    """Each flat step has its own length; the compiled decoder layers must not compile again for each (after the
+    recompile limit, Dynamo would silently run them eagerly)."""
+    from torch._dynamo.utils import counters
+
+    from conftest import run_args
+    from zephyr.training import train
+
+    before = counters["stats"]["unique_graphs"]
+    run = train(*run_args(tiny_model_dir, synthetic_data, tmp_path, max_steps=4, compile_layers="true"))
+    rows = [json.loads(row) for row in (run.run_dir / "train_log.jsonl").read_text().splitlines()]
+    seen = [row["num_input_tokens_seen"] for row in rows if "loss" in row]
+    per_step = {b - a for a, b in zip([0] + seen, seen)}
+    assert len(seen) == 4 and len(per_step) >= 3  # steps of different sizes
+    assert counters["stats"]["unique_graphs"] - before == 2  # the first layer (no input gradient) and the rest

@@ -1,0 +1,171 @@
+"""Flat batches: a micro-batch of whole examples laid end to end in one row, without padding.
+
+The padded batch of the plain path pads every example to the longest one in the batch; at the study's 512 tokens
+and 8 Newsgroups examples a step, a third to a half of its tokens are padding, computed and discarded. Here the
+same examples, in the same order, are concatenated into one row (TRL's padding-free collator): each example keeps
+its own positions, starting at 0, and attends only to its own earlier tokens, so every real token is computed from
+exactly what it sees in the padded batch, and the loss covers the same answer tokens with the same normalization.
+Only the order of floating-point sums inside the matrix products differs (tests/speed/test_flat.py).
+
+Attention over the row takes the examples' boundaries (``cu_seq_lens_q``, which the collator computes on the CPU):
+on a CUDA GPU, PyTorch's variable-length flash attention kernel; elsewhere, SDPA with a block-diagonal causal mask.
+The attention function is registered with transformers under ``ATTENTION`` and used only while training.
+
+NEFTune's noise scale depends on the padded batch's width (alpha / sqrt(width x hidden)); the collator passes that
+width (``PADDED_WIDTH``) so that the noise keeps its distribution (``neftune_hook``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from zephyr.trl_compat import NUM_TOKENS, PADDED_WIDTH
+
+ATTENTION = "zephyr_flat"
+# Keys of TRL's padding-free batches that only a varlen attention kernel reads; removed before the forward pass.
+SEQUENCE_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
+
+
+@dataclass
+class FlatBatchCollator:
+    """TRL's padding-free collator plus the batch's real token count and its padded width."""
+
+    pad_token_id: int
+
+    def __post_init__(self):
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        self._collate = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, padding_free=True)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        lengths = [len(row["input_ids"]) for row in rows]
+        batch = self._collate([{k: row[k] for k in ("input_ids", "labels", "seq_lengths") if k in row}
+                               for row in rows])
+        batch.pop("seq_idx", None)  # for linear-attention layers' convolutions; no decoder here has one
+        batch[NUM_TOKENS] = sum(lengths)
+        batch[PADDED_WIDTH] = max(lengths)
+        return batch
+
+
+def document_mask(cu_seq_lens: torch.Tensor, length: int) -> torch.Tensor:
+    """[length, length] boolean mask: token i sees token j when both are in the same example and j <= i."""
+    sizes = cu_seq_lens.diff().to(torch.long)
+    document = torch.repeat_interleave(torch.arange(len(sizes), device=cu_seq_lens.device), sizes, output_size=length)
+    causal = torch.ones(length, length, dtype=torch.bool, device=cu_seq_lens.device).tril()
+    return causal & (document[:, None] == document[None, :])
+
+
+@functools.cache
+def _flash_varlen():
+    """PyTorch's variable-length flash attention as ``f(q, k, v, cu_seq_lens, max_len, scale)``, or None where this
+    PyTorch has none. Its causal switch is spelled ``is_causal`` in some releases and ``window_size=(-1, 0)`` in
+    others."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    parameters = inspect.signature(varlen_attn).parameters
+    if "is_causal" in parameters:
+        causal = {"is_causal": True}
+    elif "window_size" in parameters:
+        causal = {"window_size": (-1, 0)}
+    else:
+        return None
+    takes_scale = "scale" in parameters
+
+    def attend(q, k, v, cu_seq_lens, max_len, scale):
+        extra = {"scale": scale} if takes_scale else {}
+        return varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, max_len, max_len, **causal, **extra)
+
+    attend.takes_scale = takes_scale
+    return attend
+
+
+def uses_flash_kernel(query: torch.Tensor, scaling: float | None, dropout: float) -> bool:
+    """The flash kernel where it applies: a CUDA tensor in 16 bits, no attention dropout, and the kernel's own
+    1/sqrt(dim) scale where this PyTorch's varlen_attn takes no scale."""
+    if not (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)) or dropout or _flash_varlen() is None:
+        return False
+    return _flash_varlen().takes_scale or scaling is None or abs(scaling - query.shape[-1] ** -0.5) < 1e-9
+
+
+def flat_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                   cu_seq_lens_q: torch.Tensor | None = None, max_length_q: int | None = None, **kwargs):
+    """Causal attention within each example of a flat row: ``query`` [1, heads, T, dim], ``key``/``value``
+    [1, kv_heads, T, dim]; returns [1, T, heads, dim] as transformers' attention functions do."""
+    if cu_seq_lens_q is None:
+        raise ValueError("flat attention needs the batch's example boundaries (cu_seq_lens_q): this attention "
+                         "function is for FlatBatchCollator's batches")
+    if query.shape[0] != 1:
+        raise ValueError(f"flat attention takes one row, got a batch of {query.shape[0]}")
+    length = query.shape[2]
+    cu_seq_lens = cu_seq_lens_q.to(device=query.device, dtype=torch.int32)
+    if uses_flash_kernel(query, scaling, dropout):
+        groups = query.shape[1] // key.shape[1]
+        q = query[0].transpose(0, 1)  # [T, heads, dim]
+        k = key[0].transpose(0, 1)
+        v = value[0].transpose(0, 1)
+        if groups > 1:  # the kernel's grouped-query support is not promised across releases: expand, as eager does
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        # an int, not int(...): in a compiled layer it is symbolic, and int() would compile once per value
+        max_len = max_length_q if max_length_q is not None else length
+        out = _flash_varlen()(q.contiguous(), k.contiguous(), v.contiguous(), cu_seq_lens, max_len, scaling)
+        return out.unsqueeze(0), None
+    mask = document_mask(cu_seq_lens, length)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, dropout_p=dropout,
+                                         enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, flat_attention)
+
+
+def use_flat_attention(model):
+    """Switch ``model`` (a PEFT model or a plain one) to flat attention; returns a function that switches it back."""
+    register_attention()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    configs = [m.config for m in base.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")]
+    before = [(config, config._attn_implementation) for config in {id(c): c for c in configs}.values()]
+    for config, _ in before:
+        config._attn_implementation_internal = ATTENTION
+
+    def restore():
+        for config, implementation in before:
+            config._attn_implementation_internal = implementation
+
+    return restore
+
+
+class NEFTuneWidth:
+    """NEFTune's forward hook on the input embeddings, with the noise scale of the padded batch.
+
+    transformers' hook draws uniform noise in +-alpha / sqrt(width x hidden), the width being the batch's second
+    dimension: a flat row's would be the whole step's tokens. The trainer sets ``width`` from each batch's
+    ``PADDED_WIDTH`` before its forward pass.
+    """
+
+    def __init__(self, alpha: float):
+        self.alpha, self.width = alpha, None
+
+    def __call__(self, module, inputs, output):
+        if not module.training:
+            return output
+        width = self.width or output.size(1)
+        magnitude = self.alpha / (width * output.size(2)) ** 0.5
+        return output + torch.zeros_like(output).uniform_(-magnitude, magnitude)
+
+
+def add_neftune(model, alpha: float):
+    """Register ``NEFTuneWidth`` on the model's input embeddings; returns (hook, remove)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hook = NEFTuneWidth(alpha)
+    handle = base.get_input_embeddings().register_forward_hook(hook)
+    return hook, handle.remove
