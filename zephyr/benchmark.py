@@ -286,7 +286,7 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
         train_overrides = {k: v for k, v in overrides.items() if k not in model_overrides}
         if not torch.cuda.is_available() and train_overrides.get("optim", "").startswith("paged"):
             train_overrides["optim"] = "adamw_torch"  # paged optimizers need CUDA
-        setting_model = replace(model_args, **PRESETS[preset], **model_overrides)
+        setting_model = replace(model_args, **{**PRESETS[preset], **model_overrides})  # a named flag wins
         setting_train = replace(suite_defaults, **train_overrides, save_steps=0, logging_steps=1, num_train_epochs=1.0)
         log.info("training: %s", name)
         profile = Path(bench.profile_dir) / f"train-{name.replace(' ', '_').replace(',', '')}.txt" \

@@ -82,11 +82,11 @@ def _step_timer(warmup: int, timed: int, profile_path: Path | None = None):
                 self.profiler = None
 
         def tokens_per_s(self) -> float | None:
-            """Tokens of the median-duration step over its duration (robust to a stray slow step)."""
+            """The timed steps' real tokens over their time: flat batches of whole examples change size at every
+            step, so one step's rate would depend on which step it is."""
             if not self.steps:
                 return None
-            seconds, tokens = sorted(self.steps)[len(self.steps) // 2]
-            return tokens / seconds
+            return sum(tokens for _, tokens in self.steps) / sum(seconds for seconds, _ in self.steps)
 
     return StepTimer()
 

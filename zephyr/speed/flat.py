@@ -17,7 +17,6 @@ width (``PADDED_WIDTH``) so that the noise keeps its distribution (``neftune_hoo
 
 from __future__ import annotations
 
-import functools
 import inspect
 from dataclasses import dataclass
 
@@ -60,8 +59,7 @@ def document_mask(cu_seq_lens: torch.Tensor, length: int) -> torch.Tensor:
     return causal & (document[:, None] == document[None, :])
 
 
-@functools.cache
-def _flash_varlen():
+def _resolve_flash_varlen():
     """PyTorch's variable-length flash attention as ``f(q, k, v, cu_seq_lens, max_len, scale)``, or None where this
     PyTorch has none. Its causal switch is spelled ``is_causal`` in some releases and ``window_size=(-1, 0)`` in
     others."""
@@ -84,6 +82,13 @@ def _flash_varlen():
 
     attend.takes_scale = takes_scale
     return attend
+
+
+_FLASH_VARLEN = _resolve_flash_varlen()  # resolved once: a compiled layer traces this module's code on every call
+
+
+def _flash_varlen():
+    return _FLASH_VARLEN
 
 
 def uses_flash_kernel(query: torch.Tensor, scaling: float | None, dropout: float) -> bool:
