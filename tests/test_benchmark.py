@@ -55,3 +55,34 @@ def test_summary_table_of_an_evaluation_only_run_lists_the_evaluation_paths():
     table = summary_table({"training": {}, "evaluation": {"newsgroups_generate": row, "eval_batch_size": 64}})
     assert "training" not in table
     assert "| newsgroups_generate examples/s | 0.7 | 40.0 | 57.1x | 17.2 |" in table
+
+
+def test_study_hours_divide_each_presets_tokens_by_its_measured_rate():
+    from zephyr.study_hours import study_hours, to_markdown
+
+    training = {f"{path} {preset}": {"tokens_per_s": rate, "mfu_percent": 20.0}
+                for path, rates in (("original", (1000.0, 500.0)), ("suite", (2000.0, 1000.0)),
+                                    ("fast", (4000.0, 2000.0)))
+                for preset, rate in zip(("q,v", "all+lm_head"), rates)}
+    tokens = {"Table 1": {"q,v": 3_600_000, "all+lm_head": 1_800_000}, "grid": {"q,v": 7_200_000}}
+    rows = study_hours({"training": training, "peak_bf16_tflops": 700.0}, tokens)
+    hours = {(r["table"], r["path"]): r["gpu_hours"] for r in rows}
+    assert hours[("Table 1", "original")] == 1.0 + 1.0  # 3.6 M / 1000 + 1.8 M / 500 tokens/s, in hours
+    assert hours[("Table 1", "suite")] == 1.0 and hours[("grid", "fast")] == 0.5
+    a10g = {(r["table"], r["path"]): r["a10g_hours_estimate"] for r in rows}
+    assert a10g[("grid", "suite")] == 10 * hours[("grid", "suite")]  # 70 of 700 TFLOP/s at the same MFU
+    assert "| Table 1 | 5.4 M | suite default | 1.0 | 10.0 |" in to_markdown(rows, {"device": {"name": "X"}})
+
+
+def test_training_tokens_are_the_encoded_examples_of_the_selected_fraction(synthetic_data, tokenizer):
+    from zephyr.prompting import PromptBuilder
+    from zephyr.study_hours import training_tokens
+    from zephyr.tasks import get_task
+
+    task = get_task("newsgroups")
+    loaded = task.load_split("train", str(synthetic_data))
+    half = task.select_train(loaded.examples, 0.5, 42)
+    builder = PromptBuilder(task, tokenizer, "original", task.labels(loaded.examples))
+    expected = sum(len(builder.encode_training(e, 64)["input_ids"]) for e in half)
+    assert training_tokens("newsgroups", tokenizer, str(synthetic_data), 0.5, 64) == expected
+    assert 0 < expected < training_tokens("newsgroups", tokenizer, str(synthetic_data), 1.0, 64)

@@ -50,9 +50,18 @@ def test_wrong_type_in_config_is_an_error(tmp_path):
         parse_args(ALL, ["--config", str(config)])
 
 
-def test_unknown_flag_is_an_error():
-    with pytest.raises(UsageError, match="unknown argument"):
+def test_unknown_flag_is_an_error_that_names_the_nearest_flag(tmp_path):
+    with pytest.raises(UsageError) as err:
         parse_args(ALL, ["--lora_rank", "4"])
+    assert str(err.value) == "unknown argument(s): --lora_rank 4 (did you mean --lora_r?)"
+    with pytest.raises(UsageError) as err:
+        parse_args(ALL, ["--xyzzy", "4"])
+    assert str(err.value) == "unknown argument(s): --xyzzy 4"
+    config = tmp_path / "run.json"
+    config.write_text('{"learning_rat": 0.001}')
+    with pytest.raises(UsageError) as err:
+        parse_args(ALL, ["--config", str(config)])
+    assert str(err.value) == f"{config}: unknown key 'learning_rat' (did you mean learning_rate?)"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -105,3 +105,19 @@ def test_make_tables_writes_the_study_columns_and_says_whose_they_are(tmp_path, 
                              "few-shot ROUGE-1": "", "few-shot ROUGE-2": "", "fine-tuned ROUGE-1": "",
                              "fine-tuned ROUGE-2": ""}
     assert len(table3_csv) == 1 + len(reference.TABLE3_ROUGE)
+
+
+def test_a_second_evaluation_kept_inside_a_run_is_not_a_run(tmp_path):
+    """``--eval_output_dir runs/<name>/eval-loglik`` keeps another evaluation inside the run directory; the tables
+    read the run once, from its own metrics.json."""
+    from zephyr.results import collect
+
+    run = tmp_path / "runs" / "newsgroups_tiny_frac0.1_base"
+    (run / "eval-loglik").mkdir(parents=True)
+    arguments = {"DataArguments": {"task": "newsgroups", "train_fraction": 0.1},
+                 "ModelArguments": {"model_name_or_path": "tiny", "lora_targets": "attention"}, "TrainArguments": {}}
+    (run / "config.json").write_text(json.dumps({"kind": "finetune", "arguments": arguments}))
+    (run / "metrics.json").write_text(json.dumps({"accuracy": 41.0}))
+    (run / "eval-loglik" / "metrics.json").write_text(json.dumps({"accuracy": 44.0}))
+    rows = collect([tmp_path / "runs"])
+    assert [(row["run"], row["accuracy"], row["variant"]) for row in rows] == [(run.name, 41.0, "base")]

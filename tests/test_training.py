@@ -139,3 +139,16 @@ def test_finished_run_is_not_overwritten_without_the_flag(tiny_model_dir, synthe
     with pytest.raises(UsageError, match="a finished run is already there; pass --overwrite True"):
         train(*args)
     assert (run.run_dir / "train_metrics.json").read_text() == before
+
+
+def test_a_run_shorter_than_its_logging_interval_says_it_drew_no_loss_png(tiny_model_dir, synthetic_data, tmp_path,
+                                                                          caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="zephyr")
+    data, model, train_args = run_args(tiny_model_dir, synthetic_data, tmp_path, quantization="none", max_steps=1)
+    train_args.logging_steps = 10
+    run = train(data, model, train_args)
+    [message] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("writing results: ")]
+    assert message.startswith("writing results: adapter and train_metrics.json in ")
+    assert not (run.run_dir / "loss.png").exists()

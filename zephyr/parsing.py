@@ -38,7 +38,7 @@ def _config_to_flags(path: str, allowed: set[str]) -> list[str]:
     flags = []
     for key, value in data.items():
         if key not in allowed:
-            raise UsageError(f"{path}: unknown key {key!r}")
+            raise UsageError(f"{path}: unknown key {key!r}{_near(key, allowed, '')}")
         if value is not None:
             flags += [f"--{key}", str(value)]
     return flags
@@ -103,5 +103,14 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None, defaults: 
         argv = _config_to_flags(known.config, allowed) + argv
     *instances, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if remaining:
-        raise UsageError(f"unknown argument(s): {' '.join(remaining)}")
+        flag = next((r for r in remaining if r.startswith("--")), "")
+        raise UsageError(f"unknown argument(s): {' '.join(remaining)}{_near(flag[2:].split('=')[0], allowed, '--')}")
     return tuple(obj for obj in instances if type(obj) in dataclass_types)
+
+
+def _near(name: str, allowed: set[str], prefix: str) -> str:
+    """'' or ' (did you mean --lora_r?)': the closest known name, for a typo."""
+    import difflib
+
+    close = difflib.get_close_matches(name.replace("-", "_"), sorted(allowed), n=1, cutoff=0.6) if name else []
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""

@@ -55,13 +55,21 @@ def summarize_run(run_dir: str | Path) -> dict | None:
     return {k: row.get(k) for k in ROW_COLUMNS}
 
 
+def _second_evaluation(folder: Path, root: Path) -> bool:
+    """A folder inside a run directory that holds another evaluation of that run (``--eval_output_dir
+    runs/<name>/eval-loglik``): it has no config.json of its own. The tables use the run's own evaluation."""
+    if (folder / CONFIG).is_file():
+        return False
+    return any((parent / CONFIG).is_file() for parent in folder.parents if parent == root or root in parent.parents)
+
+
 def collect(roots: list[str | Path]) -> list[dict]:
     """Summaries of every finished run below ``roots`` (a run directory holds metrics.json)."""
     rows = []
     for root in map(Path, roots):
         if not root.is_dir():
             raise UsageError(f"--runs: {root}: directory not found")
-        found = sorted(root.rglob(METRICS))
+        found = [m for m in sorted(root.rglob(METRICS)) if not _second_evaluation(m.parent, root)]
         if not found:
             raise UsageError(f"--runs: {root}: no finished run in it (no metrics.json below it)")
         rows += [{**summarize_run(metrics.parent), "path": str(metrics.parent)} for metrics in found]  # path: plots

@@ -256,15 +256,19 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
                              f"{trainer.state.num_input_tokens_seen:,} tokens{compile_summary()}")
         restore()
         if main:
-            _save_finished_run(trainer, tokenizer, result, run_dir, resume_from, checkpointed)
-            phase_done("writing results", started, f"adapter, loss.png and train_metrics.json in {run_dir}")
+            plotted = _save_finished_run(trainer, tokenizer, result, run_dir, resume_from, checkpointed)
+            written = "adapter, loss.png and train_metrics.json" if plotted else "adapter and train_metrics.json"
+            phase_done("writing results", started, f"{written} in {run_dir}")
     return TrainedRun(run_dir, task, trainer.model, tokenizer, labels, main)
 
 
-def _save_finished_run(trainer, tokenizer, result, run_dir: Path, resume_from: Path | None, checkpointed: int):
+def _save_finished_run(trainer, tokenizer, result, run_dir: Path, resume_from: Path | None,
+                       checkpointed: int) -> bool:
+    """Adapter, tokenizer, train_metrics.json and loss.png; returns whether loss.png was drawn (a run shorter than
+    --logging_steps has no logged loss)."""
     from zephyr.results import plot_training_log
 
-    plot_training_log(run_dir / "train_log.jsonl", run_dir / "loss.png")
+    plotted = plot_training_log(run_dir / "train_log.jsonl", run_dir / "loss.png")
     # The base lm_head is frozen: save only LoRA weights even when lm_head carries an adapter.
     trainer.model.save_pretrained(run_dir / ADAPTER_DIR, save_embedding_layers=False)
     tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
@@ -285,3 +289,4 @@ def _save_finished_run(trainer, tokenizer, result, run_dir: Path, resume_from: P
         "processes": trainer.args.world_size,
         **peak_memory_gib()})
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is complete: free the disk
+    return plotted

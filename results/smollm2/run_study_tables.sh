@@ -10,9 +10,9 @@
 #            non-empty test row (7,317 of 7,532);
 #   Table 2: SAMSum, all 14,731 non-empty training rows, 1 epoch, the 4 variants, greedy generation on all 819
 #            test rows; zero-shot and 3-shot baselines on the same rows.
-# Every fraction trains eagerly by default (TABLE1_FRACTIONS, default "1.0 0.5 0.25 0.1 0.05 0.025" less the fast
+# Every fraction trains with the suite's default batches by default (TABLE1_FRACTIONS, default "1.0 0.5 0.25 0.1 0.05 0.025" less the fast
 # ones); the 100 % and 50 % runs are 6,885 and 3,445 optimizer steps, about an hour and half an hour at the ~0.5 s a
-# step of a shared H200. Fractions in TABLE1_FAST_FRACTIONS (default none) train with FAST_ARGS instead: whole examples padded to
+# step of a shared H200 that padded eager batches took (the committed tables' runs). Fractions in TABLE1_FAST_FRACTIONS (default none) train with FAST_ARGS instead: whole examples padded to
 # max_length, so that compiled layers replay as CUDA graphs (0.14 s a step), into their own sweep folder,
 # table1-fast. The quality benchmark measures exactly these flags against the eager default, 3 seeds each
 # (results/quality): +0.06 +- 0.06 ROUGE-1 (SAMSum), +0.18 +- 0.19 accuracy points (Newsgroups, 10 %, 2 epochs);
