@@ -75,7 +75,8 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
                                                        for p, enc in zip(predictions, encoded)),
         n_cut_at_turn_end=sum(cut), n_truncated=sum(e.truncated for e in encoded), prompt_token_budget=budget,
         eval_method=eval_args.eval_method, max_new_tokens=max_new_tokens, eval_batch_size=eval_args.eval_batch_size,
-        eval_batch_tokens=eval_args.eval_batch_tokens, planned_batch_tokens=memory["stats"].get("planned_batch_tokens"),
+        eval_batch_tokens=eval_args.eval_batch_tokens, eval_memory_gib=eval_args.eval_memory_gib,
+        planned_batch_tokens=memory["stats"].get("planned_batch_tokens"),
         oom_retries=memory["stats"].get("oom_retries"), merge_adapter=eval_args.merge_adapter,
         compute_dtype=str(model.get_input_embeddings().weight.dtype).removeprefix("torch."),  # the activations' dtype
         test_source=test.source, test_rows_available=len(test.examples), test_rows_dropped_empty=test.dropped,
