@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, requires_shared, shared_dir
 
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -32,7 +34,9 @@ def test_train_then_inference_writes_metrics_and_predictions(tiny_model_dir, syn
         "--max_test_rows", 6, "--eval_batch_size", 4)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
-    assert metrics["n_examples"] == len(rows) == 6 and 0 <= metrics["accuracy"] <= 100
+    assert metrics["n_examples"] == len(rows) == 6
+    # the published accuracy is the share of rows whose prediction is their reference label, read back
+    assert metrics["accuracy"] == pytest.approx(100 * sum(r["prediction"] == r["reference"] for r in rows) / 6)
     assert {"id", "reference", "prediction", "error"} <= set(rows[0])
 
 
