@@ -102,6 +102,13 @@ def test_a_run_logs_phases_tensorboard_and_loss_png_and_its_export_evaluates_the
     board.Reload()
     assert [e.value for e in board.Scalars("train/loss")] == pytest.approx(logged, rel=1e-6) and len(logged) == 2
 
+    # without --data_dir, evaluation reads the test rows from the data directory the run recorded (not the hub)
+    caplog.clear()
+    again = evaluate_run(DataArguments(task="newsgroups", max_test_rows=4),
+                         replace(eval_args, eval_output_dir=str(tmp_path / "recorded-data")))
+    assert again["accuracy"] == metrics["accuracy"] and again["test_source"] == metrics["test_source"]
+    assert any("test data from " in r.getMessage() for r in caplog.records)
+
     out, report = export_run(ExportArguments(run_dir=str(run_dir), output_dir=str(tmp_path / "fp32"), dtype="fp32"))
     assert report == {} and (out / "model.safetensors").is_file()
     tokenizer = AutoTokenizer.from_pretrained(out)

@@ -12,6 +12,7 @@ zephyr/preflight_checks.py, their combination per entry point here.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from zephyr.preflight_checks import (check_eval_method, is_hub_source, load_spli
                                      model_runtime, prompt_budget, run_dir_inside, test_rows, writable_dir)
 from zephyr.rundir import ADAPTER_DIR, CONFIG, finished_with_same_settings, prepare_run_dir, run_directory
 from zephyr.tasks import LoadedSplit, Task
+
+log = logging.getLogger(__name__)
 
 
 # -- entry points -----------------------------------------------------------------------------------------
@@ -204,8 +207,14 @@ def inference(data_args: DataArguments, eval_args: EvalArguments, task_name: str
     model_args = _arguments_from(config, ModelArguments, run_dir / CONFIG)
     if eval_args.eval_dtype:
         model_args = replace(model_args, dtype=eval_args.eval_dtype)
-    # The prompt format and task come from training; where the test data lives comes from this command.
-    data_args = replace(trained_data, data_dir=data_args.data_dir, test_file=data_args.test_file,
+    # The prompt format and task come from training; where the test data lives comes from this command, or, when
+    # it names none, from the data directory the run trained from (if it is still there).
+    data_dir = data_args.data_dir
+    if data_dir is None and data_args.test_file is None and trained_data.data_dir \
+            and Path(trained_data.data_dir).is_dir():
+        data_dir = trained_data.data_dir
+        log.info("test data from %s, the run's --data_dir (pass --data_dir or --test_file for other data)", data_dir)
+    data_args = replace(trained_data, data_dir=data_dir, test_file=data_args.test_file,
                         max_test_rows=data_args.max_test_rows)
     task = get_task(data_args.task)
     check_eval_method(task, eval_args)
