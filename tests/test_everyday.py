@@ -254,3 +254,17 @@ def test_console_commands_return_nothing_so_they_exit_zero():
     for name in ("train", "evaluate", "baseline_command", "tables", "bench", "export"):
         body = inspect.getsource(getattr(commands, name).__wrapped__).split('"""')[-1]
         assert not re.search(r"^\s+return\b", body, re.M), f"{name} returns a value"
+
+
+def test_zephyr_train_takes_its_task_from_the_config_and_refuses_a_contradiction(capsys):
+    from zephyr.commands import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train(["--task", "samsum", "--config", str(REPO / "configs" / "table1_base.yaml")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"error: --task samsum: the --config file {REPO / 'configs' / 'table1_base.yaml'}"
+                                       " is for newsgroups\n")
+    # no --task: the config's task (samsum) is the one whose flags get parsed, so the error is about its data
+    with pytest.raises(SystemExit):
+        train(["--config", str(REPO / "configs" / "table2_qlora.yaml"), "--data_dir", "/nonexistent-data"])
+    assert capsys.readouterr().err == "error: --data_dir: /nonexistent-data: directory not found\n"

@@ -32,10 +32,17 @@ def _peek(argv: list[str] | None, flag: str, default: str | None = None) -> str 
 
 @entry_point
 def train(argv=None):
-    """zephyr-train --task newsgroups|samsum [flags of that task's fine-tuning script]"""
+    """zephyr-train --task newsgroups|samsum [flags of that task's fine-tuning script]; the task may also come from
+    the --config file's ``task`` key."""
     from zephyr.tasks import TASKS
 
-    task = _peek(argv, "--task", "newsgroups")
+    from zephyr.parsing import config_value
+
+    task, config = _peek(argv, "--task"), _peek(argv, "--config")
+    config_task = config_value(config, "task") if config else None
+    if task is not None and config_task is not None and task != config_task:
+        raise UsageError(f"--task {task}: the --config file {config} is for {config_task}")
+    task = task or config_task or "newsgroups"
     if task not in TASKS:
         raise UsageError(f"--task: unknown task {task!r} (choose from {', '.join(TASKS)})")
     finetune(task, argv)

@@ -19,7 +19,24 @@ from zephyr.errors import UsageError, raise_usage_errors
 from zephyr.io import not_utf8
 
 
+def config_value(path: str, key: str):
+    """One key of a ``--config`` file (None if absent), read with the same checks as the whole file."""
+    data = _read_config(path)
+    return data.get(key)
+
+
 def _config_to_flags(path: str, allowed: set[str]) -> list[str]:
+    data = _read_config(path)
+    flags = []
+    for key, value in data.items():
+        if key not in allowed:
+            raise UsageError(f"{path}: unknown key {key!r}{_near(key, allowed, '')}")
+        if value is not None:
+            flags += [f"--{key}", str(value)]
+    return flags
+
+
+def _read_config(path: str) -> dict:
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"--config: {path}: file not found")
@@ -35,13 +52,7 @@ def _config_to_flags(path: str, allowed: set[str]) -> list[str]:
     data = data or {}
     if not isinstance(data, dict):
         raise UsageError(f"{path}: config must be a mapping of argument names to values")
-    flags = []
-    for key, value in data.items():
-        if key not in allowed:
-            raise UsageError(f"{path}: unknown key {key!r}{_near(key, allowed, '')}")
-        if value is not None:
-            flags += [f"--{key}", str(value)]
-    return flags
+    return data
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
