@@ -86,3 +86,18 @@ def test_training_tokens_are_the_encoded_examples_of_the_selected_fraction(synth
     expected = sum(len(builder.encode_training(e, 64)["input_ids"]) for e in half)
     assert training_tokens("newsgroups", tokenizer, str(synthetic_data), 0.5, 64) == expected
     assert 0 < expected < training_tokens("newsgroups", tokenizer, str(synthetic_data), 1.0, 64)
+
+
+def test_a_setting_that_pads_examples_gets_padded_batches_and_a_bad_one_is_refused_first():
+    import pytest
+
+    from zephyr.benchmark import setting_arguments
+    from zephyr.config import TrainArguments
+    from zephyr.errors import UsageError
+
+    graphs = BenchmarkArguments(extra_settings='{"graphs": {"pad_to_max_length": true}}')
+    overrides = training_settings(graphs)["graphs"][1]
+    assert setting_arguments(TrainArguments(), overrides).batch_layout == "padded"
+    assert setting_arguments(TrainArguments(), {}).batch_layout == "flat"
+    with pytest.raises(UsageError, match="--extra_settings: x: --pad_to_max_length: pads each example"):
+        BenchmarkArguments(extra_settings='{"x": {"pad_to_max_length": true, "batch_layout": "flat"}}')

@@ -98,9 +98,17 @@ def test_evaluation_batches_are_planned_from_the_memory_budget():
     planned = plan_batch_tokens(items, lambda batch: batch, 20, 18 * gib, 16384, peak_of=peak_of)
     assert probed == [[480], [480, 470, 460, 300]]
     assert planned == int(4 * gib / (430 * kib))  # 9,754 tokens: 4 GiB over the weights
-    assert plan_batch_tokens(items, None, 20, 18 * gib, 5000, peak_of=peak_of) == 5000  # the flag caps it
-    # a budget below the weights still lets one longest prompt through (out of memory then halves nothing)
-    assert plan_batch_tokens(items, None, 20, 10 * gib, 16384, peak_of=peak_of) == 500
+    probed.clear()
+    assert plan_batch_tokens(items, None, 20, 18 * gib, 1200, peak_of=peak_of) == 1200  # the flag caps it
+    assert probed == [[480], [480, 470]]  # probes stay within the flag's tokens (2 x 500)
+    assert plan_batch_tokens(items, None, 20, 18 * gib, 16384, peak_of=peak_of, batch_size=1) == 16384  # no probe
+    # weights over the budget: nothing to plan; the flag stands and out-of-memory halving is the fallback
+    assert plan_batch_tokens(items, None, 20, 10 * gib, 16384, peak_of=peak_of) == 16384
+
+    def out_of_memory(fn, batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    assert plan_batch_tokens(items, None, 20, 18 * gib, 16384, peak_of=out_of_memory) == 16384
     if not torch.cuda.is_available():  # nothing to measure on the CPU: the flag's cap stands
         assert plan_batch_tokens(items, None, 20, 18 * gib, 16384) == 16384
 

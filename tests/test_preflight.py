@@ -82,6 +82,10 @@ def space(tmp_path, tiny_model_dir, monkeypatch):
     (copied / "config.json").write_text(json.dumps({
         "arguments": {"DataArguments": {"task": "samsum"}, "ModelArguments": {"quantization": "none"}},
         "model_path": "/elsewhere/models/tiny", "base_model": "/elsewhere/models/tiny.gguf"}))
+    windowed = tmp_path / "windowed"  # a model whose attention looks back 64 tokens only
+    shutil.copytree(tiny_model_dir, windowed)
+    config = json.loads((windowed / "config.json").read_text())
+    (windowed / "config.json").write_text(json.dumps({**config, "sliding_window": 64}))
     return {"root": tmp_path, "data": tmp_path / "data", "model": tiny_model_dir, "out": tmp_path / "runs"}
 
 
@@ -97,6 +101,10 @@ def _base_baseline(s):
 
 # Each case: (entry point, base argv, extra argv, environment, expected message). {root} is the workspace.
 CASES = {
+    "flat batches over a sliding window": (train_cls, _base_train, ["--model_name_or_path", "{root}/windowed",
+                                                                     "--max_length", "96"], {},
+                                           "--batch_layout flat: this mistral model attends over a sliding window "
+                                           "of 64 tokens, under --max_length 96; pass --batch_layout padded"),
     "learning rate NaN": (train_cls, _base_train, ["--learning_rate", "nan"], {},
                           "--learning_rate: must be positive and finite, got nan"),
     "learning rate infinite": (train_cls, _base_train, ["--learning_rate", "inf"], {},

@@ -161,3 +161,18 @@ def test_result_scripts_refuse_bad_input_in_one_line(script, argv, culprit, tmp_
     assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
     assert culprit.format(tmp=tmp_path) in err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_configs_filter_runs_only_the_named_configurations_and_refuses_none(tmp_path):
+    from zephyr.errors import UsageError
+    from zephyr.quality import QualityArguments
+
+    plan = Plan("model.gguf", "data", tmp_path, seeds=[1, 2], configs=["examples_flat", "ng_examples"])
+    assert {job.run_dir.name for job in plan.training_jobs()} == {
+        "examples_flat_seed1", "examples_flat_seed2", "ng_examples_seed1", "ng_examples_seed2"}
+    assert sorted(str(job.run_dir.relative_to(tmp_path)) for job in plan.evaluation_jobs()) == [
+        f"ng_examples_seed{seed}/eval-{kind}" for seed in (1, 2) for kind in ("4bit", "loglik")]
+    for configs, message in ((",", "--configs: give at least one configuration name"),
+                             ("flat", "--configs: unknown configuration 'flat'")):
+        with pytest.raises(UsageError, match=message):
+            QualityArguments(configs=configs)

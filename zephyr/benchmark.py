@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -103,8 +103,6 @@ class BenchmarkArguments:
 
 
     def __post_init__(self):
-        from dataclasses import fields
-
         from zephyr.errors import UsageError
 
         if self.shape not in SHAPES:
@@ -127,6 +125,23 @@ class BenchmarkArguments:
             if overrides.get("preset", "q,v") not in PRESETS:
                 raise UsageError(f"--extra_settings: {name}: unknown preset {overrides['preset']!r} "
                                  f"(choose {', '.join(PRESETS)})")
+            model_fields = {f.name for f in fields(ModelArguments)}
+            try:  # every setting's flags together, as the benchmark will build them, before any work
+                setting_arguments(TrainArguments(), {k: v for k, v in overrides.items()
+                                                     if k != "preset" and k not in model_fields})
+                replace(ModelArguments(), **{**PRESETS[overrides.get("preset", "q,v")],
+                                             **{k: v for k, v in overrides.items() if k in model_fields}})
+            except UsageError as err:
+                raise UsageError(f"--extra_settings: {name}: {err}") from None
+            except (TypeError, ValueError) as err:
+                raise UsageError(f"--extra_settings: {name}: {err}") from None
+
+
+def setting_arguments(defaults: TrainArguments, overrides: dict) -> TrainArguments:
+    """One timed setting's training arguments: the defaults with its flags, the batch layout resolved again (a
+    setting that pads examples gets padded batches), and the benchmark's own step and logging settings."""
+    return replace(defaults, **{"batch_layout": None, **overrides}, save_steps=0, logging_steps=1,
+                   num_train_epochs=1.0)
 
 
 # -- the model --------------------------------------------------------------------------------------
@@ -176,7 +191,8 @@ def measure_evaluation(model, tokenizer, data_dir: str, labels: list[str], bench
     from zephyr.tasks import get_task
 
     eval_args = EvalArguments(eval_batch_size=bench.eval_batch_size or EvalArguments.eval_batch_size)
-    memory_budget = eval_args.eval_memory_gib * 2**30 * 0.9  # as evaluation.evaluate plans it
+    budget_gib = min(eval_args.eval_memory_gib, bench.memory_cap_gib or eval_args.eval_memory_gib)
+    memory_budget = budget_gib * 2**30 * 0.9  # as evaluation.evaluate plans it, within the allocator's cap
     newsgroups, samsum = get_task("newsgroups"), get_task("samsum")
     # A fine-tuned model's prompt budget (evaluation.evaluate): its context minus new tokens, at most max_length.
     budget = {t.name: min(context_length(model) - t.max_new_tokens, DataArguments.max_length)
@@ -287,7 +303,7 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
         if not torch.cuda.is_available() and train_overrides.get("optim", "").startswith("paged"):
             train_overrides["optim"] = "adamw_torch"  # paged optimizers need CUDA
         setting_model = replace(model_args, **{**PRESETS[preset], **model_overrides})  # a named flag wins
-        setting_train = replace(suite_defaults, **train_overrides, save_steps=0, logging_steps=1, num_train_epochs=1.0)
+        setting_train = setting_arguments(suite_defaults, train_overrides)
         log.info("training: %s", name)
         profile = Path(bench.profile_dir) / f"train-{name.replace(' ', '_').replace(',', '')}.txt" \
             if bench.profile_dir else None

@@ -29,28 +29,46 @@ def _cuda_peak(fn: Callable[[list], list], batch: list) -> float:
 
 
 def plan_batch_tokens(items: Sequence, fn: Callable[[list], list], extra_tokens: int, budget_bytes: float,
-                      max_tokens: int | None, peak_of: Callable[[Callable, list], float] | None = None) -> int | None:
+                      max_tokens: int | None, peak_of: Callable[[Callable, list], float] | None = None,
+                      batch_size: int | None = None) -> int | None:
     """The most tokens a batch may hold (counted as ``run_batched`` counts them) for its peak GPU memory to stay
-    within ``budget_bytes``; ``max_tokens`` unchanged off the GPU.
+    within ``budget_bytes``; ``max_tokens`` unchanged off the GPU, or where the probes cannot tell.
 
-    Two probe batches of the longest prompts (1 and 4 of them, the shape of the first real batches) give the
-    peak memory with nothing but the model allocated and what each batch token adds: the peak is linear in the
-    batch's tokens (key/value cache, activations). The probes' outputs are discarded; the plan is capped by
-    ``max_tokens``. ``peak_of(fn, batch)`` measures a probe (default: CUDA's peak allocated memory).
+    Two probe batches of the longest prompts (the longest alone, then up to 4 of them within ``batch_size`` and
+    ``max_tokens``: the shape of the first real batches) give the peak memory with nothing but the model allocated
+    and what each batch token adds: the peak is linear in the batch's tokens (key/value cache, activations). The
+    probes' outputs are discarded. A probe that runs out of memory, or a model that leaves no room in the budget,
+    leaves ``max_tokens`` in place, with out-of-memory halving as the fallback. ``peak_of(fn, batch)`` measures a
+    probe (default: CUDA's peak allocated memory).
     """
     if peak_of is None:
         if not torch.cuda.is_available():
             return max_tokens
         peak_of = _cuda_peak
-    longest = sorted(items, key=len, reverse=True)[:4]
-    if len(longest) < 2:
+    longest = sorted(items, key=len, reverse=True)
+    row = len(longest[0]) + extra_tokens if longest else 0
+    count = min(4, len(longest), batch_size or 4, (max_tokens // row) if max_tokens and row else 4)
+    if count < 2:
         return max_tokens
-    probes = [longest[:1], longest]
+    probes = [longest[:1], longest[:count]]
     tokens = [len(batch) * (len(batch[0]) + extra_tokens) for batch in probes]
-    peaks = [peak_of(fn, batch) for batch in probes]
+    try:
+        peaks = [peak_of(fn, batch) for batch in probes]
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+        if not _is_oom(err):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.warning("evaluation batches: a probe batch ran out of memory; batches stay within %s tokens", max_tokens)
+        return max_tokens
     per_token = max(1.0, (peaks[1] - peaks[0]) / (tokens[1] - tokens[0]))
     fixed = peaks[0] - per_token * tokens[0]
-    planned = max(tokens[0], int((budget_bytes - fixed) / per_token))
+    if budget_bytes <= fixed + per_token * tokens[0]:
+        log.warning("evaluation batches: the model alone takes %.1f GiB, over the %.1f GiB budget "
+                    "(--eval_memory_gib); batches stay within %s tokens", fixed / 2**30, budget_bytes / 2**30,
+                    max_tokens)
+        return max_tokens
+    planned = int((budget_bytes - fixed) / per_token)
     log.info("evaluation batches: at most %d tokens (%.0f KiB a token over %.2f GiB) for a %.1f GiB peak",
              planned, per_token / 1024, fixed / 2**30, budget_bytes / 2**30)
     return min(planned, max_tokens) if max_tokens else planned
@@ -149,7 +167,7 @@ def greedy_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 def _planned_run(items, batch_size, fn, max_tokens, extra_tokens, progress, memory_budget, stats):
     stats = {} if stats is None else stats
     if memory_budget:
-        max_tokens = plan_batch_tokens(items, fn, extra_tokens, memory_budget, max_tokens)
+        max_tokens = plan_batch_tokens(items, fn, extra_tokens, memory_budget, max_tokens, batch_size=batch_size)
     stats["planned_batch_tokens"] = max_tokens
     return run_batched(items, batch_size, fn, max_tokens, extra_tokens, progress, stats)
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, to_dict
 from zephyr.errors import UsageError
-from zephyr.preflight_checks import (check_eval_method, is_hub_source, load_split, lora_targets, model_config,
-                                     model_runtime, prompt_budget, run_dir_inside, test_rows, writable_dir)
+from zephyr.preflight_checks import (check_eval_method, flat_batches, is_hub_source, load_split, lora_targets,
+                                     model_config, model_runtime, prompt_budget, run_dir_inside, test_rows,
+                                     writable_dir)
 from zephyr.rundir import ADAPTER_DIR, CONFIG, finished_with_same_settings, prepare_run_dir, run_directory
 from zephyr.tasks import LoadedSplit, Task
 
@@ -69,6 +70,8 @@ def finetune(task: Task, data_args: DataArguments, model_args: ModelArguments, t
         from zephyr.modeling import config_context_length
 
         lora_targets(config, model_args)
+        if not train_args.packing and train_args.batch_layout == "flat":
+            flat_batches(config, data_args.max_length)
         context = config_context_length(config)
         if data_args.max_length > context:
             raise UsageError(f"--max_length: {data_args.max_length} exceeds the model's context of {context} tokens")

@@ -90,6 +90,19 @@ def _adaptable_layers(config_json: str) -> tuple[str, ...]:
                  if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) or type(module).__name__ == "Conv1D")
 
 
+def flat_batches(config, max_length: int) -> None:
+    """Flat batches (zephyr/speed/flat.py) compute plain causal attention within each example: a model whose
+    attention also caps its logits, or looks back a window shorter than an example, needs padded batches."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "attn_logit_softcapping", None):
+        raise UsageError(f"--batch_layout flat: this {text.model_type} model caps its attention logits, which flat "
+                         "attention does not; pass --batch_layout padded")
+    window = getattr(text, "sliding_window", None)
+    if window and window < max_length:
+        raise UsageError(f"--batch_layout flat: this {text.model_type} model attends over a sliding window of "
+                         f"{window} tokens, under --max_length {max_length}; pass --batch_layout padded")
+
+
 def lora_targets(config, model_args: ModelArguments) -> None:
     """Every LoRA target names layers of the model (peft matches a name or a dotted suffix)."""
     layers = _adaptable_layers(config.to_json_string(use_diff=False))

@@ -122,6 +122,8 @@ class QualityArguments:
         if self.runs_per_gpu < 1:
             raise UsageError(f"--runs_per_gpu: must be positive, got {self.runs_per_gpu}")
         self.config_list = None if self.configs is None else [c.strip() for c in self.configs.split(",") if c.strip()]
+        if self.config_list == []:
+            raise UsageError("--configs: give at least one configuration name")
         for name in self.config_list or []:
             if name not in CONFIGS:
                 raise UsageError(f"--configs: unknown configuration {name!r} (choose from {', '.join(CONFIGS)})")

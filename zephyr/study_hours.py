@@ -62,14 +62,14 @@ def study_hours(benchmark: dict, tokens: dict[str, dict[str, int]]) -> list[dict
     rows = []
     for table, by_preset in tokens.items():
         for path in PATHS:
-            hours = a10g = 0.0
+            hours, a10g = 0.0, 0.0 if peak else None
             for preset, count in by_preset.items():
                 row = training[f"{path} {preset}"]
                 hours += count / row["tokens_per_s"] / 3600
-                if peak and row.get("mfu_percent"):
+                if a10g is not None:  # the same MFU at an A10G's peak: the rate scales by the peaks' ratio
                     a10g += count / (row["tokens_per_s"] * A10G_BF16_TFLOPS / peak) / 3600
             rows.append({"table": table, "path": path, "tokens": sum(by_preset.values()), "gpu_hours": hours,
-                         "a10g_hours_estimate": a10g or None})
+                         "a10g_hours_estimate": a10g})
     return rows
 
 
@@ -92,10 +92,12 @@ def main_hours(args: StudyHoursArguments) -> str:
     if not path.is_file():
         raise UsageError(f"--benchmark: {path}: file not found")
     benchmark = read_json(path)
+    rows = benchmark.get("training", {})
     missing = [f"{p} {preset}" for p in PATHS for preset in ("q,v", "all+lm_head")
-               if f"{p} {preset}" not in benchmark.get("training", {})]
+               if not (rows.get(f"{p} {preset}") or {}).get("tokens_per_s")]
     if missing:
-        raise UsageError(f"--benchmark: {path}: no training row {missing[0]!r} (run the benchmark with --train True)")
+        raise UsageError(f"--benchmark: {path}: no measured training row {missing[0]!r} (run the benchmark with "
+                         "--train True)")
     if args.tokenizer:
         tokenizer = load_tokenizer(args.tokenizer, "--tokenizer")
     else:

@@ -199,7 +199,7 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
                        and trainer.args.world_size == 1 and fixed_shape)
         uncompile = (compile_decoder_layers(model, cuda_graphs=cuda_graphs, fused_nf4=train_args.fused_nf4)
                      if compiled else (lambda: None))
-        if checkpointed is None and flat:
+        if checkpointed is None and flat and decoder_layers(model):
             step_plan = StepCheckpointing(fit_memory_model(probe, n_layers), budget, max_length)
             checkpointed = step_plan.layers_for_tokens(rows * max_length)  # the largest step's
         elif checkpointed is None:
