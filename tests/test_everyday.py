@@ -268,3 +268,21 @@ def test_zephyr_train_takes_its_task_from_the_config_and_refuses_a_contradiction
     with pytest.raises(SystemExit):
         train(["--config", str(REPO / "configs" / "table2_qlora.yaml"), "--data_dir", "/nonexistent-data"])
     assert capsys.readouterr().err == "error: --data_dir: /nonexistent-data: directory not found\n"
+
+
+def test_a_run_ends_with_one_readable_sentence_and_rounded_json(capsys, caplog, tmp_path):
+    import logging
+
+    from zephyr.cli import _print_metrics
+
+    caplog.set_level(logging.INFO, logger="zephyr")
+    metrics = {"accuracy": 41.25, "macro_f1": 38.1034, "invalid_rate": 57.49999999999999, "n_examples": 1000,
+               "n_errors": 2, "examples_per_s": 12.3456789}
+    _print_metrics(tmp_path / "run" / "metrics.json", metrics)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["invalid_rate"] == 57.5 and printed["examples_per_s"] == 12.3457
+    assert caplog.messages[-1] == (f"accuracy 41.25 % on 1,000 test rows (macro F1 38.10, 57.5 % answered no label, "
+                                   f"2 failed); predictions.jsonl and metrics.json in {tmp_path / 'run'}")
+    _print_metrics(tmp_path / "s" / "metrics.json", {"rouge1": 39.3412, "rouge2": 15.4, "rougeL": 31.84,
+                                                     "n_examples": 819, "n_errors": 0})
+    assert caplog.messages[-1].startswith("ROUGE-1 39.34, ROUGE-2 15.40, ROUGE-L 31.84 on 819 test rows; ")

@@ -58,9 +58,28 @@ def _pop_log_level(argv: list[str]) -> tuple[list[str], str]:
 
 
 def _print_metrics(path: Path, metrics: dict) -> None:
+    """One JSON line on stdout (rounded to 4 decimals, for scripts) and one sentence in the log (for people)."""
     keys = [k for k in ("accuracy", "macro_f1", "invalid_rate", "rouge1", "rouge2", "rougeL", "rougeLsum",
                         "n_examples", "n_errors", "examples_per_s") if k in metrics]
-    print(json.dumps({"metrics": str(path), **{k: metrics[k] for k in keys}}))
+    print(json.dumps({"metrics": str(path), **{k: _rounded(metrics[k]) for k in keys}}))
+    logging.getLogger("zephyr").info("%s", result_sentence(path, metrics))
+
+
+def _rounded(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def result_sentence(path: Path, metrics: dict) -> str:
+    """What was measured, on how many rows, and where the files are, in one line."""
+    rows = f"{metrics.get('n_examples', 0):,} test rows"
+    failed = f", {metrics['n_errors']} failed" if metrics.get("n_errors") else ""
+    if "accuracy" in metrics:
+        measured = (f"accuracy {metrics['accuracy']:.2f} % on {rows} (macro F1 {metrics.get('macro_f1', 0):.2f}, "
+                    f"{metrics.get('invalid_rate', 0):.1f} % answered no label{failed})")
+    else:
+        measured = (f"ROUGE-1 {metrics.get('rouge1', 0):.2f}, ROUGE-2 {metrics.get('rouge2', 0):.2f}, "
+                    f"ROUGE-L {metrics.get('rougeL', 0):.2f} on {rows}{failed}")
+    return f"{measured}; predictions.jsonl and metrics.json in {path.parent}"
 
 
 def _check_task(data_args: DataArguments, task_name: str) -> None:
