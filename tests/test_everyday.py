@@ -286,3 +286,24 @@ def test_a_run_ends_with_one_readable_sentence_and_rounded_json(capsys, caplog, 
     _print_metrics(tmp_path / "s" / "metrics.json", {"rouge1": 39.3412, "rouge2": 15.4, "rougeL": 31.84,
                                                      "n_examples": 819, "n_errors": 0})
     assert caplog.messages[-1].startswith("ROUGE-1 39.34, ROUGE-2 15.40, ROUGE-L 31.84 on 819 test rows; ")
+
+
+def test_progress_values_follow_the_clock(monkeypatch):
+    """ETA, rates and elapsed time read from a controlled clock: 3 of 10 steps in 30 s leaves 70 s; a run resumed at
+    step 4 counts its rate and ETA from its own steps only."""
+    import zephyr.progress as progress_module
+    from zephyr.progress import eta
+
+    assert eta(30.0, 3, 10) == 70.0 and eta(5.0, 0, 10) is None
+    now = [100.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: now[0])
+    out = io.StringIO()
+    bar = Progress("training", 10, "steps", out, plain_interval_s=0)
+    now[0] = 130.0
+    bar.update(3, tokens=6000)
+    assert out.getvalue().splitlines()[-1] == ("training 3/10 steps  30%  200 tokens/s  0.1 steps/s  elapsed 30s, "
+                                               "ETA 1m10s")
+    resumed = Progress("training", 10, "steps", out, plain_interval_s=0, initial=4)
+    now[0] = 150.0
+    resumed.update(6)
+    assert out.getvalue().splitlines()[-1] == "training 6/10 steps  60%  0.1 steps/s  elapsed 20s, ETA 40s"

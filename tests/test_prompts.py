@@ -94,3 +94,35 @@ def test_evaluation_writes_the_answer_not_the_next_turns(tokenizer, tmp_path, mo
     assert row["prediction"] == "A will be late."
     assert row["continuation"] == "A will be late.\n\nSummarize the following dialogue"  # what the rule cut
     assert json.loads((tmp_path / "metrics.json").read_text())["n_cut_at_turn_end"] == 1
+
+
+@pytest.mark.parametrize("prompt_format", ["original", "chat"])
+def test_training_rows_are_the_prompt_tokens_then_the_answer_tokens_and_eos(tokenizer, prompt_format):
+    """Token for token: the prompt as the tokenizer encodes it, then the answer as it follows the prompt in the joint
+    tokenization, then EOS; the loss mask covers exactly the answer and EOS. A long text is cut from its end so that
+    the whole answer still fits max_length, and the row says it was cut."""
+    from zephyr.data import Example
+    from zephyr.prompting import PromptBuilder
+    from zephyr.tasks import get_task
+
+    builder = PromptBuilder(get_task("newsgroups"), tokenizer, prompt_format, ["sci.space", "rec.autos"])
+    example = Example("1", "The rocket reached orbit.", "sci.space")
+    row = builder.encode_training(example, 512)
+    prompt = builder.prompt_text(example.text)
+    prompt_ids = builder.encode(prompt)
+    answer = builder.answer_text(prompt, example.text, "sci.space")
+    joint = builder.encode(prompt + answer)
+    assert row["input_ids"][: len(prompt_ids)] == prompt_ids and joint[: len(prompt_ids)] == prompt_ids
+    assert row["input_ids"][len(prompt_ids):] == joint[len(prompt_ids):] + [tokenizer.eos_token_id]
+    assert row["completion_mask"] == [0] * len(prompt_ids) + [1] * (len(row["input_ids"]) - len(prompt_ids))
+    assert tokenizer.decode(row["input_ids"][len(prompt_ids):-1]).strip().endswith("sci.space")
+    assert row["truncated"] is False
+
+    long = Example("2", " ".join(["orbit"] * 400), "rec.autos")
+    budget = len(builder.encode_training(Example("3", "", "rec.autos"), 512)["input_ids"]) + 40  # room for 40 tokens
+    cut = builder.encode_training(long, budget)
+    assert cut["truncated"] is True and len(cut["input_ids"]) <= budget
+    answer_tokens = sum(cut["completion_mask"])
+    assert cut["input_ids"][-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(cut["input_ids"][-answer_tokens:-1]).strip().endswith("rec.autos")
+    assert len(cut["input_ids"]) >= budget - 3  # filled to the budget, give or take the tokenizer's re-encoding
