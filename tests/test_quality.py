@@ -176,3 +176,40 @@ def test_configs_filter_runs_only_the_named_configurations_and_refuses_none(tmp_
                              ("flat", "--configs: unknown configuration 'flat'")):
         with pytest.raises(UsageError, match=message):
             QualityArguments(configs=configs)
+
+
+def test_each_lever_reads_its_fast_side_and_its_plain_side_from_their_own_runs(tmp_path):
+    """The wiring: which run feeds which side of each lever, and the exact commands that make those runs."""
+    from conftest import REPO
+    from zephyr.quality import COMMON, TASK_SETTINGS
+
+    plan = Plan("model.gguf", "data", tmp_path, seeds=[1], python="py")
+    names = sorted(CONFIGS)
+    value = {name: 10.0 + index for index, name in enumerate(names)}  # every configuration its own score
+    for job in plan.training_jobs() + plan.evaluation_jobs():
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        config = job.run_dir.name.rsplit("_seed", 1)[0] if "eval-" not in job.run_dir.name else \
+            job.run_dir.parent.name.rsplit("_seed", 1)[0]
+        bonus = {"eval-4bit": 0.5, "eval-loglik": 0.25}.get(job.run_dir.name, 0.0)
+        (job.run_dir / "metrics.json").write_text(json.dumps({"rouge1": value[config] + bonus,
+                                                              "accuracy": value[config] + bonus, "eval_seconds": 1.0}))
+        (job.run_dir / "train_metrics.json").write_text(json.dumps({"train_runtime_s": 2.0, "train_steps": 3}))
+    summary = plan.summary(commit="abc")
+    for lever, row in zip(LEVERS, summary["levers"]):
+        expected_fast = value[lever.fast.config] + {"4bit": 0.5, "loglik": 0.25}.get(lever.fast.evaluation, 0.0)
+        expected_plain = value[lever.plain.config] + {"4bit": 0.5, "loglik": 0.25}.get(lever.plain.evaluation, 0.0)
+        assert row["fast"][0] == expected_fast and row["plain"][0] == expected_plain, lever.name
+        assert row["mean_delta"] == pytest.approx(expected_fast - expected_plain)
+        assert (row["fast_config"], row["plain_config"]) == (lever.fast.config, lever.plain.config)
+        assert (row["fast_evaluation"], row["plain_evaluation"]) == (lever.fast.evaluation or "dense",
+                                                                    lever.plain.evaluation or "dense")
+    [job] = [j for j in plan.training_jobs() if j.run_dir.name == "examples_flat_seed1"]
+    assert job.command == ["py", str(REPO / "scripts" / "zephyr_summarization.py"), "--model_name_or_path",
+                           "model.gguf", "--data_dir", "data", "--output_root", str(tmp_path), "--run_name",
+                           "examples_flat_seed1", "--seed", "1", *TASK_SETTINGS["samsum"], *COMMON,
+                           *CONFIGS["examples_flat"][1]]
+    [loglik] = [j for j in plan.evaluation_jobs() if j.run_dir.name == "eval-loglik"]
+    assert loglik.command == ["py", str(REPO / "scripts" / "zephyr_classification_inference.py"), "--run_dir",
+                              str(tmp_path / "ng_examples_seed1"), "--data_dir", "data", "--eval_output_dir",
+                              str(tmp_path / "ng_examples_seed1" / "eval-loglik"), "--eval_batch_size", "64",
+                              "--eval_method", "loglik"]
