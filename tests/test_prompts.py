@@ -68,7 +68,7 @@ def test_a_generated_answer_ends_where_its_plain_turn_ends(tokenizer):
         assert kept.answer_from("one\n\ntwo") == "one\n\ntwo"
 
 
-def test_evaluation_writes_the_answer_not_the_next_turns(tokenizer, tmp_path, monkeypatch):
+def test_evaluation_writes_the_answer_not_the_next_turns(tokenizer, tmp_path, monkeypatch, caplog):
     import copy
     import json
     from types import SimpleNamespace
@@ -94,6 +94,13 @@ def test_evaluation_writes_the_answer_not_the_next_turns(tokenizer, tmp_path, mo
     assert row["prediction"] == "A will be late."
     assert row["continuation"] == "A will be late.\n\nSummarize the following dialogue"  # what the rule cut
     assert json.loads((tmp_path / "metrics.json").read_text())["n_cut_at_turn_end"] == 1
+    # evaluating again into the same folder says what it replaces
+    with caplog.at_level("WARNING", logger="zephyr.evaluation"):
+        evaluation.evaluate(task, model, plain, PromptBuilder(task, plain, "chat"), LoadedSplit(examples, "inline"),
+                            examples, EvalArguments(merge_adapter=False), tmp_path)
+    rouge1 = json.loads((tmp_path / "metrics.json").read_text())["rouge1"]
+    assert caplog.messages == [f"replacing the earlier evaluation in {tmp_path} (its rouge1 was {rouge1:.2f}, now "
+                               f"{rouge1:.2f}); --eval_output_dir keeps both"]
 
 
 @pytest.mark.parametrize("prompt_format", ["original", "chat"])

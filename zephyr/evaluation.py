@@ -85,10 +85,28 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     if metrics["n_errors"]:
         log.warning("%d of %d test rows failed and are scored as wrong", metrics["n_errors"], len(examples))
     out_dir.mkdir(parents=True, exist_ok=True)
+    _say_what_is_replaced(out_dir / METRICS, metrics)
     atomic_write_jsonl(out_dir / PREDICTIONS, rows)
     atomic_write_json(out_dir / METRICS, metrics)
     phase_done("writing results", evaluated, f"predictions.jsonl and metrics.json in {out_dir}")
     return metrics
+
+
+def _say_what_is_replaced(path: Path, metrics: dict) -> None:
+    """A re-evaluation replaces the earlier predictions.jsonl and metrics.json: say so, with the earlier score
+    (--eval_output_dir keeps both)."""
+    if not path.is_file():
+        return
+    from zephyr.io import read_json
+
+    try:
+        before = read_json(path)
+    except Exception:  # an unreadable earlier file is replaced all the same
+        before = {}
+    key = next((k for k in ("accuracy", "rouge1") if k in metrics), None)
+    earlier = f" (its {key} was {before[key]:.2f}, now {metrics[key]:.2f})" if key and isinstance(
+        before.get(key), (int, float)) else ""
+    log.warning("replacing the earlier evaluation in %s%s; --eval_output_dir keeps both", path.parent, earlier)
 
 
 def _was_cut(prediction: str | None, continuation: str | None) -> bool:
