@@ -99,8 +99,9 @@ def test_evaluation_writes_the_answer_not_the_next_turns(tokenizer, tmp_path, mo
         evaluation.evaluate(task, model, plain, PromptBuilder(task, plain, "chat"), LoadedSplit(examples, "inline"),
                             examples, EvalArguments(merge_adapter=False), tmp_path)
     rouge1 = json.loads((tmp_path / "metrics.json").read_text())["rouge1"]
-    assert caplog.messages == [f"replacing the earlier evaluation in {tmp_path} (its rouge1 was {rouge1:.2f}, now "
-                               f"{rouge1:.2f}); --eval_output_dir keeps both"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"replacing the earlier evaluation in {tmp_path} (its rouge1 was {rouge1:.2f}, now "
+                        f"{rouge1:.2f}); --eval_output_dir keeps both"]
 
 
 @pytest.mark.parametrize("prompt_format", ["original", "chat"])
