@@ -71,7 +71,10 @@ EXAMPLES_GRAPHS = _with(EXAMPLES, pad_to_max_length="True", compile_layers="true
 # The default: the same examples laid end to end in one row (flat batches), eager, and compiled as --compile_layers
 # auto compiles a run of 1,500 steps or more on a GPU.
 EXAMPLES_FLAT = _with(EXAMPLES, batch_layout="flat")
-EXAMPLES_FLAT_COMPILED = _with(EXAMPLES_FLAT, compile_layers="true", fused_nf4="True")
+EXAMPLES_FLAT_COMPILED = _with(EXAMPLES_FLAT, compile_layers="true", fused_nf4="True", cuda_graphs="False")
+# Flat rows padded to buckets of lengths, each replayed as a CUDA graph (the default of a long run whose largest
+# step fits without checkpointing).
+EXAMPLES_FLAT_GRAPHS = _with(EXAMPLES_FLAT_COMPILED, cuda_graphs="True")
 # name -> (task, flags): one fine-tuning configuration.
 CONFIGS = {
     "examples": ("samsum", EXAMPLES),
@@ -91,6 +94,8 @@ CONFIGS = {
     "examples_flat_compiled": ("samsum", EXAMPLES_FLAT_COMPILED),
     "ng_examples_flat": ("newsgroups", EXAMPLES_FLAT),
     "ng_examples_flat_compiled": ("newsgroups", EXAMPLES_FLAT_COMPILED),
+    "examples_flat_graphs": ("samsum", EXAMPLES_FLAT_GRAPHS),
+    "ng_examples_flat_graphs": ("newsgroups", EXAMPLES_FLAT_GRAPHS),
 }
 # Re-evaluations of a finished adapter: name -> flags of the inference script.
 EVALS = {"4bit": ["--merge_adapter", "False"], "loglik": ["--eval_method", "loglik"]}
@@ -153,6 +158,10 @@ LEVERS = [
     Lever("flat batches (vs padded batches of the same examples)", Side("ng_examples_flat"), Side("ng_examples")),
     Lever("flat batches, compiled layers (vs padded, eager)", Side("examples_flat_compiled"), Side("examples")),
     Lever("flat batches, compiled layers (vs padded, eager)", Side("ng_examples_flat_compiled"),
+          Side("ng_examples")),
+    Lever("flat batches, CUDA graphs over length buckets (vs padded, eager)", Side("examples_flat_graphs"),
+          Side("examples")),
+    Lever("flat batches, CUDA graphs over length buckets (vs padded, eager)", Side("ng_examples_flat_graphs"),
           Side("ng_examples")),
     Lever("packed rows with a block mask (vs TRL's padding-free packing)", Side("packed_eager"), Side("trl_packing")),
     Lever("compiled decoder layers (vs eager)", Side("packed_no_graphs"), Side("packed_eager")),

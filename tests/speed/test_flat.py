@@ -24,7 +24,7 @@ def _examples(tokenizer, count=8, max_length=96):
     return dataset
 
 
-def _one_step(model_dir, tokenizer, tmp_path, dtype: str, flat: bool):
+def _one_step(model_dir, tokenizer, tmp_path, dtype: str, flat: bool, bucket: int | None = None):
     """Loss and LoRA gradients of one training step of the suite's trainer on 8 examples (4-bit, LoRA on every
     projection and lm_head, no dropout so that both layouts draw nothing at random)."""
     from peft import get_peft_model
@@ -57,7 +57,7 @@ def _one_step(model_dir, tokenizer, tmp_path, dtype: str, flat: bool):
     rows = [trainer.train_dataset[i] for i in range(len(dataset))]
     if flat:
         use_flat_attention(model)
-        batch = FlatBatchCollator(tokenizer.pad_token_id)(rows)
+        batch = FlatBatchCollator(tokenizer.pad_token_id, bucket, 96 if bucket else None)(rows)
     else:
         batch = trainer.data_collator(rows)
     batch.pop("num_tokens", None)
@@ -88,6 +88,30 @@ def test_flat_batch_trains_exactly_like_the_padded_batch(tiny_model_dir, tokeniz
     assert flat_loss == pytest.approx(padded_loss, rel=1e-6)
     assert len(flat) == len(padded) > 20  # every projection of both layers and lm_head
     assert _relative(flat, padded) < 1e-5
+
+
+@pytest.mark.parametrize("bucket", [32, 96])
+def test_a_row_padded_to_its_bucket_trains_exactly_like_the_row(tiny_model_dir, tokenizer, tmp_path, bucket):
+    """Rows replayed as CUDA graphs are padded to a multiple of ``bucket`` tokens with one more example that carries
+    no loss and attends only to itself: the real tokens compute what they compute without it (fp32, the bounds of
+    the flat-against-padded test; measured on the CPU: loss 0, gradients below 1e-7)."""
+    loss, grads, batch = _one_step(tiny_model_dir, tokenizer, tmp_path, "fp32", True)
+    bucket_loss, bucket_grads, bucket_batch = _one_step(tiny_model_dir, tokenizer, tmp_path, "fp32", True, bucket)
+    length, padded_length = batch["input_ids"].shape[1], bucket_batch["input_ids"].shape[1]
+    assert padded_length % bucket == 0 and length < padded_length <= length + bucket
+    assert len(bucket_batch["cu_seq_lens_q"]) == len(batch["cu_seq_lens_q"]) + 1  # the padding is one example
+    assert bucket_batch["max_length_q"] == 96  # the kernel's bound is fixed, so that it does not change the shape
+    assert torch.equal(bucket_batch["input_ids"][:, :length], batch["input_ids"])
+    assert (bucket_batch["labels"][:, length:] == -100).all()
+    assert bucket_loss == pytest.approx(loss, rel=1e-6)
+    assert _relative(bucket_grads, grads) < 1e-5
+
+
+def test_a_bucket_longer_than_max_length_is_refused():
+    from zephyr.speed.flat import FlatBatchCollator
+
+    with pytest.raises(ValueError, match="at most max_length"):
+        FlatBatchCollator(0, bucket=256, max_length=128)
 
 
 def test_flat_batch_in_bf16_differs_from_padded_only_by_bf16_rounding(tiny_model_dir, tokenizer, tmp_path):
@@ -156,3 +180,30 @@ def test_compiled_layers_take_flat_batches_of_every_length_with_one_graph(tiny_m
     per_step = {b - a for a, b in zip([0] + seen, seen)}
     assert len(seen) == 4 and len(per_step) >= 3  # steps of different sizes
     assert counters["stats"]["unique_graphs"] - before == 2  # the first layer (no input gradient) and the rest
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_flat_rows_replayed_as_cuda_graphs_train_like_compiled_rows(tiny_model_dir, synthetic_data, tmp_path, caplog):
+    """On a GPU, flat rows whose largest step fits without checkpointing are padded to buckets and the compiled
+    layers replayed as CUDA graphs; six steps then log the losses of the same run without graphs (no dropout, so
+    that nothing is drawn at random; bf16 rounds the sums of other shapes: within 1e-2)."""
+    import logging
+    from dataclasses import replace
+
+    from conftest import run_args
+    from zephyr.training import train
+
+    losses, tokens = {}, {}
+    for graphs in (False, True):
+        data, model, train_args = run_args(tiny_model_dir, synthetic_data, tmp_path / str(graphs), max_steps=6,
+                                           compile_layers="true", cuda_graphs=graphs)
+        with caplog.at_level(logging.INFO, logger="zephyr.speed.memory"):
+            caplog.clear()
+            run = train(data, replace(model, lora_dropout=0.0), train_args)
+        assert ("replayed as CUDA graphs" in caplog.text) == graphs
+        rows = [json.loads(row) for row in (run.run_dir / "train_log.jsonl").read_text().splitlines()]
+        losses[graphs] = [row["loss"] for row in rows if "loss" in row]
+        tokens[graphs] = [row["num_input_tokens_seen"] for row in rows if "loss" in row]
+    assert len(losses[True]) == 6
+    assert tokens[True] == tokens[False]  # real tokens only: the bucket's padding is not counted
+    assert losses[True] == pytest.approx(losses[False], rel=1e-2)

@@ -32,20 +32,42 @@ SEQUENCE_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k
 
 @dataclass
 class FlatBatchCollator:
-    """TRL's padding-free collator plus the batch's real token count and its padded width."""
+    """TRL's padding-free collator plus the batch's real token count and its padded width.
+
+    ``bucket`` (tokens, at most ``max_length``) rounds each row up to a multiple of itself with one more example of
+    padding tokens that carries no loss and attends only to itself, and fixes the longest-example bound of the
+    attention kernel at ``max_length``: a row then has one of a few shapes, each of which a CUDA graph can replay.
+    The real examples, their positions, labels and example boundaries are those of the row without the bucket.
+    """
 
     pad_token_id: int
+    bucket: int | None = None
+    max_length: int | None = None
 
     def __post_init__(self):
         from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
         self._collate = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, padding_free=True)
+        if self.bucket is not None and not (self.max_length and 0 < self.bucket <= self.max_length):
+            raise ValueError(f"bucket: {self.bucket} tokens must be positive and at most max_length "
+                             f"({self.max_length}), the longest example the attention kernel is told of")
+
+    def bucket_length(self, tokens: int) -> int:
+        """The row's length for ``tokens`` real tokens: the next multiple of ``bucket`` with room for at least one
+        padding token, so that every row of a micro-batch size has the same number of examples."""
+        return (tokens // self.bucket + 1) * self.bucket
 
     def __call__(self, rows: list[dict]) -> dict:
         lengths = [len(row["input_ids"]) for row in rows]
-        batch = self._collate([{k: row[k] for k in ("input_ids", "labels", "seq_lengths") if k in row}
-                               for row in rows])
+        rows = [{k: row[k] for k in ("input_ids", "labels", "seq_lengths") if k in row} for row in rows]
+        if self.bucket is not None:
+            padding = self.bucket_length(sum(lengths)) - sum(lengths)
+            rows.append({"input_ids": [self.pad_token_id] * padding, "labels": [-100] * padding,
+                         **({"seq_lengths": [padding]} if "seq_lengths" in rows[0] else {})})
+        batch = self._collate(rows)
         batch.pop("seq_idx", None)  # for linear-attention layers' convolutions; no decoder here has one
+        if self.bucket is not None:
+            batch["max_length_q"] = batch["max_length_k"] = self.max_length
         batch[NUM_TOKENS] = sum(lengths)
         batch[PADDED_WIDTH] = max(lengths)
         return batch

@@ -59,6 +59,12 @@ def plan_checkpointing(probe: Callable[[int, bool], float], n_layers: int, rows:
     return fit_memory_model(probe, n_layers).layers_for(rows, budget)
 
 
+# Flat rows replayed as CUDA graphs are padded to a multiple of this many tokens: 8 Newsgroups examples of 512
+# tokens at most make rows of 1,000-2,000 tokens, 4-5 buckets, each recorded once; the padding costs 128 tokens a
+# row on average, computed while the GPU would otherwise wait for the CPU to launch kernels.
+FLAT_BUCKET = 256
+
+
 @dataclass
 class StepCheckpointing:
     """Checkpointing planned step by step, for flat batches whose size changes at every step.
@@ -167,8 +173,9 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     are kept to plans without checkpointing, in one process, on batches of one shape (packed rows, or examples
     padded to --max_length).
 
-    Flat batches (zephyr/speed/flat.py) change size at every step: when the largest possible step (every example
-    ``max_length`` tokens long) does not fit, checkpointing is planned step by step (``StepCheckpointing``), and
+    Flat batches (zephyr/speed/flat.py) change size at every step. When the largest possible step (every example
+    ``max_length`` tokens long) fits, compiled layers are replayed as CUDA graphs, one per bucket of row lengths
+    (``FLAT_BUCKET``). When it does not, checkpointing is planned step by step (``StepCheckpointing``), and
     compiled layers take every length with one graph (no CUDA graphs).
     """
     model = trainer.model
@@ -183,6 +190,12 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
               and getattr(trainer.model.config, "_attn_implementation", None) != "flash_attention_2")
     fixed_shape = isinstance(trainer.data_collator, PackedRowsCollator) or padded
     flat = isinstance(trainer.data_collator, FlatBatchCollator)
+    compiled = should_compile(train_args.compile_layers, torch.cuda.is_available(), fixed_shape or flat,
+                              planned_steps(trainer))
+    graphable = (compiled and train_args.cuda_graphs and torch.cuda.is_available() and trainer.args.world_size == 1
+                 and decoder_layers(model))
+    if flat and graphable:  # rows of a few lengths, each replayable; set before probing, which then sees them
+        trainer.data_collator.bucket, trainer.data_collator.max_length = min(FLAT_BUCKET, max_length), max_length
     step_plan = None
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if probing else []):  # keep the run's RNG
         if probing:
@@ -192,11 +205,10 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
             checkpointed = min(int(train_args.gradient_checkpointing), n_layers)
         else:
             checkpointed = n_layers if train_args.gradient_checkpointing == "true" else 0
-        compiled = should_compile(train_args.compile_layers, torch.cuda.is_available(), fixed_shape or flat,
-                                  planned_steps(trainer))
-        # A graph is recorded for each batch shape, so only for batches of one shape.
-        cuda_graphs = (compiled and checkpointed == 0 and train_args.cuda_graphs and torch.cuda.is_available()
-                       and trainer.args.world_size == 1 and fixed_shape)
+        # A graph is recorded for each batch shape: batches of one shape, or flat rows in buckets of lengths.
+        cuda_graphs = bool(graphable and checkpointed == 0 and (fixed_shape or flat))
+        if flat and not cuda_graphs:
+            trainer.data_collator.bucket = None  # the row's own length: fewer tokens, one dynamic graph
         uncompile = (compile_decoder_layers(model, cuda_graphs=cuda_graphs, fused_nf4=train_args.fused_nf4)
                      if compiled else (lambda: None))
         if checkpointed is None and flat and decoder_layers(model):
