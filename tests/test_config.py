@@ -75,6 +75,9 @@ def test_unknown_flag_is_an_error_that_names_the_nearest_flag(tmp_path):
     (["--compile_layers", "sometimes"], "--compile_layers: unknown value 'sometimes' \\(choose auto, true or false\\)"),
     (["--gradient_checkpointing", "maybe"], "--gradient_checkpointing: unknown value 'maybe'"),
     (["--eval_batch_tokens", "0"], "--eval_batch_tokens: must be positive, got 0"),
+    (["--flat_cuda_graphs", "True", "--packing", "True"], "--flat_cuda_graphs: is for flat batches"),
+    (["--flat_cuda_graphs", "True", "--batch_layout", "padded"], "--flat_cuda_graphs: is for flat batches"),
+    (["--flat_cuda_graphs", "True", "--cuda_graphs", "False"], "--flat_cuda_graphs: needs --cuda_graphs True"),
 ])
 def test_invalid_values_name_the_flag(argv, message):
     with pytest.raises(UsageError, match=message):

@@ -21,7 +21,8 @@ def test_each_training_lever_changes_only_its_own_flags():
         "examples padded": {"--pad_to_max_length", "--compile_layers", "--cuda_graphs", "--fused_nf4"},
         "flat batches (": {"--batch_layout"},
         "flat batches, compiled": {"--batch_layout", "--compile_layers", "--fused_nf4", "--cuda_graphs"},
-        "flat batches, CUDA graphs": {"--batch_layout", "--compile_layers", "--fused_nf4", "--cuda_graphs"}}
+        "flat batches, CUDA graphs": {"--batch_layout", "--compile_layers", "--fused_nf4", "--cuda_graphs",
+                                      "--flat_cuda_graphs"}}
     for lever in LEVERS:
         if lever.fast.config == lever.plain.config:
             assert lever.fast.evaluation != lever.plain.evaluation  # the same adapter, evaluated two ways

@@ -184,6 +184,11 @@ class TrainArguments:
         default=True, metadata={"help": "Replay the compiled layers as CUDA graphs when no layer is checkpointed (one "
                                         "process, batches of one shape): a small model's step is bound by the CPU "
                                         "launching kernels"})
+    flat_cuda_graphs: bool = field(
+        default=False, metadata={"help": "Flat batches, with --cuda_graphs: pad each row to a multiple of 256 tokens "
+                                         "with one more example that carries no loss, so that compiled layers are "
+                                         "replayed as CUDA graphs, one per length (when the largest step fits "
+                                         "without checkpointing)"})
     neftune_alpha: Optional[float] = field(
         default=None, metadata={"help": "NEFTune noise alpha (the study used 5; default: off)"})
     loss: str = field(default="completion", metadata={"help": "completion (answer tokens + EOS) or full (whole text)"})
@@ -255,6 +260,9 @@ class TrainArguments:
                "pads batches of whole examples; packed rows (--packing True) already have one shape")
         _check(not (self.pad_to_max_length and self.batch_layout == "flat" and not self.packing), "pad_to_max_length",
                "pads each example of a padded batch; --batch_layout flat has no padding")
+        _check(not self.flat_cuda_graphs or (self.batch_layout == "flat" and not self.packing), "flat_cuda_graphs",
+               "is for flat batches of whole examples (--batch_layout flat, --packing False)")
+        _check(not self.flat_cuda_graphs or self.cuda_graphs, "flat_cuda_graphs", "needs --cuda_graphs True")
         _check_finite(self.train_memory_gib, "train_memory_gib", 0, "must be positive")
 
 

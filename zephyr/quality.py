@@ -72,9 +72,8 @@ EXAMPLES_GRAPHS = _with(EXAMPLES, pad_to_max_length="True", compile_layers="true
 # auto compiles a run of 1,500 steps or more on a GPU.
 EXAMPLES_FLAT = _with(EXAMPLES, batch_layout="flat")
 EXAMPLES_FLAT_COMPILED = _with(EXAMPLES_FLAT, compile_layers="true", fused_nf4="True", cuda_graphs="False")
-# Flat rows padded to buckets of lengths, each replayed as a CUDA graph (the default of a long run whose largest
-# step fits without checkpointing).
-EXAMPLES_FLAT_GRAPHS = _with(EXAMPLES_FLAT_COMPILED, cuda_graphs="True")
+# Flat rows padded to buckets of lengths, each replayed as a CUDA graph (--flat_cuda_graphs).
+EXAMPLES_FLAT_GRAPHS = _with(EXAMPLES_FLAT_COMPILED, cuda_graphs="True", flat_cuda_graphs="True")
 # name -> (task, flags): one fine-tuning configuration.
 CONFIGS = {
     "examples": ("samsum", EXAMPLES),

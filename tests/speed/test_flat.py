@@ -184,8 +184,8 @@ def test_compiled_layers_take_flat_batches_of_every_length_with_one_graph(tiny_m
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_flat_rows_replayed_as_cuda_graphs_train_like_compiled_rows(tiny_model_dir, synthetic_data, tmp_path, caplog):
-    """On a GPU, flat rows whose largest step fits without checkpointing are padded to buckets and the compiled
-    layers replayed as CUDA graphs; six steps then log the losses of the same run without graphs (no dropout, so
+    """On a GPU, with --flat_cuda_graphs, flat rows whose largest step fits without checkpointing are padded to
+    buckets and the compiled layers replayed as CUDA graphs; six steps then log the losses of the same run without graphs (no dropout, so
     that nothing is drawn at random; bf16 rounds the sums of other shapes: within 1e-2)."""
     import logging
     from dataclasses import replace
@@ -196,7 +196,7 @@ def test_flat_rows_replayed_as_cuda_graphs_train_like_compiled_rows(tiny_model_d
     losses, tokens = {}, {}
     for graphs in (False, True):
         data, model, train_args = run_args(tiny_model_dir, synthetic_data, tmp_path / str(graphs), max_steps=6,
-                                           compile_layers="true", cuda_graphs=graphs)
+                                           compile_layers="true", cuda_graphs=graphs, flat_cuda_graphs=graphs)
         with caplog.at_level(logging.INFO, logger="zephyr.speed.memory"):
             caplog.clear()
             run = train(data, replace(model, lora_dropout=0.0), train_args)

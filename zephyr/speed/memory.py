@@ -173,9 +173,9 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     are kept to plans without checkpointing, in one process, on batches of one shape (packed rows, or examples
     padded to --max_length).
 
-    Flat batches (zephyr/speed/flat.py) change size at every step. When the largest possible step (every example
-    ``max_length`` tokens long) fits, compiled layers are replayed as CUDA graphs, one per bucket of row lengths
-    (``FLAT_BUCKET``). When it does not, checkpointing is planned step by step (``StepCheckpointing``), and
+    Flat batches (zephyr/speed/flat.py) change size at every step. With ``--flat_cuda_graphs``, when the largest
+    possible step (every example ``max_length`` tokens long) fits, compiled layers are replayed as CUDA graphs, one
+    per bucket of row lengths (``FLAT_BUCKET``). Otherwise, checkpointing is planned step by step (``StepCheckpointing``), and
     compiled layers take every length with one graph (no CUDA graphs).
     """
     model = trainer.model
@@ -194,6 +194,7 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
                               planned_steps(trainer))
     graphable = (compiled and train_args.cuda_graphs and torch.cuda.is_available() and trainer.args.world_size == 1
                  and decoder_layers(model))
+    graphable = graphable and (not flat or train_args.flat_cuda_graphs)
     if flat and graphable:  # rows of a few lengths, each replayable; set before probing, which then sees them
         trainer.data_collator.bucket, trainer.data_collator.max_length = min(FLAT_BUCKET, max_length), max_length
     step_plan = None
