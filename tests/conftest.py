@@ -91,3 +91,19 @@ def packed_rows_trainer(tokenizer, tmp_path, trainer_class):
     trainer = trainer_class(model=model, args=build_sft_config(train_args, data, tmp_path),
                             train_dataset=dataset, processing_class=tokenizer)
     return trainer, dataset, examples
+
+
+def training_rows(tokenizer, count=8, max_length=96):
+    """``count`` Newsgroups training rows of different lengths (``input_ids``, ``completion_mask``), as the trainer's
+    dataset holds them."""
+    from zephyr.data import Example
+    from zephyr.prompting import PromptBuilder
+    from zephyr.tasks import get_task
+    from zephyr.training import build_training_dataset
+
+    words = "orbit rocket brakes tyres shuttle engine night runway heat shield rust".split()
+    texts = [" ".join(words[(i * 3 + j) % len(words)] for j in range(2 + 7 * i)) for i in range(count)]
+    builder = PromptBuilder(get_task("newsgroups"), tokenizer, "original", ["sci.space", "rec.autos"])
+    examples = [Example(str(i), t, "sci.space" if i % 2 else "rec.autos") for i, t in enumerate(texts)]
+    dataset, _ = build_training_dataset(builder, examples, max_length)
+    return dataset

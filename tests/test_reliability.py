@@ -165,9 +165,9 @@ def test_bad_input_table_has_at_least_25_cases():
     assert len(CASES) >= 25
 
 
-def _train_argv(model, data, out, **extra):
+def _train_argv(model, data, out, quantization="none", **extra):
     argv = ["--model_name_or_path", str(model), "--data_dir", str(data), "--output_root", str(out),
-            "--run_name", "run", "--quantization", "none", "--per_device_train_batch_size", "4",
+            "--run_name", "run", "--quantization", quantization, "--per_device_train_batch_size", "4",
             "--gradient_accumulation_steps", "1", "--optim", "adamw_torch", "--gradient_checkpointing", "False",
             "--logging_steps", "1", "--learning_rate", "1e-3", "--max_length", "96"]
     for key, value in extra.items():
@@ -180,8 +180,11 @@ def _losses(run_dir: Path) -> list[float]:
             if "loss" in json.loads(line)]
 
 
-def test_killed_training_resumes_to_the_same_adapter(tiny_model_dir, synthetic_data, tmp_path):
-    extra = {"max_steps": 30, "save_steps": 5}
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_killed_training_resumes_to_the_same_adapter(tiny_model_dir, synthetic_data, tmp_path, quantization):
+    """kill -9 after checkpoint-10, the same command again: the adapter, losses and run metrics of the run that
+    was never killed. 4bit is the default QLoRA path: its frozen NF4 weights are loaded again, not restored."""
+    extra = {"max_steps": 30, "save_steps": 5, "quantization": quantization}
     script = str(REPO / "scripts" / "zephyr_classification.py")
     train_cls(_train_argv(tiny_model_dir, synthetic_data, tmp_path / "ref", **extra))  # the uninterrupted run
     argv = [sys.executable, script, *_train_argv(tiny_model_dir, synthetic_data, tmp_path / "killed", **extra)]

@@ -99,6 +99,30 @@ def read_json(path: str | Path) -> dict:
         raise UsageError(f"{path}: cannot read ({err.strerror})") from None
 
 
+def read_log_rows(path: str | Path) -> list[dict]:
+    """Rows of an append-only JSON-lines log (train_log.jsonl); [] if there is none.
+
+    A kill in the middle of an append leaves a last line cut short, without its newline: that line is dropped, as
+    if the append had not begun. A broken line anywhere else is an error naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # the text does not end in a newline: an append that was cut short
+                break
+            raise UsageError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+    return rows
+
+
 def not_utf8(err: UnicodeDecodeError) -> str:
     return f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from zephyr import reference, rundir
 from zephyr.errors import UsageError
-from zephyr.io import atomic_write_text, read_json
+from zephyr.io import atomic_write_text, read_json, read_log_rows
 from zephyr.rundir import CONFIG, METRICS, TRAIN_LOG, TRAIN_METRICS, model_short_name, variant_of
 
 VARIANTS = [variant.name for variant in rundir.VARIANTS]
@@ -226,9 +226,7 @@ def plot_rouge(table: list[dict], path: Path) -> None:
 
 
 def _read_log(path: Path) -> list[dict]:
-    import json
-
-    return [row for row in map(json.loads, path.read_text().splitlines()) if "loss" in row] if path.is_file() else []
+    return [row for row in read_log_rows(path) if "loss" in row]
 
 
 def plot_training_log(log_path: Path, path: Path) -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
 from zephyr.errors import UsageError, raise_usage_errors
-from zephyr.io import atomic_write_json, atomic_write_text, folder_lock, read_json
+from zephyr.io import atomic_write_json, atomic_write_text, folder_lock, read_json, read_log_rows
 from zephyr.runinfo import device_info, git_commit, versions
 
 log = logging.getLogger(__name__)
@@ -140,8 +140,8 @@ def finished_with_same_settings(run_dir: Path, arguments: dict) -> bool:
 def _trim_log(path: Path, last_step: int) -> None:
     """Drop log rows written after the checkpoint being resumed: they are logged again."""
     if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
-        atomic_write_text(path, "".join(row + "\n" for row in rows))
+        rows = [row for row in read_log_rows(path) if row["step"] <= last_step]
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def loss_sum(checkpoint: Path) -> float | None:

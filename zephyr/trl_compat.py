@@ -115,6 +115,16 @@ def _suite_trainer_class():
                 atomic_write_json(folder / LOSS_SUM, {"step": self.state.global_step, "loss_sum": total})
             super()._save_checkpoint(model, trial)
 
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            # PEFT's load_adapter casts a bf16 or fp16 adapter to float32; TRL trains a 4-bit model's adapter in bf16,
+            # so a resumed run would go on in another precision than the run it continues, and end elsewhere.
+            model_ = model if model is not None else self.model
+            dtypes = {name: p.dtype for name, p in model_.named_parameters() if p.requires_grad}
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            for name, param in model_.named_parameters():
+                if name in dtypes and param.dtype != dtypes[name]:
+                    param.data = param.data.to(dtypes[name])
+
         def _finalize_training(self, *args, **kwargs):
             # The Trainer's mean training loss counts only the steps run in this process, over all steps.
             self._total_loss_scalar += self.loss_before_resume or 0.0

@@ -5,23 +5,10 @@ import json
 import pytest
 import torch
 
+from conftest import training_rows
+
 # The suite loads a model onto the GPU wherever there is one (zephyr.modeling.device_map).
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _examples(tokenizer, count=8, max_length=96):
-    """``count`` Newsgroups training rows of different lengths, as the trainer's dataset holds them."""
-    from zephyr.data import Example
-    from zephyr.prompting import PromptBuilder
-    from zephyr.tasks import get_task
-    from zephyr.training import build_training_dataset
-
-    words = "orbit rocket brakes tyres shuttle engine night runway heat shield rust".split()
-    texts = [" ".join(words[(i * 3 + j) % len(words)] for j in range(2 + 7 * i)) for i in range(count)]
-    builder = PromptBuilder(get_task("newsgroups"), tokenizer, "original", ["sci.space", "rec.autos"])
-    examples = [Example(str(i), t, "sci.space" if i % 2 else "rec.autos") for i, t in enumerate(texts)]
-    dataset, _ = build_training_dataset(builder, examples, max_length)
-    return dataset
 
 
 def _one_step(model_dir, tokenizer, tmp_path, dtype: str, flat: bool, bucket: int | None = None):
@@ -44,7 +31,7 @@ def _one_step(model_dir, tokenizer, tmp_path, dtype: str, flat: bool, bucket: in
         if "lora_B" in name:  # a trained-looking adapter, so that every gradient path carries signal
             param.data.copy_(torch.randn(param.shape, generator=generator) * 0.02)
     expose_lm_head_adapter(model)
-    dataset = _examples(tokenizer)
+    dataset = training_rows(tokenizer)
     train_args = TrainArguments(output_root=str(tmp_path), max_steps=1, optim="adamw_torch",
                                 gradient_checkpointing="false", batch_layout="flat" if flat else "padded")
     data_args = DataArguments(max_length=96)
