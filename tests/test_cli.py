@@ -64,7 +64,13 @@ def test_smollm2_gguf_summarizes_two_samsum_dialogues(tmp_path):
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(rows) == 2 and all(r["prediction"] and r["error"] is None for r in rows), rows
-    assert metrics["n_examples"] == 2 and 5 < metrics["rouge1"] <= 100 and metrics["rouge2"] >= 0
+    assert metrics["n_examples"] == 2 and metrics["rouge1"] > 5  # the summaries are about their dialogues
+    from rouge_score import rouge_scorer  # the metrics are those of the predictions written beside them
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2"], use_stemmer=True)
+    scores = [scorer.score(r["reference"], r["prediction"]) for r in rows]
+    for key in ("rouge1", "rouge2"):
+        assert metrics[key] == pytest.approx(50 * sum(s[key].fmeasure for s in scores), abs=0.01), key
     assert metrics["n_cut_at_turn_end"] == 0 and not any("continuation" in r for r in rows)  # a chat template stops
     arguments = json.loads((out / "config.json").read_text())["arguments"]
     assert arguments["DataArguments"]["prompt_format"] == "chat"  # what baselines prompt with

@@ -127,7 +127,7 @@ def test_a_run_logs_phases_tensorboard_and_loss_png_and_its_export_evaluates_the
 
     out, report = export_run(ExportArguments(run_dir=str(run_dir), output_dir=str(tmp_path / "bf16")))
     assert str(AutoModelForCausalLM.from_pretrained(out).dtype) == "torch.bfloat16"
-    assert report["delta_entries"] > 0 and 0 <= report["delta_entries_lost"] <= 1
+    assert report["delta_entries"] > 0 and report["delta_entries_lost"] < 1  # values: tests/test_export_report.py
     assert 0 < report["delta_relative_error"] < 2 and report["median_abs_delta_in_ulps"] > 0
     from zephyr.errors import UsageError
 

@@ -34,8 +34,8 @@ def test_real_4bit_qlora_path_trains_only_lora_weights(tiny_model_dir, synthetic
     assert config["arguments"]["ModelArguments"]["quantization"] == "4bit" and config["versions"]["peft"]
     log_rows = [json.loads(l) for l in (run.run_dir / "train_log.jsonl").read_text().splitlines()]
     assert {"loss", "tokens_per_s", "learning_rate"} <= set(log_rows[0])
-    assert all(0 <= row["mean_token_accuracy"] <= 1 and row["entropy"] > 0 and row["num_tokens"] == row["tokens_seen"]
-               for row in log_rows if "loss" in row)
+    assert all("mean_token_accuracy" in row and row["entropy"] > 0 and row["num_tokens"] == row["tokens_seen"]
+               for row in log_rows if "loss" in row)  # their values against TRL's: tests/test_trl_compat.py
 
 
 def test_base_weights_stay_frozen_and_loss_falls(tiny_model_dir, synthetic_data, tmp_path):
