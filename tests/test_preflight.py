@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO
 from zephyr.cli import baseline, entry_point, finetune, inference, quickstart
+from zephyr.commands import export as export_main
 from zephyr.embedded import write_synthetic_data
 
 train_cls = entry_point(functools.partial(finetune, "newsgroups"))
@@ -86,7 +87,58 @@ def space(tmp_path, tiny_model_dir, monkeypatch):
     shutil.copytree(tiny_model_dir, windowed)
     config = json.loads((windowed / "config.json").read_text())
     (windowed / "config.json").write_text(json.dumps({**config, "sliding_window": 64}))
+    _damaged_models(tmp_path, tiny_model_dir)
+    _damaged_runs(tmp_path, tiny_model_dir)
     return {"root": tmp_path, "data": tmp_path / "data", "model": tiny_model_dir, "out": tmp_path / "runs"}
+
+
+def _model_copy(root: Path, tiny_model_dir: Path, name: str, weights: bytes | None) -> Path:
+    """The tiny model's folder with its model.safetensors replaced by ``weights`` (None: removed)."""
+    folder = root / name
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "model.safetensors").unlink()
+    if weights is not None:
+        (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def _damaged_models(root: Path, tiny_model_dir: Path) -> None:
+    """Model folders as users end up with them: cloned without git-lfs, a saved login page, a copy cut short, no
+    weights, a sharded checkpoint missing a shard, a file that is not safetensors."""
+    weights = (tiny_model_dir / "model.safetensors").read_bytes()
+    _model_copy(root, tiny_model_dir, "lfs_clone", b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n")
+    _model_copy(root, tiny_model_dir, "html_saved", b"<!DOCTYPE html>\n<html><body>Sign in</body></html>\n")
+    _model_copy(root, tiny_model_dir, "cut_short", weights[: len(weights) // 2])
+    _model_copy(root, tiny_model_dir, "no_weights", None)
+    _model_copy(root, tiny_model_dir, "not_safetensors", (64).to_bytes(8, "little") + b"x" * 80)
+    sharded = _model_copy(root, tiny_model_dir, "sharded", None)
+    (sharded / "model-00001-of-00002.safetensors").write_bytes(weights)
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+        "lm_head.weight": "model-00002-of-00002.safetensors"}}))
+
+
+def _damaged_runs(root: Path, tiny_model_dir: Path) -> None:
+    """Run folders whose adapter is damaged or belongs to another base model (the tiny model is 64 wide, 2 layers)."""
+    import torch
+    from safetensors.torch import save_file
+
+    prefix = "base_model.model.model.layers"
+    adapters = {"wrong_width_run": {f"{prefix}.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 576),
+                                    f"{prefix}.0.self_attn.q_proj.lora_B.weight": torch.zeros(64, 8)},
+                "deeper_run": {f"{prefix}.5.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64)},
+                "no_adapter_weights_run": None, "lfs_adapter_run": b"version https://git-lfs.github.com/spec/v1\n"}
+    for name, tensors in adapters.items():
+        adapter = root / name / "adapter"
+        adapter.mkdir(parents=True)
+        (adapter / "adapter_config.json").write_text("{}")
+        if isinstance(tensors, dict):
+            save_file(tensors, adapter / "adapter_model.safetensors")
+        elif tensors is not None:
+            (adapter / "adapter_model.safetensors").write_bytes(tensors)
+        (root / name / "config.json").write_text(json.dumps({
+            "arguments": {"DataArguments": {"task": "samsum"}, "ModelArguments": {"quantization": "none"}},
+            "model_path": str(tiny_model_dir)}))
 
 
 def _base_train(s):
@@ -176,6 +228,46 @@ CASES = {
     "tables of a folder without runs": (tables_main, lambda s: ["--out", s["out"] / "tables"],
                                         ["--runs", "{root}/noruns"], {},
                                         "--runs: {root}/noruns: no finished run in it (no metrics.json below it)"),
+    "model cloned without git-lfs": (train_cls, _base_train, ["--model_name_or_path", "{root}/lfs_clone"], {},
+                                     "--model_name_or_path: {root}/lfs_clone/model.safetensors: a git-lfs pointer, "
+                                     "not the weights; run `git lfs pull` in {root}/lfs_clone"),
+    "login page saved as the weights": (train_cls, _base_train, ["--model_name_or_path", "{root}/html_saved"], {},
+                                        "{root}/html_saved/model.safetensors: an HTML page saved under a weights "
+                                        "name"),
+    "weights cut short": (train_cls, _base_train, ["--model_name_or_path", "{root}/cut_short"], {},
+                          "--model_name_or_path: {root}/cut_short/model.safetensors: cut short"),
+    "model folder without weights": (train_cls, _base_train, ["--model_name_or_path", "{root}/no_weights"], {},
+                                     "--model_name_or_path: {root}/no_weights: no weights (model.safetensors or "
+                                     "pytorch_model.bin"),
+    "weights not safetensors": (train_cls, _base_train, ["--model_name_or_path", "{root}/not_safetensors"], {},
+                                "{root}/not_safetensors/model.safetensors: not a safetensors file"),
+    "a shard of the checkpoint missing": (train_cls, _base_train, ["--model_name_or_path", "{root}/sharded"], {},
+                                          "--model_name_or_path: {root}/sharded: 1 of the 2 weight shards "
+                                          "model.safetensors.index.json names are missing "
+                                          "(model-00002-of-00002.safetensors)"),
+    "baseline on a model without weights": (run_baseline, _base_baseline,
+                                            ["--task", "samsum", "--model_name_or_path", "{root}/no_weights"], {},
+                                            "--model_name_or_path: {root}/no_weights: no weights"),
+    "adapter of a wider model": (infer_sum, lambda s: ["--data_dir", s["data"]], ["--run_dir", "{root}/wrong_width_run"],
+                                 {}, "is not the model the adapter in {root}/wrong_width_run/adapter was trained on: "
+                                     "the adapter's model.layers.0.self_attn.q_proj has 576 inputs, this model's 64; "
+                                     "pass that base model with --base_model"),
+    "adapter of a deeper model": (infer_sum, lambda s: ["--data_dir", s["data"]], ["--run_dir", "{root}/deeper_run"],
+                                  {}, "the adapter adapts model.layers.5.self_attn.q_proj, which this model does not "
+                                      "have"),
+    "run without adapter weights": (infer_sum, lambda s: ["--data_dir", s["data"]],
+                                    ["--run_dir", "{root}/no_adapter_weights_run"], {},
+                                    "--run_dir: {root}/no_adapter_weights_run/adapter: no adapter weights "
+                                    "(adapter_model.safetensors or adapter_model.bin); did training finish?"),
+    "adapter cloned without git-lfs": (infer_sum, lambda s: ["--data_dir", s["data"]],
+                                       ["--run_dir", "{root}/lfs_adapter_run"], {},
+                                       "--run_dir: {root}/lfs_adapter_run/adapter/adapter_model.safetensors: a "
+                                       "git-lfs pointer"),
+    "export of an adapter of another model": (export_main, lambda s: [], ["--run_dir", "{root}/wrong_width_run"], {},
+                                              "the adapter's model.layers.0.self_attn.q_proj has 576 inputs"),
+    "export into a file": (export_main, lambda s: [], ["--run_dir", "{root}/wrong_width_run", "--output_dir",
+                                                       "{root}/file.txt/merged"], {},
+                           "--output_dir: {root}/file.txt/merged: {root}/file.txt is a file"),
     "quickstart leaves no tiny model or data": (run_quickstart, lambda s: ["--output_root", s["out"] / "qs"],
                                                 ["--train_fraction", "0.001"], {}, "--train_fraction: 0.001 gives"),
 }

@@ -21,6 +21,7 @@ from zephyr.config import ModelArguments
 from zephyr.errors import UsageError
 from zephyr.io import read_json
 from zephyr.modeling import DTYPES, load_model, load_tokenizer, resolve_model_path
+from zephyr.preflight_checks import adapter_fits, model_config, writable_dir
 from zephyr.progress import phase_done
 from zephyr.rundir import ADAPTER_DIR, CONFIG
 from zephyr.speed.dense import dense_weight, merged_for_export
@@ -100,10 +101,13 @@ def export_run(args: ExportArguments) -> tuple[Path, dict]:
         model_args = ModelArguments(**config["arguments"]["ModelArguments"])
     except (KeyError, TypeError) as err:
         raise UsageError(f"{run_dir / CONFIG}: no usable ModelArguments ({err})") from None
+    writable_dir(out, "--output_dir")
+    base, flag = preflight.base_model(run_dir, config, args)
+    base_config = model_config(base, model_args.model_cache_dir, flag)
+    adapter_fits(base_config, adapter, base, flag)
     started = time.perf_counter()
     tokenizer = load_tokenizer(str(adapter))
     # float32 weights: the 4-bit de-quantization and the delta are summed before any rounding
-    base, flag = preflight.base_model(run_dir, config, args)
     base_path = resolve_model_path(base, model_args.model_cache_dir, flag)
     model = PeftModel.from_pretrained(load_model(replace(model_args, dtype="fp32"), base_path, flag), adapter)
     started = phase_done("loading model", started, f"{base} + {adapter}")

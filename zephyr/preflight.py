@@ -18,9 +18,9 @@ from pathlib import Path
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, to_dict
 from zephyr.errors import UsageError
-from zephyr.preflight_checks import (check_eval_method, flat_batches, is_hub_source, load_split, lora_targets,
-                                     model_config, model_runtime, prompt_budget, run_dir_inside, test_rows,
-                                     writable_dir)
+from zephyr.preflight_checks import (adapter_fits, check_eval_method, flat_batches, is_hub_source, load_split,
+                                     lora_targets, model_config, model_runtime, prompt_budget, run_dir_inside,
+                                     test_rows, writable_dir)
 from zephyr.rundir import ADAPTER_DIR, CONFIG, finished_with_same_settings, prepare_run_dir, run_directory
 from zephyr.tasks import LoadedSplit, Task
 
@@ -235,5 +235,6 @@ def inference(data_args: DataArguments, eval_args: EvalArguments, task_name: str
         raise UsageError(f"--run_dir: {run_dir} was trained with {err}") from None
     model = model_config(name, model_args.model_cache_dir, flag, hub)
     if model is not None:
+        adapter_fits(model, adapter, name, flag)
         prompt_budget(model, eval_args, eval_args.max_new_tokens or task.max_new_tokens, data_args.max_length)
     return InferencePlan(run_dir, adapter, task, data_args, model_args, name, flag, labels, test, examples, out_dir)

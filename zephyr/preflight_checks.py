@@ -70,12 +70,18 @@ def model_config(name: str, cache_dir: str | None, flag: str, hub: bool = True):
         return config
     if not path.exists() and not hub:
         return None
-    return causal_config(name, flag)
+    config = causal_config(name, flag)
+    if path.is_dir():
+        from zephyr.weight_files import checkpoint_weights
+
+        checkpoint_weights(path, flag)
+    return config
 
 
 @functools.lru_cache(maxsize=8)
-def _adaptable_layers(config_json: str) -> tuple[str, ...]:
-    """Names of the layers LoRA can adapt (linear, embedding), from a weightless copy of the model."""
+def _adaptable_layers(config_json: str) -> dict[str, tuple[int, int]]:
+    """The layers LoRA can adapt (linear, embedding) by name, with their (inputs, outputs) (an embedding's rows and
+    width), from a weightless copy of the model."""
     import json
 
     import torch
@@ -86,8 +92,26 @@ def _adaptable_layers(config_json: str) -> tuple[str, ...]:
     config = AutoConfig.for_model(settings.pop("model_type"), **settings)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
-    return tuple(name for name, module in model.named_modules()
-                 if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) or type(module).__name__ == "Conv1D")
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            layers[name] = (module.in_features, module.out_features)
+        elif isinstance(module, torch.nn.Embedding):
+            layers[name] = (module.num_embeddings, module.embedding_dim)
+        elif type(module).__name__ == "Conv1D":  # GPT-2's: weight [inputs, outputs]
+            layers[name] = tuple(module.weight.shape)
+    return layers
+
+
+def adapter_fits(config, adapter: Path, name: str, flag: str) -> None:
+    """The run's adapter is whole and its tensors fit the base model it will be loaded on (headers only)."""
+    from zephyr.weight_files import adapter_header, adapter_mismatch
+
+    mismatch = adapter_mismatch(adapter_header(adapter, "--run_dir"),
+                                _adaptable_layers(config.to_json_string(use_diff=False)))
+    if mismatch:
+        raise UsageError(f"{flag}: {name} is not the model the adapter in {adapter} was trained on: {mismatch}; "
+                         "pass that base model with --base_model")
 
 
 def flat_batches(config, max_length: int) -> None:
