@@ -268,6 +268,10 @@ CASES = {
     "export into a file": (export_main, lambda s: [], ["--run_dir", "{root}/wrong_width_run", "--output_dir",
                                                        "{root}/file.txt/merged"], {},
                            "--output_dir: {root}/file.txt/merged: {root}/file.txt is a file"),
+    "tables with an unknown flag": (tables_main, lambda s: ["--out", s["out"] / "tables", "--runs", s["root"]],
+                                    ["--colour", "blue"], {}, "error: unrecognized arguments: --colour blue"),
+    "tables without --runs": (tables_main, lambda s: ["--out", s["out"] / "tables"], [], {},
+                              "error: the following arguments are required: --runs"),
     "quickstart leaves no tiny model or data": (run_quickstart, lambda s: ["--output_root", s["out"] / "qs"],
                                                 ["--train_fraction", "0.001"], {}, "--train_fraction: 0.001 gives"),
 }

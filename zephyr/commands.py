@@ -20,7 +20,7 @@ import sys
 
 from zephyr.cli import baseline, entry_point, finetune, inference
 from zephyr.parsing import parse_args
-from zephyr.errors import UsageError
+from zephyr.errors import UsageError, raise_usage_errors
 
 
 def _peek(argv: list[str] | None, flag: str, default: str | None = None) -> str | None:
@@ -81,7 +81,7 @@ def tables(argv=None):
     parser.add_argument("--out", required=True, help="output folder for tables and plots")
     parser.add_argument("--protocol", default="", help="one line stating how the runs were made (default: none)")
     add_log_level_flag(parser)
-    args = parser.parse_args(argv)
+    args = raise_usage_errors(parser).parse_args(argv)
     rows = preflight.tables(args.runs, args.out)
     for name, path in write_tables(rows, args.out, args.protocol).items():
         print(f"{name}: {path}")
