@@ -152,3 +152,25 @@ def test_a_run_shorter_than_its_logging_interval_says_it_drew_no_loss_png(tiny_m
     [message] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("writing results: ")]
     assert message.startswith("writing results: adapter and train_metrics.json in ")
     assert not (run.run_dir / "loss.png").exists()
+
+
+def test_training_consumes_the_rows_the_preflight_selected(tiny_model_dir, synthetic_data, tmp_path, monkeypatch):
+    """The fine-tuning command reads the training file once (in the pre-flight) and trains on exactly the rows its
+    plan holds."""
+    from zephyr import preflight, preflight_checks
+    from zephyr.config import EvalArguments
+    from zephyr.tasks import get_task
+    from zephyr.tasks.base import Task
+
+    reads = []
+    real_load = Task.load_split
+    monkeypatch.setattr(Task, "load_split", lambda self, split, *a, **k: (reads.append(split),
+                                                                          real_load(self, split, *a, **k))[1])
+    preflight_checks._read_split.cache_clear()
+    data, model, train_args = run_args(tiny_model_dir, synthetic_data, tmp_path, max_steps=1, quantization="none")
+    plan = preflight.finetune(get_task("newsgroups"), data, model, train_args, EvalArguments())
+    assert reads == ["train"] and len(plan.train_examples) == 48
+    plan.train_examples = plan.train_examples[:8]
+    run = train(data, model, train_args, plan)
+    assert reads == ["train"]  # not read again
+    assert json.loads((run.run_dir / "config.json").read_text())["data"]["train_rows_used"] == 8

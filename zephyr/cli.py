@@ -113,7 +113,7 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
             metrics = evaluate_run(data_args, replace(eval_args, run_dir=str(plan.run_dir)), task_name)
             _print_metrics(Path(eval_args.eval_output_dir or plan.run_dir) / METRICS, metrics)
         return plan.run_dir
-    run = train(data_args, model_args, train_args)
+    run = train(data_args, model_args, train_args, plan)
     if not run.is_main_process:
         return run.run_dir
     print(json.dumps({"run_dir": str(run.run_dir)}))

@@ -13,7 +13,7 @@ zephyr/preflight_checks.py, their combination per entry point here.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, to_dict
@@ -34,6 +34,9 @@ class FinetunePlan:
     evaluate_only: bool = False  # training finished earlier with these settings; only evaluation is missing
     test: LoadedSplit | None = None
     examples: list | None = None
+    train: LoadedSplit | None = None  # the training split as read; None where it comes from the hub (hub=False)
+    train_examples: list | None = None  # the rows --train_fraction selects, in training order
+    labels: list[str] = field(default_factory=list)
 
 
 def finetune(task: Task, data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments,
@@ -56,13 +59,12 @@ def finetune(task: Task, data_args: DataArguments, model_args: ModelArguments, t
     from zephyr.modeling import check_model_path
 
     check_model_path(model_args.model_name_or_path)  # a mistyped path fails before the data is read
-    labels = []
     if hub or not is_hub_source(task, "train", data_args):
-        loaded = load_split(task, "train", data_args)
-        task.select_train(loaded.examples, data_args.train_fraction, data_args.data_seed)
-        labels = task.labels(loaded.examples)
+        plan.train = load_split(task, "train", data_args)
+        plan.train_examples = task.select_train(plan.train.examples, data_args.train_fraction, data_args.data_seed)
+        plan.labels = task.labels(plan.train.examples)
     if train_args.do_eval and (hub or not is_hub_source(task, "test", data_args)):
-        plan.test, plan.examples = test_rows(task, data_args, labels)
+        plan.test, plan.examples = test_rows(task, data_args, plan.labels)
     model_runtime(model_args)
     config = model_config(model_args.model_name_or_path, model_args.model_cache_dir,
                           "--model_name_or_path", hub)

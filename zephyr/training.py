@@ -202,7 +202,10 @@ class TrainedRun:
     is_main_process: bool = True  # under ``accelerate launch`` only the main process evaluates
 
 
-def train(data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments) -> TrainedRun:
+def train(data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments,
+          plan=None) -> TrainedRun:
+    """Fine-tune one run. ``plan`` (zephyr.preflight.FinetunePlan) brings the training rows the pre-flight already
+    read and selected; without one (a library call) they are read here."""
     from accelerate import PartialState
     from peft import get_peft_model
     from transformers import set_seed
@@ -211,9 +214,12 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     run_dir = run_directory(data_args, model_args, train_args)
     model_path = resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir)
     started = time.perf_counter()
-    loaded = task.load_split("train", data_args.data_dir, data_args.train_file)
-    examples = task.select_train(loaded.examples, data_args.train_fraction, data_args.data_seed)
-    labels = task.labels(loaded.examples)
+    if plan is not None and plan.train is not None:
+        loaded, examples, labels = plan.train, plan.train_examples, plan.labels
+    else:
+        loaded = task.load_split("train", data_args.data_dir, data_args.train_file)
+        examples = task.select_train(loaded.examples, data_args.train_fraction, data_args.data_seed)
+        labels = task.labels(loaded.examples)
     tokenizer = load_tokenizer(model_path)
     builder = PromptBuilder(task, tokenizer, data_args.prompt_format, labels)
     dataset, truncated = build_training_dataset(builder, examples, data_args.max_length)
