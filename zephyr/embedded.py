@@ -13,7 +13,11 @@ import tempfile
 from pathlib import Path
 
 import prompts
-from zephyr.io import atomic_directory, atomic_write_jsonl
+from zephyr.io import atomic_directory, atomic_write_jsonl, atomic_write_text
+from zephyr.protocol import EMBEDDED_MARKER
+
+MARKER_TEXT = ("Made by zephyr.embedded to check the pipeline: {what}. Runs on it are no results; the tables leave "
+               "them out.\n")
 
 TOKENIZER_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"
 
@@ -65,6 +69,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         MistralForCausalLM(MistralConfig(**TINY_MISTRAL)).save_pretrained(staging)
         build_zephyr_tokenizer(staging)
+        atomic_write_text(Path(staging) / EMBEDDED_MARKER, MARKER_TEXT.format(what="a tiny random model"))
     return out_dir
 
 
@@ -108,4 +113,5 @@ def write_synthetic_data(root: str | Path, seed: int = 0, train_rows: int = 160,
                             for i, label in enumerate(labels)])
         atomic_write_jsonl(root / "samsum" / f"{split}.jsonl",
                            [{"id": f"{split}-{i}", **_dialogue(rng)} for i in range(rows)])
+    atomic_write_text(root / EMBEDDED_MARKER, MARKER_TEXT.format(what="generated data"))
     return root
