@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from zephyr.errors import UsageError, raise_usage_errors
+from zephyr.helptext import HelpFormatter, arrange
 from zephyr.io import not_utf8
 
 
@@ -55,16 +56,6 @@ def _read_config(path: str) -> dict:
     return data
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help with the script's docstring as written and each flag's real default, unless its help states it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text.lower() or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
-            return text
-        return f"{text} (default: {action.default})"
-
-
 def _remove_flags(parser, names: set[str]) -> None:
     """Take flags a script does not use out of its parser: absent from --help, an error when given.
 
@@ -101,10 +92,12 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None, defaults: 
     # No prefix abbreviations: a typo such as --learning_rat must be an error, not --learning_rate.
     description = description or getattr(sys.modules.get("__main__"), "__doc__", None)
     parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False,
-                              formatter_class=_HelpFormatter)
+                              formatter_class=HelpFormatter)
     _remove_flags(parser, set(unused))
-    parser.add_argument("--config", default=None, help="YAML or JSON file of argument values; CLI flags win")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="YAML or JSON file of flag values; flags given on the command line win (default: none)")
     add_log_level_flag(parser)
+    arrange(parser)
     raise_usage_errors(parser, suffix=f" (values from {known.config} included)" if known.config else "")
     known_fields = {f.name for cls in dataclass_types for f in fields(cls)}
     allowed = known_fields - set(unused)
