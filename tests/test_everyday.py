@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import subprocess
+import sys
 import tomllib
 from dataclasses import replace
 from importlib import import_module
@@ -15,7 +17,7 @@ from importlib import import_module
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, requires_shared, shared_dir
 from test_sweeps import _fake_run
 from zephyr.cli import BASELINE_UNUSED, FINETUNE_UNUSED, baseline, finetune, inference
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
@@ -306,3 +308,35 @@ def test_progress_values_follow_the_clock(monkeypatch):
     now[0] = 150.0
     resumed.update(6)
     assert out.getvalue().splitlines()[-1] == "training 6/10 steps  60%  0.1 steps/s  elapsed 20s, ETA 40s"
+
+
+@pytest.mark.parametrize("level, times", [("INFO", 0), ("DEBUG", 1)])
+def test_a_hub_warning_is_shown_once_and_only_at_debug(level, times):
+    """huggingface_hub, imported after the suite set up logging, adds a handler of its own: its retry warnings
+    came twice, and at INFO although third-party messages are off."""
+    code = ("from zephyr.progress import configure_logging; configure_logging('%s'); "
+            "from huggingface_hub.utils import logging; "
+            "logging.get_logger('huggingface_hub.utils._http').warning('Retrying in 1s [Retry 1/5].')" % level)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Retrying in 1s") == times, result.stderr
+
+
+@requires_shared
+def test_gguf_conversion_draws_no_bar_when_third_party_messages_are_off(tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
+    from zephyr.modeling import convert_gguf
+    from zephyr.progress import configure_logging
+
+    gguf = shared_dir() / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    enabled = hf_logging.is_progress_bar_enabled()
+    configure_logging("INFO")
+    try:
+        capfd.readouterr()
+        convert_gguf(gguf, str(tmp_path / "cache"))
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+    assert "de-quantizing" not in capfd.readouterr().err

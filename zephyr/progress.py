@@ -124,6 +124,7 @@ def configure_logging(level: str = "INFO") -> None:
     everything = level == "DEBUG"
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if everything else logging.ERROR)
+    _one_hub_handler(everything)
     if everything:
         return
     for name, value in _QUIET_ENV.items():
@@ -140,6 +141,19 @@ def configure_logging(level: str = "INFO") -> None:
         datasets.disable_progress_bars()
     # Deprecation and "this argument is ignored" notices from the libraries, one per run, none actionable.
     warnings.filterwarnings("ignore", module=r"(transformers|trl|peft|accelerate|bitsandbytes|torch|datasets)\b")
+
+
+def _one_hub_handler(everything: bool) -> None:
+    """huggingface_hub, when imported, gives its logger a handler of its own and its default level: its messages
+    (the hub's retry warnings) came twice, through that handler and the root's, and past the ERROR level set here.
+    Imported now, its level stays the one set here and the root's handler prints each message once."""
+    import huggingface_hub.utils.logging  # noqa: F401  (configures its logger when first imported)
+
+    root = logging.getLogger("huggingface_hub")
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    root.setLevel(logging.DEBUG if everything else logging.ERROR)
 
 
 def train_progress_callback(stream=None):
