@@ -112,9 +112,19 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None, defaults: 
     return tuple(obj for obj in instances if type(obj) in dataclass_types)
 
 
+# Names other tools use for the suite's flags, suggested when given.
+OTHER_NAMES = {"lr": "learning_rate", "batch_size": "per_device_train_batch_size", "model": "model_name_or_path",
+               "output_dir": "output_root", "rank": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout"}
+
+
 def _near(name: str, allowed: set[str], prefix: str) -> str:
-    """'' or ' (did you mean --lora_r?)': the closest known name, for a typo."""
+    """'' or ' (did you mean --lora_r?)': the closest known name, for a typo, another tool's name (--lr) or a
+    word of exactly one flag (--epochs)."""
     import difflib
 
-    close = difflib.get_close_matches(name.replace("-", "_"), sorted(allowed), n=1, cutoff=0.6) if name else []
-    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+    name = name.replace("-", "_")
+    close = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6) if name else []
+    containing = [known for known in sorted(allowed) if name and name in known.split("_")]
+    other = OTHER_NAMES.get(name) if OTHER_NAMES.get(name) in allowed else None
+    guess = other or (close[0] if close else containing[0] if len(containing) == 1 else None)
+    return f" (did you mean {prefix}{guess}?)" if guess else ""
