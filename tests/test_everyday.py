@@ -343,3 +343,22 @@ def test_gguf_conversion_draws_no_bar_when_third_party_messages_are_off(tmp_path
         if enabled:
             hf_logging.enable_progress_bar()
     assert "de-quantizing" not in capfd.readouterr().err
+
+
+def test_the_training_progress_shows_the_loss_logged_at_a_step_on_that_step():
+    from types import SimpleNamespace
+
+    from zephyr.progress import train_progress_callback
+
+    log = io.StringIO()
+    callback = train_progress_callback(log)
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=2, global_step=0, num_input_tokens_seen=0)
+    callback.on_train_begin(None, state, None)
+    callback.progress.bar.mininterval = 0  # every step a line
+    for step, loss in ((1, 2.5), (2, 0.75)):
+        state.global_step, state.num_input_tokens_seen = step, 100 * step
+        callback.on_log(None, state, None, logs={"loss": loss})
+        callback.on_step_end(None, state, None)
+    lines = log.getvalue().splitlines()
+    assert lines[-2].startswith("training 1/2 steps  50%  loss 2.5") and "tokens/s" in lines[-2]
+    assert lines[-1].startswith("training 2/2 steps 100%  loss 0.75")

@@ -96,15 +96,15 @@ class Progress:
                  initial: int = 0):
         stream = stream or sys.stderr
         terminal = bool(getattr(stream, "isatty", lambda: False)())
-        self.named: dict = {}
-        self.bar = _Bar(total=max(0, total), initial=initial, desc=label, unit=unit, named=self.named,
+        self.fields: dict = {}  # the named values shown, kept between updates (the training callback sets loss)
+        self.bar = _Bar(total=max(0, total), initial=initial, desc=label, unit=unit, named=self.fields,
                         file=stream if terminal else _LogLines(stream), miniters=1, smoothing=0, disable=False,
                         position=0,  # one bar at a time: never a cursor move for a bar left open
                         mininterval=REDRAW_INTERVAL_S if terminal else plain_interval_s, leave=True,
                         bar_format=TERMINAL_LINE if terminal else PLAIN_LINE, dynamic_ncols=terminal)
 
     def update(self, done: int, **values) -> None:
-        self.named.update(values)
+        self.fields.update(values)
         if done >= self.bar.total:
             self.bar.n = done
             self.bar.close()  # draws the last line
