@@ -362,3 +362,24 @@ def test_the_training_progress_shows_the_loss_logged_at_a_step_on_that_step():
     lines = log.getvalue().splitlines()
     assert lines[-2].startswith("training 1/2 steps  50%  loss 2.5") and "tokens/s" in lines[-2]
     assert lines[-1].startswith("training 2/2 steps 100%  loss 0.75")
+
+
+def test_the_two_quickstarts_train_on_about_as_many_tokens(tokenizer, tmp_path):
+    """A generated dialogue with its summary is over twice as long as a generated post with its label: the SAMSum
+    quickstart takes half as many rows, so that both take about as long."""
+    import functools
+
+    from zephyr.cli import QUICKSTART_DEFAULTS, QUICKSTART_SAMSUM_ROWS
+    from zephyr.embedded import write_synthetic_data
+    from zephyr.prompting import PromptBuilder
+    from zephyr.tasks import get_task
+
+    root = functools.partial(write_synthetic_data, samsum_train_rows=QUICKSTART_SAMSUM_ROWS)(tmp_path)
+    tokens = {}
+    for name in ("newsgroups", "samsum"):
+        task = get_task(name)
+        examples = task.load_split("train", str(root)).examples
+        builder = PromptBuilder(task, tokenizer, "original", task.labels(examples))
+        tokens[name] = sum(len(builder.encode_training(e, QUICKSTART_DEFAULTS["max_length"])["input_ids"])
+                           for e in examples)
+    assert 0.8 < tokens["samsum"] / tokens["newsgroups"] < 1.25, tokens

@@ -101,17 +101,20 @@ def _dialogue(rng: random.Random) -> dict:
     return {"dialogue": dialogue, "summary": f"{a} and {b} will meet at the {place} at {time}."}
 
 
-def write_synthetic_data(root: str | Path, seed: int = 0, train_rows: int = 160, test_rows: int = 40) -> Path:
-    """A small learnable dataset in the suite's local layout: <root>/newsgroups/*.jsonl, <root>/samsum/*.jsonl."""
+def write_synthetic_data(root: str | Path, seed: int = 0, train_rows: int = 160, test_rows: int = 40,
+                         samsum_train_rows: int | None = None) -> Path:
+    """A small learnable dataset in the suite's local layout: <root>/newsgroups/*.jsonl, <root>/samsum/*.jsonl
+    (``samsum_train_rows`` training dialogues, default ``train_rows``)."""
     rng = random.Random(seed)
     root = Path(root)
     for split, rows in (("train", train_rows), ("test", test_rows)):
+        samsum_rows = samsum_train_rows if split == "train" and samsum_train_rows is not None else rows
         labels = [label for _ in range(rows // len(TOPICS) + 1) for label in TOPICS][:rows]
         rng.shuffle(labels)
         atomic_write_jsonl(root / "newsgroups" / f"{split}.jsonl",
                            [{"id": f"{split}-{i}", "text": _post(rng, TOPICS[label]), "label": label}
                             for i, label in enumerate(labels)])
         atomic_write_jsonl(root / "samsum" / f"{split}.jsonl",
-                           [{"id": f"{split}-{i}", **_dialogue(rng)} for i in range(rows)])
+                           [{"id": f"{split}-{i}", **_dialogue(rng)} for i in range(samsum_rows)])
     atomic_write_text(root / EMBEDDED_MARKER, MARKER_TEXT.format(what="generated data"))
     return root
