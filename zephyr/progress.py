@@ -152,11 +152,12 @@ def configure_logging(level: str = "INFO") -> None:
     everything = level == "DEBUG"
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if everything else logging.ERROR)
+    if not everything:
+        for name, value in _QUIET_ENV.items():  # before huggingface_hub is imported: it reads them then
+            os.environ.setdefault(name, value)
     _one_hub_handler(everything)
     if everything:
         return
-    for name, value in _QUIET_ENV.items():
-        os.environ.setdefault(name, value)
     if "transformers" in sys.modules:  # imported before this call (tests): its switches, not its environment
         import transformers
 
