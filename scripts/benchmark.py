@@ -1,4 +1,4 @@
-"""Throughput at 7B scale: the study's original settings against the suite's defaults, in one process on one GPU.
+r"""Throughput at 7B scale: the study's original settings against the suite's defaults, in one process on one GPU.
 
     # Mistral-7B shape, random weights (built on the GPU, saved once, loaded through the suite's 4-bit path),
     # prompts from the real test sets; about 6 minutes on an H100

@@ -1,4 +1,4 @@
-"""Regenerate the study's tables and plots from run directories (Markdown, CSV, PNG).
+r"""Regenerate the study's tables and plots from run directories (Markdown, CSV, PNG).
 
     python scripts/make_tables.py --runs runs/sweeps --out results/tables
     python scripts/make_tables.py --runs runs/ablate runs/baselines --out results/smollm2 \

@@ -1,4 +1,4 @@
-"""QLoRA fine-tuning of Zephyr-7B-beta on 20 Newsgroups (the study's settings are the defaults, bar packing).
+r"""QLoRA fine-tuning of Zephyr-7B-beta on 20 Newsgroups (the study's settings are the defaults, bar packing).
 
     # 4-bit NF4, LoRA r=8 on q_proj,v_proj, 5 epochs, lr 2e-4, 8 examples per optimizer step
     python scripts/zephyr_classification.py --data_dir ../shared/data

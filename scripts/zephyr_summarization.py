@@ -1,4 +1,4 @@
-"""QLoRA fine-tuning of Zephyr-7B-beta on SAMSum (the study's settings are the defaults, bar packing).
+r"""QLoRA fine-tuning of Zephyr-7B-beta on SAMSum (the study's settings are the defaults, bar packing).
 
     # 4-bit NF4, LoRA r=64 on q_proj,v_proj, 1 epoch, lr 2e-4, 8 examples per optimizer step
     python scripts/zephyr_summarization.py --data_dir ../shared/data

@@ -57,6 +57,11 @@ def test_unknown_flag_is_an_error_that_names_the_nearest_flag(tmp_path):
     with pytest.raises(UsageError) as err:
         parse_args(ALL, ["--xyzzy", "4"])
     assert str(err.value) == "unknown argument(s): --xyzzy 4"
+    for given, meant in (("--epochs", "--num_train_epochs"), ("--lr", "--learning_rate"),
+                         ("--batch-size", "--per_device_train_batch_size"), ("--output_dir", "--output_root")):
+        with pytest.raises(UsageError) as err:
+            parse_args(ALL, [given, "4"])
+        assert str(err.value) == f"unknown argument(s): {given} 4 (did you mean {meant}?)"
     config = tmp_path / "run.json"
     config.write_text('{"learning_rat": 0.001}')
     with pytest.raises(UsageError) as err:

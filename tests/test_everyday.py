@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import subprocess
+import sys
 import tomllib
 from dataclasses import replace
 from importlib import import_module
@@ -15,7 +17,7 @@ from importlib import import_module
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, requires_shared, shared_dir
 from test_sweeps import _fake_run
 from zephyr.cli import BASELINE_UNUSED, FINETUNE_UNUSED, baseline, finetune, inference
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
@@ -34,20 +36,22 @@ def test_progress_is_plain_lines_in_a_log_file_and_a_redrawn_bar_on_a_terminal()
     for done in range(1, 6):
         progress.update(done, loss=1.5)
     lines = log.getvalue().splitlines()
-    assert "\r" not in log.getvalue() and len(lines) == 5
-    assert lines[0].startswith("evaluating 1/5 examples  20%") and "loss 1.5" in lines[0] and "ETA" in lines[0]
+    assert "\r" not in log.getvalue() and len(lines) == 6
+    assert lines[0].startswith("evaluating 0/5 examples   0%")  # the phase has started
+    assert lines[1].startswith("evaluating 1/5 examples  20%") and "loss 1.5" in lines[1] and "ETA" in lines[1]
     assert lines[-1].startswith("evaluating 5/5 examples 100%") and "examples/s" in lines[-1] and "ETA" not in lines[-1]
     quiet = io.StringIO()
-    slow = Progress("training", 100, "steps", quiet)  # a line every 30 s at most, and always the last one
+    slow = Progress("training", 100, "steps", quiet)  # the start, a line every 30 s at most, and always the last one
     for done in range(1, 101):
         slow.update(done)
-    assert len(quiet.getvalue().splitlines()) == 2 and "100/100" in quiet.getvalue()
+    assert len(quiet.getvalue().splitlines()) == 2 and "100/100" in quiet.getvalue().splitlines()[1]
     terminal = Terminal()
     bar = Progress("training", 4, "steps", terminal)
     for done in range(1, 5):
         bar.update(done, tokens=1000 * done)
-    assert terminal.getvalue().startswith("\r\033[K") and terminal.getvalue().endswith("\n")
-    assert "[####################] 4/4 steps" in terminal.getvalue() and "tokens/s" in terminal.getvalue()
+    assert terminal.getvalue().startswith("\r") and terminal.getvalue().count("\n") == 1
+    assert terminal.getvalue().endswith("\n") and "tokens/s" in terminal.getvalue()
+    assert "|####################| 4/4 steps" in terminal.getvalue()
     assert [format_duration(s) for s in (12, 192, 2460, 3900)] == ["12s", "3m12s", "41m00s", "1h05m"]
 
 
@@ -197,16 +201,15 @@ def test_help_lists_only_used_flags_each_with_a_help_text_and_its_real_default(n
         call(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    options = text.split("options:")[1]
-    entries = re.split(r"\n(?=  -)", options.strip("\n"))
+    entries = [e for e in re.split(r"\n(?=  -)|\n\n", text.split("options:")[1].strip("\n")) if e.startswith("  -")]
     for entry in entries:
         first, *rest = entry.splitlines()
         assert rest or re.search(r"\S  +\S", first.strip()), f"no help text: {entry}"
     for flag in absent:
         assert not re.search(rf"{flag}\b", text), f"{name} --help lists {flag}, which it ignores"
     if name == "summarization":  # the task's defaults, not the dataclass's
-        assert re.search(r"--lora-r LORA_R\s+LoRA rank \(default: 64\)", text)
-        assert re.search(r"1 for SAMSum\) \(default:\s+1\.0\)", text)
+        assert re.search(r"--lora_r N\s+LoRA rank \(default: 64\)", text)
+        assert re.search(r"1\s+for\s+SAMSum\)\s+\(default:\s+1\.0\)", text)
 
 
 def test_a_flag_the_script_ignores_is_an_error_and_log_level_is_checked(capsys):
@@ -291,12 +294,13 @@ def test_a_run_ends_with_one_readable_sentence_and_rounded_json(capsys, caplog, 
 def test_progress_values_follow_the_clock(monkeypatch):
     """ETA, rates and elapsed time read from a controlled clock: 3 of 10 steps in 30 s leaves 70 s; a run resumed at
     step 4 counts its rate and ETA from its own steps only."""
-    import zephyr.progress as progress_module
+    import tqdm.std
+
     from zephyr.progress import eta
 
     assert eta(30.0, 3, 10) == 70.0 and eta(5.0, 0, 10) is None
     now = [100.0]
-    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(tqdm.std, "time", lambda: now[0])  # tqdm's clock
     out = io.StringIO()
     bar = Progress("training", 10, "steps", out, plain_interval_s=0)
     now[0] = 130.0
@@ -307,3 +311,68 @@ def test_progress_values_follow_the_clock(monkeypatch):
     now[0] = 150.0
     resumed.update(6)
     assert out.getvalue().splitlines()[-1] == "training 6/10 steps  60%  0.1 steps/s  elapsed 20s, ETA 40s"
+
+
+@pytest.mark.parametrize("level, times", [("INFO", 0), ("DEBUG", 1)])
+def test_a_hub_warning_is_shown_once_and_only_at_debug(level, times):
+    """huggingface_hub, imported after the suite set up logging, adds a handler of its own: its retry warnings
+    came twice, and at INFO although third-party messages are off."""
+    code = ("from zephyr.progress import configure_logging; configure_logging('%s'); "
+            "from huggingface_hub.utils import logging; "
+            "logging.get_logger('huggingface_hub.utils._http').warning('Retrying in 1s [Retry 1/5].')" % level)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Retrying in 1s") == times, result.stderr
+
+
+@requires_shared
+def test_gguf_conversion_draws_no_bar_when_third_party_messages_are_off(tmp_path):
+    """As a script runs it: logging set up first, then the libraries imported."""
+    gguf = shared_dir() / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    code = ("from pathlib import Path; from zephyr.progress import configure_logging; configure_logging('INFO'); "
+            f"from zephyr.modeling import convert_gguf; convert_gguf(Path('{gguf}'), '{tmp_path}')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_the_training_progress_shows_the_loss_logged_at_a_step_on_that_step():
+    from types import SimpleNamespace
+
+    from zephyr.progress import train_progress_callback
+
+    log = io.StringIO()
+    callback = train_progress_callback(log)
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=2, global_step=0, num_input_tokens_seen=0)
+    callback.on_train_begin(None, state, None)
+    callback.progress.bar.mininterval = 0  # every step a line
+    for step, loss in ((1, 2.5), (2, 0.75)):
+        state.global_step, state.num_input_tokens_seen = step, 100 * step
+        callback.on_log(None, state, None, logs={"loss": loss})
+        callback.on_step_end(None, state, None)
+    lines = log.getvalue().splitlines()
+    assert lines[-2].startswith("training 1/2 steps  50%  loss 2.5") and "tokens/s" in lines[-2]
+    assert lines[-1].startswith("training 2/2 steps 100%  loss 0.75")
+
+
+def test_the_two_quickstarts_train_on_about_as_many_tokens(tokenizer, tmp_path):
+    """A generated dialogue with its summary is over twice as long as a generated post with its label: the SAMSum
+    quickstart takes half as many rows, so that both take about as long."""
+    import functools
+
+    from zephyr.cli import QUICKSTART_DEFAULTS, QUICKSTART_SAMSUM_ROWS
+    from zephyr.embedded import write_synthetic_data
+    from zephyr.prompting import PromptBuilder
+    from zephyr.tasks import get_task
+
+    root = functools.partial(write_synthetic_data, samsum_train_rows=QUICKSTART_SAMSUM_ROWS)(tmp_path)
+    tokens = {}
+    for name in ("newsgroups", "samsum"):
+        task = get_task(name)
+        examples = task.load_split("train", str(root)).examples
+        builder = PromptBuilder(task, tokenizer, "original", task.labels(examples))
+        tokens[name] = sum(len(builder.encode_training(e, QUICKSTART_DEFAULTS["max_length"])["input_ids"])
+                           for e in examples)
+    assert 0.8 < tokens["samsum"] / tokens["newsgroups"] < 1.25, tokens

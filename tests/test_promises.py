@@ -190,7 +190,7 @@ def drawn(monkeypatch):
 
 
 def test_loss_png_plots_the_logged_loss_and_learning_rate_against_tokens(tmp_path, drawn):
-    from zephyr.results import plot_training_log
+    from zephyr.plots import plot_training_log
 
     log = tmp_path / "run" / "train_log.jsonl"
     log.parent.mkdir()
@@ -208,7 +208,8 @@ def test_loss_png_plots_the_logged_loss_and_learning_rate_against_tokens(tmp_pat
 
 def test_the_accuracy_plot_draws_each_variant_and_the_studys_curve_beside_it(tmp_path, drawn):
     from zephyr import reference
-    from zephyr.results import plot_accuracy, table1
+    from zephyr.plots import plot_accuracy
+    from zephyr.results import table1
 
     def row(variant, fraction, rows, accuracy):
         return {"task": "newsgroups", "kind": "finetune", "variant": variant, "model": "m", "train_fraction": fraction,
@@ -228,7 +229,7 @@ def test_the_accuracy_plot_draws_each_variant_and_the_studys_curve_beside_it(tmp
 
 
 def test_the_rouge_plot_draws_one_bar_per_setting_and_score(tmp_path, drawn):
-    from zephyr.results import plot_rouge
+    from zephyr.plots import plot_rouge
 
     table = [{"model": "m", "setting": "zero-shot", "rouge1": 23.5, "rouge2": 6.25},
              {"model": "m", "setting": "NEFTune", "rouge1": 42.0, "rouge2": 17.5},

@@ -258,7 +258,8 @@ def test_same_seed_gives_identical_losses_and_metrics_without_network(tiny_model
     assert len(results[0][0]) == 8
 
 
-def test_rerun_after_a_kill_between_training_and_evaluation_only_evaluates(tiny_model_dir, synthetic_data, tmp_path):
+def test_rerun_after_a_kill_between_training_and_evaluation_only_evaluates(tiny_model_dir, synthetic_data, tmp_path,
+                                                                          caplog):
     """A sweep killed after training finished but before metrics.json: the rerun evaluates, it does not retrain."""
     argv = _train_argv(tiny_model_dir, synthetic_data, tmp_path, max_steps=2, do_eval="True", max_test_rows=4)
     run_dir = finetune("newsgroups", argv)
@@ -272,6 +273,13 @@ def test_rerun_after_a_kill_between_training_and_evaluation_only_evaluates(tiny_
     assert (run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
     again = json.loads((run_dir / "metrics.json").read_text())
     assert again["accuracy"] == first["accuracy"] and again["n_examples"] == 4
+    # A training-only flag given to a finished run changes nothing, and says so.
+    with caplog.at_level("WARNING", logger="zephyr.cli"):
+        finetune("newsgroups", argv + ["--report_to", "tensorboard", "--logging_steps", "5"])
+    assert [r.getMessage() for r in caplog.records if r.name == "zephyr.cli"] == [
+        f"{run_dir}: only evaluated, so --logging_steps 5 (it trained with 1), --report_to tensorboard (it trained "
+        "with none) change nothing; --overwrite True trains again"]
+    assert not (run_dir / "tensorboard").exists()
     # Other settings under the same name are still refused, not silently evaluated.
     from zephyr.errors import UsageError
 

@@ -121,3 +121,93 @@ def test_a_second_evaluation_kept_inside_a_run_is_not_a_run(tmp_path):
     (run / "eval-loglik" / "metrics.json").write_text(json.dumps({"accuracy": 44.0}))
     rows = collect([tmp_path / "runs"])
     assert [(row["run"], row["accuracy"], row["variant"]) for row in rows] == [(run.name, 41.0, "base")]
+
+
+def _run_dir(root, name, task, metrics, *, fraction=1.0, model="/m/SmolLM2-135M-Instruct.Q4_1.gguf", kind="finetune",
+             data_root=None, **settings):
+    """A finished run as the suite writes it: config.json with every argument group, and metrics.json."""
+    from dataclasses import MISSING, fields
+
+    from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
+    from zephyr.tasks import get_task
+
+    values = {**get_task(task).defaults, "task": task, "train_fraction": fraction, "model_name_or_path": model,
+              **settings}
+    groups = {}
+    for cls in (DataArguments, ModelArguments, TrainArguments, EvalArguments):
+        defaults = {f.name: None if f.default is MISSING else f.default for f in fields(cls)}
+        groups[cls.__name__] = {**defaults, **{k: v for k, v in values.items() if k in defaults}}
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"kind": kind, "arguments": groups, "base_model": model,
+                                                 "data": {"train_rows_used": 100}}))
+    rows = 819 if task == "samsum" else 7317
+    source = f"{data_root or '/data'}/{task}/test.jsonl"
+    (run / "metrics.json").write_text(json.dumps({"n_examples": rows, "test_rows_available": rows,
+                                                  "test_source": source, **metrics}))
+    return run
+
+
+def test_tables_leave_out_smoke_tests_and_quickstart_runs_and_say_which(tmp_path, caplog):
+    from zephyr.embedded import write_synthetic_data
+    from zephyr.protocol import EMBEDDED_MARKER
+    from zephyr.results import collect, write_tables
+
+    root = tmp_path / "runs"
+    _run_dir(root, "study", "newsgroups", {"accuracy": 46.6}, fraction=0.1)
+    _run_dir(root, "zz-smoke", "newsgroups", {"accuracy": 0.0, "n_examples": 4}, fraction=0.1, max_steps=3)
+    generated = write_synthetic_data(tmp_path / "generated", train_rows=8, test_rows=4)
+    tiny = tmp_path / "embedded-tiny-mistral"
+    tiny.mkdir()
+    (tiny / EMBEDDED_MARKER).write_text("tiny")
+    _run_dir(root, "quick", "samsum", {"rouge1": 12.0, "rouge2": 1.0}, model=str(tiny), data_root=generated)
+    _run_dir(root, "quick-real-model", "samsum", {"rouge1": 30.0, "rouge2": 9.0}, data_root=generated)
+    written = write_tables(collect([root]), tmp_path / "out")
+    table1 = {r["train_fraction"]: r for r in csv.DictReader(written["table1_newsgroups_accuracy"].open())}
+    assert table1["0.1"]["base"] == "46.6"
+    table3 = list(csv.DictReader(written["table3_samsum_rouge_by_model"].open()))
+    assert all(row["source"] == "study" for row in table3)  # no empty row of ours
+    assert {r["model"] for r in csv.DictReader(written["table2_samsum_rouge"].open())} == {""}
+    markdown = written["markdown"].read_text()
+    assert "- `zz-smoke`: Table 1: a smoke test (--max_steps 3); scored on 4 of 7,317 test rows (--max_test_rows)" \
+        in markdown
+    assert "- `quick`: Tables 2 and 3: the quickstart's tiny random model; the quickstart's generated data" in markdown
+    assert "- `quick-real-model`: Tables 2 and 3: the quickstart's generated data" in markdown
+    assert f"left out of the tables: {root}/zz-smoke (Table 1: a smoke test" in caplog.text
+    left_out = {r["run"]: r["left_out"] for r in csv.DictReader((tmp_path / "out" / "runs.csv").open())}
+    assert left_out["study"] == "" and left_out["quick"].startswith("Tables 2 and 3: the quickstart's")
+
+
+def test_a_run_off_its_tables_protocol_fills_no_cell(tmp_path):
+    """A LoRA-grid run (another rank and epochs) is the base variant too; it must not replace the Table 2 cell of
+    the run made at the table's protocol, even when it sorts last."""
+    from zephyr.results import collect, write_tables
+
+    root = tmp_path / "runs"
+    _run_dir(root, "samsum_base", "samsum", {"rouge1": 41.9, "rouge2": 17.1})
+    _run_dir(root, "samsum_neftune", "samsum", {"rouge1": 42.1, "rouge2": 17.1}, neftune_alpha=5.0)
+    _run_dir(root, "samsum_r4_ep2", "samsum", {"rouge1": 38.0, "rouge2": 14.0}, lora_r=4, num_train_epochs=2.0)
+    _run_dir(root, "samsum_frac0.1", "samsum", {"rouge1": 39.3, "rouge2": 15.4}, fraction=0.1)
+    written = write_tables(collect([root]), tmp_path / "out")
+    table2 = {r["setting"]: r for r in csv.DictReader(written["table2_samsum_rouge"].open())}
+    assert (table2["base"]["rouge1"], table2["NEFTune"]["rouge1"]) == ("41.9", "42.1")
+    markdown = written["markdown"].read_text()
+    assert ("- `samsum_r4_ep2`: Tables 2 and 3: lora_r 4, num_train_epochs 2.0, where the table's protocol has "
+            "lora_r 64, num_train_epochs 1.0") in markdown
+    assert "- `samsum_frac0.1`: Tables 2 and 3: train_fraction 0.1, where the table's protocol has train_fraction 1.0" \
+        in markdown
+
+
+def test_runs_that_share_settings_other_than_the_defaults_make_a_table(tmp_path):
+    """A deliberate protocol (here 1 epoch and 128 tokens, stated with --protocol) is the table's when no run has
+    the defaults: its runs are all kept, and one run off it is left out."""
+    from zephyr.results import collect, write_tables
+
+    root = tmp_path / "runs"
+    for name, fraction in (("a", 0.025), ("b", 0.05), ("c", 0.1)):
+        _run_dir(root, name, "newsgroups", {"accuracy": 20.0}, fraction=fraction, num_train_epochs=1.0, max_length=128)
+    _run_dir(root, "d", "newsgroups", {"accuracy": 99.0}, fraction=0.25, num_train_epochs=1.0, max_length=512)
+    written = write_tables(collect([root]), tmp_path / "out")
+    table1 = {r["train_fraction"]: r["base"] for r in csv.DictReader(written["table1_newsgroups_accuracy"].open())}
+    assert (table1["0.025"], table1["0.05"], table1["0.1"], table1["0.25"]) == ("20.0", "20.0", "20.0", "")
+    assert "- `d`: Table 1: max_length 512, where the table's protocol has max_length 128" in written["markdown"].read_text()

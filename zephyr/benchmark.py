@@ -70,14 +70,14 @@ PATHS = ("suite", "padded", "fast")  # the rows compared with the original's
 class BenchmarkArguments:
     shape: str = field(default="mistral-7b", metadata={"help": "Random model shape: mistral-7b, smollm2-135m or tiny"})
     model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Benchmark this checkpoint (dir, .gguf or hub id) instead of a random one"})
+        default=None, metadata={"help": "Benchmark this checkpoint (dir, .gguf or hub id) (default: a random model of --shape)"})
     checkpoint_dir: str = field(default="/tmp/zephyr-benchmark/mistral-7b-random",
                                 metadata={"help": "Where the random checkpoint is saved once"})
     tokenizer_dir: Optional[str] = field(
         default=None, metadata={"help": "Tokenizer to save with the random checkpoint (default: Zephyr's, from "
                                         "mistral-common)"})
-    data_dir: Optional[str] = field(default=None, metadata={"help": f"Real data root (env {DATA_DIR_ENV}); unset: "
-                                                                    "generated data"})
+    data_dir: Optional[str] = field(default=None, metadata={"help": f"Real data root (default: env {DATA_DIR_ENV}, "
+                                                                    "else generated data)"})
     output: str = field(default="benchmark.json", metadata={"help": "JSON results file"})
     warmup_steps: int = field(default=3, metadata={"help": "Optimizer steps before timing starts"})
     train_steps: int = field(default=7, metadata={"help": "Timed optimizer steps per setting (the median counts)"})
@@ -90,14 +90,15 @@ class BenchmarkArguments:
                                                                 "all+lm_head"})
     memory_cap_gib: Optional[float] = field(
         default=None, metadata={"help": "Cap PyTorch's allocator at this much GPU memory for the whole benchmark "
-                                        "(21.5 imitates a 24 GB A10G)"})
+                                        "(21.5 imitates a 24 GB A10G; default: no cap)"})
     train: bool = field(default=True, metadata={"help": "Measure training (False: evaluation only)"})
     evaluate: bool = field(default=True, metadata={"help": "Also measure evaluation (False: training only)"})
     extra_settings: Optional[str] = field(
-        default=None, metadata={"help": 'More training settings to time, JSON: {"name": {"flag": value, ...}}'})
+        default=None, metadata={"help": 'More training settings to time, JSON: {"name": {"flag": value, ...}} '
+                                                  '(default: none)'})
     profile_dir: Optional[str] = field(
         default=None, metadata={"help": "Write torch.profiler tables of one training step per setting and of one "
-                                        "evaluation batch per path here"})
+                                        "evaluation batch per path here (default: no profile)"})
     peak_tflops: Optional[float] = field(default=None, metadata={"help": "Dense bf16 peak for MFU (default: by "
                                                                          "GPU name)"})
 

@@ -110,6 +110,7 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
         # Training finished but evaluation did not (a killed sweep): evaluate what is there.
         if is_main_process():
             logging.getLogger(__name__).info("%s: training already finished; evaluating it", plan.run_dir)
+            _warn_unused_training_flags(plan.run_dir, train_args)
             metrics = evaluate_run(data_args, replace(eval_args, run_dir=str(plan.run_dir)), task_name)
             _print_metrics(Path(eval_args.eval_output_dir or plan.run_dir) / METRICS, metrics)
         return plan.run_dir
@@ -124,6 +125,28 @@ def finetune(task_name: str, argv=None, defaults: dict | None = None) -> Path:
                            data_args.max_length)
         _print_metrics(out_dir / METRICS, metrics)
     return run.run_dir
+
+
+def _warn_unused_training_flags(run_dir: Path, train_args: TrainArguments) -> None:
+    """A finished run is only evaluated: say which training flags given now differ from how it trained, and so do
+    nothing (``--report_to tensorboard`` writes no tracker files without training)."""
+    from dataclasses import asdict
+
+    from zephyr.io import read_json
+
+    trained = read_json(run_dir / "config.json").get("arguments", {}).get("TrainArguments", {})
+    unused = [(name, value, trained[name]) for name, value in asdict(train_args).items()
+              if name in TRAINING_ONLY and name in trained and trained[name] != value]
+    if unused:
+        flags = ", ".join(f"--{name} {value} (it trained with {before})" for name, value, before in unused)
+        logging.getLogger(__name__).warning("%s: only evaluated, so %s change%s nothing; --overwrite True trains "
+                                            "again", run_dir, flags, "" if len(unused) > 1 else "s")
+
+
+# Settings that act on training only and may differ from a finished run's without making it another run.
+TRAINING_ONLY = frozenset({"report_to", "logging_steps", "save_steps", "gradient_checkpointing", "train_memory_gib",
+                           "compile_layers", "cuda_graphs", "fused_nf4", "pad_to_max_length", "batch_layout",
+                           "sync_free_metrics"})
 
 
 def inference(task_name: str | None, argv=None) -> dict:
@@ -153,6 +176,11 @@ QUICKSTART_DEFAULTS = dict(
     lora_r=16, learning_rate=2e-3, num_train_epochs=4.0, per_device_train_batch_size=8,
     gradient_accumulation_steps=1, max_length=128, gradient_checkpointing=False, optim="adamw_torch",
     logging_steps=5, do_eval=True, eval_batch_size=20)
+
+
+# A generated dialogue and its summary are about 70 tokens, a generated post and its label about 30: half as many
+# dialogues as posts keep the two quickstarts' training at about the same number of tokens, and so of minutes.
+QUICKSTART_SAMSUM_ROWS = 80
 
 
 @contextlib.contextmanager
@@ -186,7 +214,8 @@ def quickstart(argv=None) -> Path:
     if model_args.model_name_or_path == EMBEDDED:
         made["model_name_or_path"] = (root / "embedded-tiny-mistral", build_tiny_model)
     if data_args.data_dir is None and not data_args.train_file:
-        made["data_dir"] = (root / "data", write_synthetic_data)
+        made["data_dir"] = (root / "data", functools.partial(write_synthetic_data,
+                                                             samsum_train_rows=QUICKSTART_SAMSUM_ROWS))
     final = {flag: str(folder) for flag, (folder, _) in made.items()}
     with tempfile.TemporaryDirectory() as scratch, _quiet_progress_bars():  # the pre-flight says only its verdict
         staged = {}

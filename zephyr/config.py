@@ -70,10 +70,10 @@ class DataArguments:
     task: str = field(default="newsgroups", metadata={"help": "newsgroups or samsum"})
     data_dir: Optional[str] = field(
         default=None,
-        metadata={"help": f"Local data root holding <task>/train.* and <task>/test.* (env {DATA_DIR_ENV}); "
-                  "unset: the hub dataset"})
-    train_file: Optional[str] = field(default=None, metadata={"help": "Explicit training file (overrides data_dir)"})
-    test_file: Optional[str] = field(default=None, metadata={"help": "Explicit test file (overrides data_dir)"})
+        metadata={"help": f"Local data root holding <task>/train.* and <task>/test.* (default: env {DATA_DIR_ENV}, "
+                  "else the hub dataset)"})
+    train_file: Optional[str] = field(default=None, metadata={"help": "Training file, instead of --data_dir's (default: none)"})
+    test_file: Optional[str] = field(default=None, metadata={"help": "Test file, instead of --data_dir's (default: none)"})
     train_fraction: float = field(
         default=1.0, metadata={"help": "Stratified, nested fraction of training rows in (0, 1]; 1.0 = all rows"})
     data_seed: int = field(default=42, metadata={"help": "Seed of the training-fraction selection and few-shot picks"})
@@ -116,7 +116,8 @@ class ModelArguments:
                                                          "or fp32: weights and 4-bit compute dtype"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2"})
     model_cache_dir: Optional[str] = field(
-        default=None, metadata={"help": "Where GGUF files are converted to checkpoints (default ~/.cache/zephyr-suite)"})
+        default=None, metadata={"help": "Where GGUF files are converted to checkpoints (default: env ZEPHYR_CACHE, else "
+                                  "~/.cache/zephyr-suite)"})
 
     def __post_init__(self):
         _check(self.quantization in ("4bit", "none"), "quantization",
@@ -201,11 +202,11 @@ class TrainArguments:
         default=True, metadata={"help": "Keep packed rows as rows, each example masked to itself (SDPA, eager); False: "
                                         "TRL's padding-free concatenation (always used with flash_attention_2)"})
     batch_layout: Optional[str] = field(
-        default=None, metadata={"help": "How a micro-batch of whole examples is laid out (--packing False). flat "
-                                        "(the default): end to end in one row, each example keeping its positions "
-                                        "and attending only to itself, no padding (the padded batch's function, "
-                                        "tested equal); padded: each example padded to the batch's longest (the "
-                                        "default with --pad_to_max_length)"})
+        default=None, metadata={"help": "How a micro-batch of whole examples is laid out (--packing False). flat: end "
+                                        "to end in one row, each example keeping its positions and attending only "
+                                        "to itself, no padding (the padded batch's function, tested equal); padded: "
+                                        "each example padded to the batch's longest (default: flat, padded with "
+                                        "--pad_to_max_length)"})
     pad_to_max_length: bool = field(
         default=False, metadata={"help": "Pad every batch of whole examples to --max_length (padding is masked and "
                                          "carries no loss): one batch shape, which --compile_layers auto compiles "
@@ -283,7 +284,8 @@ class EvalArguments:
                                         "batch token costs, and batches hold at most the tokens that keep the peak "
                                         "within nine tenths of it (20 leaves headroom on a 24 GB A10G); out of memory "
                                         "still halves a batch as a last resort"})
-    max_new_tokens: Optional[int] = field(default=None, metadata={"help": "Default: 20 classification, 100 SAMSum"})
+    max_new_tokens: Optional[int] = field(default=None, metadata={"help": "Most new tokens per answer (default: 20 for "
+                                                                                "classification, 100 for SAMSum)"})
     eval_method: str = field(default="generate", metadata={"help": "generate, or loglik (classification only)"})
     num_shots: int = field(default=0, metadata={"help": "Few-shot examples in baseline prompts (0: zero-shot)"})
     max_prompt_tokens: Optional[int] = field(

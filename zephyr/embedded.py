@@ -13,7 +13,11 @@ import tempfile
 from pathlib import Path
 
 import prompts
-from zephyr.io import atomic_directory, atomic_write_jsonl
+from zephyr.io import atomic_directory, atomic_write_jsonl, atomic_write_text
+from zephyr.protocol import EMBEDDED_MARKER
+
+MARKER_TEXT = ("Made by zephyr.embedded to check the pipeline: {what}. Runs on it are no results; the tables leave "
+               "them out.\n")
 
 TOKENIZER_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"
 
@@ -65,6 +69,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         MistralForCausalLM(MistralConfig(**TINY_MISTRAL)).save_pretrained(staging)
         build_zephyr_tokenizer(staging)
+        atomic_write_text(Path(staging) / EMBEDDED_MARKER, MARKER_TEXT.format(what="a tiny random model"))
     return out_dir
 
 
@@ -96,16 +101,20 @@ def _dialogue(rng: random.Random) -> dict:
     return {"dialogue": dialogue, "summary": f"{a} and {b} will meet at the {place} at {time}."}
 
 
-def write_synthetic_data(root: str | Path, seed: int = 0, train_rows: int = 160, test_rows: int = 40) -> Path:
-    """A small learnable dataset in the suite's local layout: <root>/newsgroups/*.jsonl, <root>/samsum/*.jsonl."""
+def write_synthetic_data(root: str | Path, seed: int = 0, train_rows: int = 160, test_rows: int = 40,
+                         samsum_train_rows: int | None = None) -> Path:
+    """A small learnable dataset in the suite's local layout: <root>/newsgroups/*.jsonl, <root>/samsum/*.jsonl
+    (``samsum_train_rows`` training dialogues, default ``train_rows``)."""
     rng = random.Random(seed)
     root = Path(root)
     for split, rows in (("train", train_rows), ("test", test_rows)):
+        samsum_rows = samsum_train_rows if split == "train" and samsum_train_rows is not None else rows
         labels = [label for _ in range(rows // len(TOPICS) + 1) for label in TOPICS][:rows]
         rng.shuffle(labels)
         atomic_write_jsonl(root / "newsgroups" / f"{split}.jsonl",
                            [{"id": f"{split}-{i}", "text": _post(rng, TOPICS[label]), "label": label}
                             for i, label in enumerate(labels)])
         atomic_write_jsonl(root / "samsum" / f"{split}.jsonl",
-                           [{"id": f"{split}-{i}", **_dialogue(rng)} for i in range(rows)])
+                           [{"id": f"{split}-{i}", **_dialogue(rng)} for i in range(samsum_rows)])
+    atomic_write_text(root / EMBEDDED_MARKER, MARKER_TEXT.format(what="generated data"))
     return root

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -144,6 +145,20 @@ def gguf_config(path: Path, flag: str = FLAG):
         raise UsageError(f"{flag}: {path}: not a readable GGUF model (truncated or corrupt? {detail})") from None
 
 
+@contextlib.contextmanager
+def _gguf_bar_follows_the_switch():
+    """transformers' GGUF reader draws its "Converting and de-quantizing" bar with tqdm itself, past the progress-bar
+    switch that zephyr.progress turns off: for the conversion it gets the switch's tqdm."""
+    from unittest import mock
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    with mock.patch.object(gguf_utils, "tqdm", hf_logging.tqdm) if hasattr(gguf_utils, "tqdm") else \
+            contextlib.nullcontext():
+        yield
+
+
 def convert_gguf(path: Path, cache_dir: str | None = None, flag: str = FLAG) -> Path:
     """Dequantize a GGUF file into a plain checkpoint (once; cached by content hash).
 
@@ -157,7 +172,8 @@ def convert_gguf(path: Path, cache_dir: str | None = None, flag: str = FLAG) -> 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    with _gguf_bar_follows_the_switch():
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

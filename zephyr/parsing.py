@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from zephyr.errors import UsageError, raise_usage_errors
+from zephyr.helptext import HelpFormatter, arrange
 from zephyr.io import not_utf8
 
 
@@ -55,16 +56,6 @@ def _read_config(path: str) -> dict:
     return data
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help with the script's docstring as written and each flag's real default, unless its help states it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text.lower() or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
-            return text
-        return f"{text} (default: {action.default})"
-
-
 def _remove_flags(parser, names: set[str]) -> None:
     """Take flags a script does not use out of its parser: absent from --help, an error when given.
 
@@ -101,10 +92,12 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None, defaults: 
     # No prefix abbreviations: a typo such as --learning_rat must be an error, not --learning_rate.
     description = description or getattr(sys.modules.get("__main__"), "__doc__", None)
     parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False,
-                              formatter_class=_HelpFormatter)
+                              formatter_class=HelpFormatter)
     _remove_flags(parser, set(unused))
-    parser.add_argument("--config", default=None, help="YAML or JSON file of argument values; CLI flags win")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="YAML or JSON file of flag values; flags given on the command line win (default: none)")
     add_log_level_flag(parser)
+    arrange(parser)
     raise_usage_errors(parser, suffix=f" (values from {known.config} included)" if known.config else "")
     known_fields = {f.name for cls in dataclass_types for f in fields(cls)}
     allowed = known_fields - set(unused)
@@ -119,9 +112,19 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None, defaults: 
     return tuple(obj for obj in instances if type(obj) in dataclass_types)
 
 
+# Names other tools use for the suite's flags, suggested when given.
+OTHER_NAMES = {"lr": "learning_rate", "batch_size": "per_device_train_batch_size", "model": "model_name_or_path",
+               "output_dir": "output_root", "rank": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout"}
+
+
 def _near(name: str, allowed: set[str], prefix: str) -> str:
-    """'' or ' (did you mean --lora_r?)': the closest known name, for a typo."""
+    """'' or ' (did you mean --lora_r?)': the closest known name, for a typo, another tool's name (--lr) or a
+    word of exactly one flag (--epochs)."""
     import difflib
 
-    close = difflib.get_close_matches(name.replace("-", "_"), sorted(allowed), n=1, cutoff=0.6) if name else []
-    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+    name = name.replace("-", "_")
+    close = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6) if name else []
+    containing = [known for known in sorted(allowed) if name and name in known.split("_")]
+    other = OTHER_NAMES.get(name) if OTHER_NAMES.get(name) in allowed else None
+    guess = other or (close[0] if close else containing[0] if len(containing) == 1 else None)
+    return f" (did you mean {prefix}{guess}?)" if guess else ""

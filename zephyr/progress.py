@@ -1,7 +1,8 @@
 """What a person watching a run sees: progress with ETA, one log line per phase, and no third-party noise.
 
-On a terminal a progress bar is redrawn in place; in a log file (a sweep's per-run log, CI) the same numbers
-come as a plain line every ``PLAIN_INTERVAL_S`` seconds and at the end, so the file holds no carriage returns.
+Progress is tqdm's. On a terminal its bar is redrawn in place; in a log file (a sweep's per-run log, CI) the same
+numbers come as a plain line when a phase starts, every ``PLAIN_INTERVAL_S`` seconds and at the end, so the file
+holds no carriage returns (which tqdm writes to any file).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import logging
 import sys
 import time
 import warnings
+
+from tqdm import tqdm
 
 log = logging.getLogger("zephyr")
 
@@ -33,55 +36,80 @@ def eta(elapsed: float, done: int, total: int) -> float | None:
     return elapsed / done * (total - done) if done else None
 
 
-class Progress:
-    """Progress of ``total`` items (steps, examples) on ``stream`` (stderr by default).
+class _LogLines:
+    """A log file as tqdm's output: each redraw becomes one whole line. tqdm redraws in place with a carriage
+    return even when its output is not a terminal, which leaves a log file one ever-longer line."""
 
-    ``update(done, **fields)`` takes the count done so far and named values to show (``loss=1.23``); the rate
-    of items and, with ``tokens``, of tokens per second are computed from the time since the start.
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        for line in text.split("\r"):
+            if line.strip():
+                self.stream.write(line.rstrip() + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+class _Bar(tqdm):
+    """tqdm with the suite's line: the named values (loss, tokens/s), the rate and ETA of this process's items
+    (a resumed run's earlier steps excluded), and durations as the sweep writes them (3m12s)."""
+
+    monitor_interval = 0  # no monitor thread: every update is checked against mininterval anyway
+
+    def __init__(self, *args, named: dict, **kwargs):
+        self.named = named
+        super().__init__(*args, **kwargs)
+
+    @property
+    def format_dict(self):
+        values = super().format_dict
+        elapsed, done = values["elapsed"], values["n"] - values["initial"]
+        left = eta(elapsed, done, (values["total"] or 0) - values["initial"])
+        shown = []
+        for name, value in sorted(self.named.items(), key=lambda item: item[0] == "tokens"):  # tokens/s last
+            if name == "tokens":
+                shown.append(f"{value / elapsed:,.0f} tokens/s" if elapsed else "")
+            elif value is not None:
+                shown.append(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}")
+        if elapsed and done:
+            shown.append(f"{done / elapsed:.3g} {values['unit']}/s")
+        values.update(named="".join(f"  {part}" for part in shown if part), elapsed_h=format_duration(elapsed),
+                      eta_h=f", ETA {format_duration(left)}" if left else "")
+        return values
+
+
+TERMINAL_LINE = "{desc} |{bar:20}| {n}/{total} {unit}{named}  elapsed {elapsed_h}{eta_h}"
+PLAIN_LINE = "{desc} {n}/{total} {unit} {percentage:3.0f}%{named}  elapsed {elapsed_h}{eta_h}"
+
+
+class Progress:
+    """Progress of ``total`` items (steps, examples) on ``stream`` (stderr by default), drawn by tqdm.
+
+    ``update(done, **values)`` takes the count done so far and named values to show (``loss=1.23``; ``tokens``, a
+    running count, is shown per second). On a terminal the bar is redrawn in place at most every
+    ``REDRAW_INTERVAL_S``; in a log file it is a plain line when it starts, every ``plain_interval_s`` and at the end.
     """
 
     def __init__(self, label: str, total: int, unit: str, stream=None, plain_interval_s: float = PLAIN_INTERVAL_S,
                  initial: int = 0):
-        self.label, self.total, self.unit, self.initial = label, max(0, total), unit, initial  # initial: resumed at
-        self.stream = stream or sys.stderr
-        self.terminal = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = REDRAW_INTERVAL_S if self.terminal else plain_interval_s
-        self.start = time.perf_counter()
-        self.last_shown = None
-        self.done, self.fields = initial, {}
+        stream = stream or sys.stderr
+        terminal = bool(getattr(stream, "isatty", lambda: False)())
+        self.fields: dict = {}  # the named values shown, kept between updates (the training callback sets loss)
+        self.bar = _Bar(total=max(0, total), initial=initial, desc=label, unit=unit, named=self.fields,
+                        file=stream if terminal else _LogLines(stream), miniters=1, smoothing=0, disable=False,
+                        position=0,  # one bar at a time: never a cursor move for a bar left open
+                        mininterval=REDRAW_INTERVAL_S if terminal else plain_interval_s, leave=True,
+                        bar_format=TERMINAL_LINE if terminal else PLAIN_LINE, dynamic_ncols=terminal)
 
-    def line(self) -> str:
-        elapsed = time.perf_counter() - self.start
-        share = f"{100 * self.done / self.total:3.0f}%" if self.total else ""
-        parts = [f"{self.label} {self.done}/{self.total} {self.unit} {share}"]
-        if self.terminal and self.total:
-            filled = int(20 * self.done / self.total)
-            parts[0] = f"{self.label} [{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total} {self.unit}"
-        for name, value in sorted(self.fields.items(), key=lambda item: item[0] == "tokens"):  # tokens/s last
-            if name == "tokens":
-                parts.append(f"{value / elapsed:,.0f} tokens/s" if elapsed else "")
-            elif value is not None:
-                parts.append(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}")
-        done_here = self.done - self.initial
-        if elapsed and done_here:
-            parts.append(f"{done_here / elapsed:.3g} {self.unit}/s")
-        left = eta(elapsed, done_here, self.total - self.initial)
-        parts.append(f"elapsed {format_duration(elapsed)}" + (f", ETA {format_duration(left)}" if left else ""))
-        return "  ".join(p for p in parts if p)
-
-    def update(self, done: int, **fields) -> None:
-        self.done = done
-        self.fields.update(fields)
-        now = time.perf_counter()
-        finished = done >= self.total
-        if self.last_shown is not None and now - self.last_shown < self.interval and not finished:
-            return
-        self.last_shown = now
-        if self.terminal:
-            self.stream.write("\r\033[K" + self.line() + ("\n" if finished else ""))
+    def update(self, done: int, **values) -> None:
+        self.fields.update(values)
+        if done >= self.bar.total:
+            self.bar.n = done
+            self.bar.close()  # draws the last line
         else:
-            self.stream.write(self.line() + "\n")
-        self.stream.flush()
+            self.bar.update(done - self.bar.n)
 
 
 def phase_done(name: str, started: float, detail: str = "") -> float:
@@ -124,10 +152,12 @@ def configure_logging(level: str = "INFO") -> None:
     everything = level == "DEBUG"
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if everything else logging.ERROR)
+    if not everything:
+        for name, value in _QUIET_ENV.items():  # before huggingface_hub is imported: it reads them then
+            os.environ.setdefault(name, value)
+    _one_hub_handler(everything)
     if everything:
         return
-    for name, value in _QUIET_ENV.items():
-        os.environ.setdefault(name, value)
     if "transformers" in sys.modules:  # imported before this call (tests): its switches, not its environment
         import transformers
 
@@ -140,6 +170,19 @@ def configure_logging(level: str = "INFO") -> None:
         datasets.disable_progress_bars()
     # Deprecation and "this argument is ignored" notices from the libraries, one per run, none actionable.
     warnings.filterwarnings("ignore", module=r"(transformers|trl|peft|accelerate|bitsandbytes|torch|datasets)\b")
+
+
+def _one_hub_handler(everything: bool) -> None:
+    """huggingface_hub, when imported, gives its logger a handler of its own and its default level: its messages
+    (the hub's retry warnings) came twice, through that handler and the root's, and past the ERROR level set here.
+    Imported now, its level stays the one set here and the root's handler prints each message once."""
+    import huggingface_hub.utils.logging  # noqa: F401  (configures its logger when first imported)
+
+    root = logging.getLogger("huggingface_hub")
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    root.setLevel(logging.DEBUG if everything else logging.ERROR)
 
 
 def train_progress_callback(stream=None):

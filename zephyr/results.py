@@ -13,8 +13,10 @@ from pathlib import Path
 
 from zephyr import reference, rundir
 from zephyr.errors import UsageError
-from zephyr.io import atomic_write_text, read_json, read_log_rows
-from zephyr.rundir import CONFIG, METRICS, TRAIN_LOG, TRAIN_METRICS, model_short_name, variant_of
+from zephyr.io import atomic_write_text, read_json
+from zephyr.protocol import run_facts
+from zephyr.plots import plot_accuracy, plot_loss_curves, plot_rouge
+from zephyr.rundir import CONFIG, METRICS, TRAIN_METRICS, model_short_name, variant_of
 
 VARIANTS = [variant.name for variant in rundir.VARIANTS]
 METRIC_COLUMNS = ["accuracy", "macro_f1", "invalid_rate", "rouge1", "rouge2", "rougeL", "rougeLsum", "n_examples",
@@ -72,7 +74,9 @@ def collect(roots: list[str | Path]) -> list[dict]:
         found = [m for m in sorted(root.rglob(METRICS)) if not _second_evaluation(m.parent, root)]
         if not found:
             raise UsageError(f"--runs: {root}: no finished run in it (no metrics.json below it)")
-        rows += [{**summarize_run(metrics.parent), "path": str(metrics.parent)} for metrics in found]  # path: plots
+        # path: for the plots; facts: whether the run belongs in a table (zephyr.protocol)
+        rows += [{**summarize_run(metrics.parent), "path": str(metrics.parent), "facts": run_facts(metrics.parent)}
+                 for metrics in found]
     return rows
 
 
@@ -164,7 +168,8 @@ def table3(rows: list[dict]) -> list[dict]:
             cell = _latest([r for r in runs if r["model"] == model and r["variant"] == setting])
             label = "fine-tuned" if setting == "base" else setting
             row[f"{label} ROUGE-1"], row[f"{label} ROUGE-2"] = cell.get("rouge1"), cell.get("rouge2")
-        out.append(row)
+        if any(value is not None for key, value in row.items() if "ROUGE" in key):  # no empty row of ours
+            out.append(row)
     for model, (rouge1, rouge2) in reference.TABLE3_ROUGE.items():
         out.append({"model": model, "source": "study", "zero-shot ROUGE-1": None, "zero-shot ROUGE-2": None,
                     "few-shot ROUGE-1": None, "few-shot ROUGE-2": None, "fine-tuned ROUGE-1": rouge1,
@@ -172,148 +177,57 @@ def table3(rows: list[dict]) -> list[dict]:
     return out
 
 
-def plot_accuracy(table: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    models = list(dict.fromkeys(r["model"] for r in table))
-    markers = "os^vDP*X"  # one marker per model, one colour per variant (the study's curve in its variant's colour)
-    for color, variant in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], VARIANTS):
-        for marker, model in zip(markers, models):
-            points = [(r["train_rows"], r[variant]) for r in table if r["model"] == model and r[variant] is not None]
-            if points:
-                ax.plot(*zip(*points), marker=marker, color=color,
-                        label=variant if len(models) == 1 else f"{model}: {variant}")
-        study = {(r["study train_rows"], r[f"study {variant}"]) for r in table if r[f"study {variant}"] is not None}
-        if any(r[variant] is not None for r in table):  # the study's curve beside a variant we ran
-            ax.plot(*zip(*sorted(study)), marker="x", linestyle="--", color=color, alpha=0.6,
-                    label=f"{variant} (study, {reference.STUDY_MODEL})")
-    ax.set_xscale("log")
-    ax.set_xlabel("training rows")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("20 Newsgroups: accuracy by training rows")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_rouge(table: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    present = [r for r in table if r["rouge1"] is not None]
-    several_models = len({r["model"] for r in present}) > 1
-    fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(present)), 5 if several_models else 4))
-    x = range(len(present))
-    ax.bar([i - 0.2 for i in x], [r["rouge1"] for r in present], width=0.4, label="ROUGE-1")
-    ax.bar([i + 0.2 for i in x], [r["rouge2"] for r in present], width=0.4, label="ROUGE-2")
-    ax.set_xticks(list(x), [f"{r['model']}\n{r['setting']}" if several_models else r["setting"] for r in present],
-                  rotation=30, ha="right", fontsize=8 if several_models else None)
-    ax.set_ylim(0, 1.2 * max((r["rouge1"] for r in present), default=1))  # room for the legend above the bars
-    ax.set_ylabel("F-measure x100")
-    ax.set_title("SAMSum: ROUGE by setting")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _read_log(path: Path) -> list[dict]:
-    return [row for row in read_log_rows(path) if "loss" in row]
-
-
-def plot_training_log(log_path: Path, path: Path) -> bool:
-    """loss.png of one run: training loss against tokens seen (steps on the top axis), learning rate on the right.
-
-    Returns False (and writes nothing) when the log holds no loss.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    rows = _read_log(log_path)
-    if not rows:
-        return False
-    tokens = np.array([r["tokens_seen"] for r in rows], dtype=float)
-    steps = np.array([r["step"] for r in rows], dtype=float)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(tokens, [r["loss"] for r in rows], marker="." if len(rows) < 50 else None, label="training loss")
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("training loss")
-    ax.grid(alpha=0.3)
-    if len(rows) > 1 and np.all(np.diff(tokens) > 0):
-        top = ax.secondary_xaxis("top", functions=(lambda t: np.interp(t, tokens, steps),
-                                                   lambda s: np.interp(s, steps, tokens)))
-        top.set_xlabel("optimizer step")
-    if any("learning_rate" in r for r in rows):
-        lr = ax.twinx()
-        lr.plot(tokens, [r.get("learning_rate") for r in rows], color="gray", linestyle="--", label="learning rate")
-        lr.set_ylabel("learning rate", color="gray")
-    ax.set_title(log_path.parent.name, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
-def plot_loss_curves(rows: list[dict], title: str, path: Path) -> bool:
-    """One figure with the training-loss curve of each run in ``rows`` (their train_log.jsonl)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curves = [(r["run"], _read_log(Path(r["path"]) / TRAIN_LOG)) for r in rows if r.get("path")]
-    curves = [(name, log) for name, log in curves if log]
-    if not curves:
-        return False
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, log in curves:
-        ax.plot([r["tokens_seen"] for r in log], [r["loss"] for r in log], label=name, linewidth=1)
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("training loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2 if len(curves) > 12 else 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+TITLES = {"table1_newsgroups_accuracy": "Table 1: 20 Newsgroups accuracy (%) by training rows",
+          "table2_samsum_rouge": "Table 2: SAMSum ROUGE-1/ROUGE-2 (x100) by setting",
+          "table3_samsum_rouge_by_model": "Table 3: SAMSum ROUGE-1/ROUGE-2 (x100) by model"}
+STUDY_NOTES = {"table1_newsgroups_accuracy": f"Columns \"study …\": {reference.STUDY} (published, not rerun).",
+               "table2_samsum_rouge": f"Columns \"study …\": {reference.STUDY} (published, not rerun).",
+               "table3_samsum_rouge_by_model": "Rows \"study\": the study's published fine-tuned SAMSum scores "
+                                               "(Flan-T5-Base fully fine-tuned; no zero- or few-shot score per "
+                                               "model); not rerun."}
 
 
 def write_tables(rows: list[dict], out_dir: str | Path, protocol: str = "") -> dict[str, Path]:
-    """Write tables 1-3 (Markdown + CSV), runs.csv, and the plots into ``out_dir``; returns the paths."""
+    """Write tables 1-3 (Markdown + CSV), runs.csv, and the plots into ``out_dir``; returns the paths.
+
+    Runs that are no study number (smoke tests, part of the test split, the quickstart's model or data, settings
+    off their table's protocol: zephyr.protocol) are left out of the tables, each named with its reason in a
+    warning, in tables.md and in runs.csv's ``left_out`` column.
+    """
+    from zephyr.protocol import select
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _warn_shared_cells(rows)
-    tables = {"table1_newsgroups_accuracy": table1(rows), "table2_samsum_rouge": table2(rows),
-              "table3_samsum_rouge_by_model": table3(rows)}
+    kept, reasons = select(rows)
+    left_out = [{**row, "left_out": reasons[id(row)]} for row in rows if id(row) in reasons]
+    for row in left_out:
+        log.warning("left out of the tables: %s (%s)", row.get("path") or row["run"], row["left_out"])
+    _warn_shared_cells(kept)
+    tables = {"table1_newsgroups_accuracy": table1(kept), "table2_samsum_rouge": table2(kept),
+              "table3_samsum_rouge_by_model": table3(kept)}
     written, markdown = {}, [f"# Result tables\n\n{protocol}\n" if protocol else "# Result tables\n"]
-    titles = {"table1_newsgroups_accuracy": "Table 1: 20 Newsgroups accuracy (%) by training rows",
-              "table2_samsum_rouge": "Table 2: SAMSum ROUGE-1/ROUGE-2 (x100) by setting",
-              "table3_samsum_rouge_by_model": "Table 3: SAMSum ROUGE-1/ROUGE-2 (x100) by model"}
-    study_notes = {"table1_newsgroups_accuracy": f"Columns \"study …\": {reference.STUDY} (published, not rerun).",
-                   "table2_samsum_rouge": f"Columns \"study …\": {reference.STUDY} (published, not rerun).",
-                   "table3_samsum_rouge_by_model": "Rows \"study\": the study's published fine-tuned SAMSum scores "
-                                                   "(Flan-T5-Base fully fine-tuned; no zero- or few-shot score per "
-                                                   "model); not rerun."}
     for name, table in tables.items():
         columns = list(table[0])  # never empty: every table lists the study's rows
         atomic_write_text(out / f"{name}.csv", to_csv(table, columns))
-        markdown.append(f"\n## {titles[name]}\n\n{to_markdown(table, columns)}\n{study_notes[name]}\n")
+        markdown.append(f"\n## {TITLES[name]}\n\n{to_markdown(table, columns)}\n{STUDY_NOTES[name]}\n")
         written[name] = out / f"{name}.csv"
-    atomic_write_text(out / "runs.csv", to_csv(rows, ROW_COLUMNS))
+    if left_out:
+        markdown.append(_left_out_section(left_out))
+    every_run = [{**row, "left_out": reasons.get(id(row), "")} for row in rows]
+    atomic_write_text(out / "runs.csv", to_csv(every_run, [*ROW_COLUMNS, "left_out"]))
     atomic_write_text(out / "tables.md", "".join(markdown))
     written["markdown"] = out / "tables.md"
+    return {**written, **_write_plots(tables, kept, out)}
+
+
+def _left_out_section(left_out: list[dict]) -> str:
+    lines = [f"\n## Runs left out\n\n{len(left_out)} finished run(s) are no study number and fill no cell above:\n"]
+    lines += [f"- `{row['run']}`: {row['left_out']}" for row in left_out]
+    return "\n".join(lines) + "\n"
+
+
+def _write_plots(tables: dict[str, list[dict]], rows: list[dict], out: Path) -> dict[str, Path]:
+    written = {}
     if any(r[v] is not None for r in tables["table1_newsgroups_accuracy"] for v in VARIANTS):
         plot_accuracy(tables["table1_newsgroups_accuracy"], out / "table1_accuracy.png")
         written["accuracy_plot"] = out / "table1_accuracy.png"
@@ -326,7 +240,7 @@ def write_tables(rows: list[dict], out_dir: str | Path, protocol: str = "") -> d
                "table2": [r for r in finetuned if r["task"] == "samsum"],
                "table3": [r for r in finetuned if r["task"] == "samsum" and r["variant"] == "base"]}
     for name, runs in runs_of.items():
-        title = titles[next(t for t in titles if t.startswith(name))].split(":")[0] + ": training loss of its runs"
+        title = TITLES[next(t for t in TITLES if t.startswith(name))].split(":")[0] + ": training loss of its runs"
         if plot_loss_curves(runs, title, out / f"{name}_loss.png"):
             written[f"{name}_loss_plot"] = out / f"{name}_loss.png"
     return written

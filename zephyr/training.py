@@ -272,7 +272,7 @@ def _save_finished_run(trainer, tokenizer, result, run_dir: Path, resume_from: P
                        checkpointed: int) -> bool:
     """Adapter, tokenizer, train_metrics.json and loss.png; returns whether loss.png was drawn (a run shorter than
     --logging_steps has no logged loss)."""
-    from zephyr.results import plot_training_log
+    from zephyr.plots import plot_training_log
 
     plotted = plot_training_log(run_dir / "train_log.jsonl", run_dir / "loss.png")
     # The base lm_head is frozen: save only LoRA weights even when lm_head carries an adapter.
