@@ -104,8 +104,10 @@ def compile_cache_env(cache_dir: Path) -> dict[str, str]:
             "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
 
 
-def run_command(run_dir: Path, command: list[str], gpu: str | None, cache_dir: Path | None) -> tuple[int, float]:
-    """Run one command with its output in ``<run_dir>/sweep.log``; returns its exit code and wall seconds."""
+def run_command(run_dir: Path, command: list[str], gpu: str | None, cache_dir: Path | None,
+                cwd: str | None = None) -> tuple[int, float]:
+    """Run one command (in ``cwd``) with its output in ``<run_dir>/sweep.log``; returns its exit code and wall
+    seconds."""
     run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if cache_dir is not None:
@@ -117,7 +119,8 @@ def run_command(run_dir: Path, command: list[str], gpu: str | None, cache_dir: P
     with open(run_dir / SWEEP_LOG, "a", encoding="utf-8") as log:
         log.write(f"$ {command_line(command, gpu)}\n")
         log.flush()
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                               preexec_fn=_die_with_parent)
     return code, round(time.perf_counter() - start, 1)
 
 
