@@ -65,8 +65,10 @@ def difference(run_dir: Path, command: list[str]) -> str | None:
     if not (run_dir / CONFIG).is_file():
         return f"no {CONFIG} records its settings"
     config = read_json(run_dir / CONFIG)
-    before, now = _comparable(config.get("arguments", {}), unused), _comparable(arguments, unused)
-    if "TrainArguments" in arguments:  # a fine-tune: its evaluation flags are in metrics.json
+    finetune = "TrainArguments" in arguments  # its config.json holds no evaluation flags: metrics.json has some
+    before = _comparable(config.get("arguments", {}), unused)
+    now = _comparable({k: v for k, v in arguments.items() if not (finetune and k == "EvalArguments")}, unused)
+    if finetune:
         metrics, evaluation = read_json(run_dir / METRICS), arguments.get("EvalArguments", {})
         before.update({k: metrics[k] for k in EVAL_IN_METRICS if k in metrics})
         now.update({k: evaluation[k] for k in EVAL_IN_METRICS if evaluation.get(k) is not None})
