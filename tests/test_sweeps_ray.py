@@ -141,3 +141,24 @@ def test_a_node_killed_mid_sweep_costs_no_run(tmp_path, cluster):
     first_pid = next(pid for kind, name, pid in log if kind == "start" and name == again)
     assert ["end", again, first_pid] not in log, "the killed node's attempt went on running"
     assert sorted(r["status"] for r in csv.DictReader((runs / "sweep.csv").open())) == ["failed"] + ["ok"] * 4
+
+
+def test_the_aws_cluster_config_is_valid_for_the_installed_ray():
+    """configs/ray/aws-g5.yaml against ray's cluster-launcher schema, as given and with ray's AWS defaults filled
+    in (what `ray up` checks before it starts anything)."""
+    import copy
+
+    import jsonschema
+    import ray.autoscaler
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "configs" / "ray" / "aws-g5.yaml").read_text())
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(config, schema)
+    validate_config(prepare_config(copy.deepcopy(config)))
+    workers = config["available_node_types"]["gpu_worker"]
+    assert workers["node_config"]["InstanceType"] == "g5.2xlarge" and workers["max_workers"] == 24
+    head = config["available_node_types"][config["head_node_type"]]["node_config"]["InstanceType"]
+    assert not head.startswith(("g", "p")), "the head is a CPU node: no run is placed there"
+    assert any("requirements.txt -e ~/zephyr-qlora-suite" in c for c in config["setup_commands"])

@@ -121,7 +121,9 @@ def execute(pending: list[Run], runs_per_gpu: int, cache_dir: Path | None, csv_l
     for root in roots if token else ():
         Path(root).mkdir(parents=True, exist_ok=True)
         (Path(root) / TOKEN_FILE).write_text(token)
-    task = ray.remote(run_on_node).options(num_gpus=1 / runs_per_gpu, max_retries=RETRIES, retry_exceptions=False)
+    # Placed by GPU share alone (num_cpus=0): RUNS_PER_GPU runs share a GPU whatever the node's CPU count.
+    task = ray.remote(run_on_node).options(num_gpus=1 / runs_per_gpu, num_cpus=0, max_retries=RETRIES,
+                                           retry_exceptions=False)
     try:
         started = time.perf_counter()
         refs = {}
