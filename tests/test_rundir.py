@@ -7,7 +7,6 @@ import json
 import pytest
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, to_dict
-from zephyr.errors import UsageError
 from zephyr.parsing import parse_args
 from zephyr.results import summarize_run
 from zephyr.rundir import VARIANTS, baseline_name, run_name, variant_of, write_config

@@ -123,7 +123,7 @@ def finished_as_planned(run) -> None:
     (run.run_dir / "metrics.json").write_text("{}")
 
 
-def test_complete_runs_are_skipped_and_a_finished_run_of_other_settings_stops_the_sweep(tmp_path):
+def test_complete_runs_are_skipped_and_a_finished_run_of_other_settings_stops_the_sweep(tmp_path, capsys):
     from zephyr.sweeps.grid import expand
 
     runs = {run.name: run for run in expand("ablation", {"OUT_ROOT": str(tmp_path), "MODEL": "tiny"}, REPO / "scripts")}
@@ -135,15 +135,20 @@ def test_complete_runs_are_skipped_and_a_finished_run_of_other_settings_stops_th
     commands = [l for l in result.stdout.splitlines() if not l.startswith("skip")]
     assert len(skipped) == 2 and len(commands) == 22
     assert any("frac0.05_base " in c for c in commands)
-    other = sweep_script("sample_ablate.sh", {"DRY_RUN": "1", "OUT_ROOT": str(tmp_path), "MODEL": "tiny",
-                                              "EXTRA_ARGS": "--lora_r 4 --eval_batch_size 8"})
-    assert other.returncode == 2 and other.stdout == ""
-    assert other.stderr == (f"error: {tmp_path}/newsgroups_tiny_frac0.025_base: finished with other settings "
-                            "(--lora_r 8, now 4); give these settings their own OUT_ROOT, or add --overwrite True "
-                            "to EXTRA_ARGS to replace it\n")
-    replacing = sweep_script("sample_ablate.sh", {"DRY_RUN": "1", "OUT_ROOT": str(tmp_path), "MODEL": "tiny",
-                                                  "EXTRA_ARGS": "--lora_r 4 --overwrite True"})
-    assert replacing.returncode == 0 and len(replacing.stdout.splitlines()) == 24, replacing.stderr
+    from zephyr.sweeps.entry import main  # the script's entry point, in this process
+
+    capsys.readouterr()
+    environ = {"DRY_RUN": "1", "OUT_ROOT": str(tmp_path), "MODEL": "tiny"}
+    other = main(["ablation", "--script", str(REPO / "sample_ablate.sh")],
+                 {**environ, "EXTRA_ARGS": "--lora_r 4 --eval_batch_size 8"})
+    out, err = capsys.readouterr()
+    assert other == 2 and out == ""
+    assert err == (f"error: {tmp_path}/newsgroups_tiny_frac0.025_base: finished with other settings (--lora_r 8, "
+                   "now 4); give these settings their own OUT_ROOT, or add --overwrite True to EXTRA_ARGS to replace "
+                   "it\n")
+    replacing = main(["ablation", "--script", str(REPO / "sample_ablate.sh")],
+                     {**environ, "EXTRA_ARGS": "--lora_r 4 --overwrite True"})
+    assert replacing == 0 and len(capsys.readouterr().out.splitlines()) == 24
 
 
 def test_gpu_assignment_round_robin():
