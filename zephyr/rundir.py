@@ -18,8 +18,6 @@ The study's variants and the sweeps' run names are defined in zephyr/sweeps/grid
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import json
 import logging
 import math
@@ -29,7 +27,7 @@ from pathlib import Path
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
 from zephyr.errors import UsageError
-from zephyr.io import atomic_write_json, atomic_write_text, folder_lock, read_json
+from zephyr.io import atomic_write_json, atomic_write_text, file_sha256, folder_lock, read_json
 from zephyr.runinfo import device_info, git_commit, versions
 from zephyr.sweeps.grid import CUSTOM, NEFTUNE_ALPHA, VARIANTS, Variant, model_short_name, variant_of  # noqa: F401
 
@@ -236,15 +234,5 @@ def file_identity(source: str, digest: bool) -> dict:
         return {"name": source}
     if path.is_dir():
         return {"path": str(path.resolve()), "bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file())}
-    stat = path.stat()
-    found = {"path": str(path.resolve()), "bytes": stat.st_size}
-    return {**found, "sha256": _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)} if digest else found
-
-
-@functools.lru_cache(maxsize=256)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file is hashed again
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    found = {"path": str(path.resolve()), "bytes": path.stat().st_size}
+    return {**found, "sha256": file_sha256(path)} if digest else found
