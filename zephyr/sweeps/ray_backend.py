@@ -69,15 +69,15 @@ def run_on_node(run_dir: str, command: list[str], root: str, token: str, cwd: st
     mapping = {} if shared else {root: str(scratch / "out")}
     here = Path(_remap([run_dir], mapping)[0])
     gpus = [str(g) for g in ray.get_gpu_ids()]  # Ray sets CUDA_VISIBLE_DEVICES too; the log shows which
-    cache = Path(_remap([cache_dir], mapping)[0]) if cache_dir else None
-    code, wall = run_command(here, _remap(command, mapping), ",".join(gpus) or None, cache,
-                             cwd if Path(cwd).is_dir() else str(Path.home()))
-    context = ray.get_runtime_context()
-    result = {"code": code, "wall": wall, "node": f"{context.get_node_id()[:8]} ({ray.util.get_node_ip_address()})",
-              "archive": None if shared else _archive(here)}
-    if scratch is not None:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return result
+    cache = Path(cache_dir) if shared and cache_dir else None  # elsewhere torch's own, kept on the node between runs
+    try:
+        code, wall = run_command(here, _remap(command, mapping), ",".join(gpus) or None, cache,
+                                 cwd if Path(cwd).is_dir() else str(Path.home()))
+        node = f"{ray.get_runtime_context().get_node_id()[:8]} ({ray.util.get_node_ip_address()})"
+        return {"code": code, "wall": wall, "node": node, "archive": None if shared else _archive(here)}
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _unpack(archive: bytes, run_dir: Path) -> None:
@@ -85,7 +85,10 @@ def _unpack(archive: bytes, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     earlier_log = (run_dir / SWEEP_LOG).read_text(errors="replace") if (run_dir / SWEEP_LOG).is_file() else ""
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        tar.extractall(run_dir, filter="data")
+        if hasattr(tarfile, "data_filter"):  # refuses links and paths outside run_dir
+            tar.extractall(run_dir, filter="data")
+        else:
+            tar.extractall(run_dir)
     if earlier_log and (run_dir / SWEEP_LOG).is_file():
         (run_dir / SWEEP_LOG).write_text(earlier_log + (run_dir / SWEEP_LOG).read_text(errors="replace"))
 
