@@ -107,3 +107,33 @@ def training_rows(tokenizer, count=8, max_length=96):
     examples = [Example(str(i), t, "sci.space" if i % 2 else "rec.autos") for i, t in enumerate(texts)]
     dataset, _ = build_training_dataset(builder, examples, max_length)
     return dataset
+
+
+TINY_SWEEP_ARGS = ("--max_steps 2 --max_length 96 --per_device_train_batch_size 4 --optim adamw_torch "
+                   "--gradient_checkpointing False --eval_batch_size 8")
+
+
+def tiny_sweep_env(model: Path, data: Path, out: Path, **more) -> dict:
+    """Environment of sample_ablate.sh for two short runs of the tiny model (base and NEFTune, all rows)."""
+    import sys
+
+    return {**os.environ, "PYTHON": sys.executable, "MODEL": str(model), "DATA_DIR": str(data), "OUT_ROOT": str(out),
+            "FRACTIONS": "1.0", "VARIANTS": "base neftune", "MAX_TEST_ROWS": "4", "EXTRA_ARGS": TINY_SWEEP_ARGS,
+            **more}
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory, tiny_model_dir) -> dict:
+    """A finished local sweep of the tiny model: its environment (data, model, output root) and its output."""
+    import subprocess
+
+    from zephyr.embedded import write_synthetic_data
+
+    root = tmp_path_factory.mktemp("tiny-sweep")
+    data = write_synthetic_data(root / "data", seed=0, train_rows=48, test_rows=8)
+    env = tiny_sweep_env(tiny_model_dir, data, root / "local")
+    result = subprocess.run(["bash", str(REPO / "sample_ablate.sh")], env={k: v for k, v in env.items()
+                                                                          if k != "RAY_ADDRESS"},
+                            cwd=root, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"env": env, "out": root / "local", "data": data, "root": root, "stdout": result.stdout}

@@ -114,16 +114,41 @@ def test_study_tables_command_trains_table1_fast_fractions_on_the_fast_path(tmp_
     assert both.returncode == 2 and both.stderr == "error: TABLE1_FRACTIONS: 1.0 is also in TABLE1_FAST_FRACTIONS\n"
 
 
-def test_complete_runs_are_skipped(tmp_path):
+def finished_as_planned(run) -> None:
+    """A finished run directory of ``run``'s very settings: its config.json records what its command resolves to."""
+    from zephyr.sweeps.identity import planned
+
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "config.json").write_text(json.dumps({"kind": "finetune", "arguments": planned(run.command)[0]}))
+    (run.run_dir / "metrics.json").write_text("{}")
+
+
+def test_complete_runs_are_skipped_and_a_finished_run_of_other_settings_stops_the_sweep(tmp_path, capsys):
+    from zephyr.sweeps.grid import expand
+
+    runs = {run.name: run for run in expand("ablation", {"OUT_ROOT": str(tmp_path), "MODEL": "tiny"}, REPO / "scripts")}
     for name in ("newsgroups_tiny_frac0.025_base", "newsgroups_tiny_frac0.5_all"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "metrics.json").write_text("{}")
+        finished_as_planned(runs[name])
     (tmp_path / "newsgroups_tiny_frac0.05_base").mkdir()  # started, not complete: runs again
     result = sweep_script("sample_ablate.sh", {"DRY_RUN": "1", "OUT_ROOT": str(tmp_path), "MODEL": "tiny"})
     skipped = [l for l in result.stdout.splitlines() if l.startswith("skip (complete)")]
     commands = [l for l in result.stdout.splitlines() if not l.startswith("skip")]
     assert len(skipped) == 2 and len(commands) == 22
     assert any("frac0.05_base " in c for c in commands)
+    from zephyr.sweeps.entry import main  # the script's entry point, in this process
+
+    capsys.readouterr()
+    environ = {"DRY_RUN": "1", "OUT_ROOT": str(tmp_path), "MODEL": "tiny"}
+    other = main(["ablation", "--script", str(REPO / "sample_ablate.sh")],
+                 {**environ, "EXTRA_ARGS": "--lora_r 4 --eval_batch_size 8"})
+    out, err = capsys.readouterr()
+    assert other == 2 and out == ""
+    assert err == (f"error: {tmp_path}/newsgroups_tiny_frac0.025_base: finished with other settings (--lora_r 8, "
+                   "now 4); give these settings their own OUT_ROOT, or add --overwrite True to EXTRA_ARGS to replace "
+                   "it\n")
+    replacing = main(["ablation", "--script", str(REPO / "sample_ablate.sh")],
+                     {**environ, "EXTRA_ARGS": "--lora_r 4 --overwrite True"})
+    assert replacing == 0 and len(capsys.readouterr().out.splitlines()) == 24
 
 
 def test_gpu_assignment_round_robin():

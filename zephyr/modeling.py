@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 
 from zephyr.config import ModelArguments
 from zephyr.errors import UsageError
-from zephyr.io import atomic_directory
+from zephyr.io import atomic_directory, file_sha256
 
 FLAG = "--model_name_or_path"
 CACHE_ENV = "ZEPHYR_CACHE"
@@ -96,20 +95,10 @@ def model_cache_root(cache_dir: str | None = None) -> tuple[Path, str]:
     return Path.home() / ".cache" / "zephyr-suite", CACHE_ENV
 
 
-@functools.lru_cache(maxsize=8)
-def _file_digest(path: Path, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file is hashed again
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def gguf_cache_target(path: Path, cache_dir: str | None = None) -> Path:
     """The checkpoint directory a GGUF file converts to (named by its content hash, so a changed file converts
     again)."""
-    stat = path.stat()
-    return model_cache_root(cache_dir)[0] / "gguf" / f"{path.stem}-{_file_digest(path, stat.st_size, stat.st_mtime_ns)[:16]}"
+    return model_cache_root(cache_dir)[0] / "gguf" / f"{path.stem}-{file_sha256(path)[:16]}"
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,7 +1,8 @@
 """A run directory's lifecycle and names: what it is called, its config.json, lock, checkpoints and resume.
 
 Layout of ``<output_root>/<run_name>/``:
-  config.json         resolved arguments, the study variant, data report, library versions, git commit, device
+  config.json         resolved arguments, the study variant, data report, the input files' identity (``inputs``),
+                      library versions, git commit, device
   train_log.jsonl     one row per logging step: loss, learning rate, tokens/s, peak memory
   train_metrics.json  runtime, tokens/s, peak memory, final loss (written last: the run is complete)
   loss.png            training loss against tokens and steps, with the learning rate
@@ -10,25 +11,25 @@ Layout of ``<output_root>/<run_name>/``:
   predictions.jsonl, metrics.json   after evaluation
   sweep.log           the run's output when a sweep started it
 
-Run names also come from here, for the shell sweeps too (``python -m zephyr.rundir name SWEEP FLAGS``).
+The study's variants and the sweeps' run names are defined in zephyr/sweeps/grid.py (imported here for the
+``variant`` that config.json records).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import math
 import shutil
 import sys
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
-from zephyr.errors import UsageError, raise_usage_errors
-from zephyr.io import atomic_write_json, atomic_write_text, folder_lock, read_json, read_log_rows
+from zephyr.errors import UsageError
+from zephyr.io import atomic_write_json, atomic_write_text, file_sha256, folder_lock, read_json, read_log_rows
 from zephyr.runinfo import device_info, git_commit, versions
+from zephyr.sweeps.grid import CUSTOM, NEFTUNE_ALPHA, VARIANTS, Variant, model_short_name, variant_of  # noqa: F401
 
 log = logging.getLogger(__name__)
 CONFIG = "config.json"
@@ -155,11 +156,6 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def model_short_name(model_name_or_path: str) -> str:
-    stem = Path(model_name_or_path.rstrip("/")).name
-    return stem.removesuffix(".gguf") or "model"
-
-
 def run_name(data: DataArguments, model: ModelArguments, train: TrainArguments) -> str:
     """A directory name that spells out the settings a sweep varies."""
     parts = [data.task, model_short_name(model.model_name_or_path), f"frac{_fmt(data.train_fraction)}",
@@ -190,82 +186,6 @@ def baseline_name(data_args: DataArguments, model_args: ModelArguments, eval_arg
     return "_".join(parts)
 
 
-NEFTUNE_ALPHA = 5.0  # the study's NEFTune noise
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One of the study's four fine-tuning variants: a column of Tables 1 and 2."""
-
-    name: str  # as the tables print it
-    key: str  # sample_ablate.sh's word for it (VARIANTS=...) and the end of its run names
-    lora_targets: str = "attention"
-    lora_lm_head: bool = False
-    neftune_alpha: float | None = None
-
-    def flags(self) -> list[str]:
-        """The flags that turn the suite's defaults into this variant."""
-        flags = [] if self.lora_targets == "attention" else ["--lora_targets", self.lora_targets]
-        flags += ["--lora_lm_head", "True"] if self.lora_lm_head else []
-        return flags + (["--neftune_alpha", f"{self.neftune_alpha:g}"] if self.neftune_alpha else [])
-
-    def matches(self, model_args: dict, train_args: dict) -> bool:
-        """Exactly this variant: the same adapted modules (a preset or its module list) and the same NEFTune."""
-        modules = ModelArguments(lora_targets=model_args.get("lora_targets", "attention"),
-                                 lora_lm_head=bool(model_args.get("lora_lm_head"))).target_modules()
-        ours = ModelArguments(lora_targets=self.lora_targets, lora_lm_head=self.lora_lm_head).target_modules()
-        return set(modules) == set(ours) and (train_args.get("neftune_alpha") or None) == self.neftune_alpha
-
-
-VARIANTS = (Variant("base", "base"), Variant("NEFTune", "neftune", neftune_alpha=NEFTUNE_ALPHA),
-            Variant("all-module", "all", "all", True),
-            Variant("NEFTune + all-module", "neftune_all", "all", True, NEFTUNE_ALPHA))
-CUSTOM = "custom"  # any other adapter or NEFTune setting (rank, dropout, epochs and data do not count)
-
-
-def variant_of(arguments: dict) -> str:
-    """The variant of a fine-tuning run's arguments (grouped as in config.json), or "custom"."""
-    model_args, train_args = arguments.get("ModelArguments", {}), arguments.get("TrainArguments", {})
-    return next((v.name for v in VARIANTS if v.matches(model_args, train_args)), CUSTOM)
-
-
-# The shell sweeps' run names: only what each sweep varies, every value spelled as the sweep wrote it (frac1.0,
-# ep2), so a sweep started again finds the runs it finished. {variant} is the variant's key, from its flags.
-SWEEP_NAMES = {
-    "ablation": "{task}_{model}_frac{train_fraction}_{variant}",  # sample_ablate.sh
-    "lora_grid": "{task}_{model}_frac{train_fraction}_r{lora_r}_d{lora_dropout}_ep{num_train_epochs}"
-                 "_neft{neftune_alpha}",  # run_lora.sh; neft0: NEFTune off
-    "baseline": "{task}_{model}_baseline_{num_shots}shot_{eval_method}",  # baseline_inference.sh
-}
-
-
-def sweep_run_name(sweep: str, flags: list[str]) -> str:
-    """The name ``sweep`` gives the run of these flags (any flag of the suite's commands; values as text)."""
-    if sweep not in SWEEP_NAMES:
-        raise UsageError(f"name: unknown sweep {sweep!r} (choose {', '.join(SWEEP_NAMES)})")
-    parser = argparse.ArgumentParser(prog=f"zephyr.rundir name {sweep}", allow_abbrev=False, add_help=False)
-    for cls in (DataArguments, ModelArguments, TrainArguments, EvalArguments):
-        for field in fields(cls):
-            parser.add_argument(f"--{field.name}")
-    raise_usage_errors(parser, prefix="name: ")
-    given = {k: v for k, v in vars(parser.parse_args(flags)).items() if v is not None}
-    lm_head = given.get("lora_lm_head", "false").lower() in ("true", "yes", "t", "y", "1")  # as HfArgumentParser
-    try:
-        alpha = float(given.get("neftune_alpha", 0)) or None
-    except ValueError:
-        raise UsageError(f"--neftune_alpha: not a number: {given['neftune_alpha']!r}") from None
-    variant = variant_of({"ModelArguments": {"lora_targets": given.get("lora_targets", "attention"),
-                                             "lora_lm_head": lm_head}, "TrainArguments": {"neftune_alpha": alpha}})
-    values = {"neftune_alpha": "0", **given, "variant": next((v.key for v in VARIANTS if v.name == variant), CUSTOM)}
-    if "model_name_or_path" in given:
-        values["model"] = model_short_name(given["model_name_or_path"])
-    try:
-        return SWEEP_NAMES[sweep].format(**values)
-    except KeyError as err:
-        flag = "model_name_or_path" if err.args[0] == "model" else err.args[0]
-        raise UsageError(f"--{flag}: needed for the {sweep} sweep's run names") from None
-
-
 def absolute_if_local(name: str) -> str:
     """A model path that exists here as an absolute path (so it works from any directory); a hub id unchanged."""
     path = Path(name).expanduser()
@@ -280,43 +200,39 @@ def write_config(path: Path, arguments: dict, model_path: str | None = None, bas
                                               "base_model": absolute_if_local(base_model or model_path)}
     if extra.get("kind") == "finetune":
         extra = {**extra, "variant": variant_of(arguments)}  # the tables' column, decided once, here
-    config = {"arguments": arguments, **models, **extra, "versions": versions(), "git_commit": git_commit(),
+    config = {"arguments": arguments, **models, **extra, "inputs": inputs(arguments), "versions": versions(),
+              "git_commit": git_commit(),
               "device": device_info(), "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}
     atomic_write_json(path, config)
     return config
 
 
-USAGE = ("python -m zephyr.rundir name ablation|lora_grid|baseline FLAG... (prints the run name), "
-         "python -m zephyr.rundir variant_flags base|neftune|all|neftune_all (prints the variant's flags), or "
-         "python -m zephyr.rundir serve (answers such questions, one shell-quoted command line each, on stdin)")
+def inputs(arguments: dict) -> dict:
+    """The files a run reads, as config.json records them and a sweep compares them before it counts a finished run
+    as done: each data file by SHA-256 (and where it was), the model by path and size (hashing 4-15 GB would cost
+    a minute a run); a hub dataset or model by its name."""
+    from zephyr.tasks import get_task
+
+    data, model = arguments.get("DataArguments", {}), arguments.get("ModelArguments", {})
+    task = get_task(data.get("task", "newsgroups"))
+    found = {}
+    for split in ("train", "test"):
+        try:
+            source = task.source(split, data.get("data_dir"), data.get(f"{split}_file"))
+        except UsageError:  # no such file: the run's pre-flight says so; nothing to record
+            continue
+        found[f"{split}_data"] = file_identity(source, digest=True)
+    if model.get("model_name_or_path"):
+        found["model"] = file_identity(model["model_name_or_path"], digest=False)
+    return found
 
 
-def _answer(argv: list[str]) -> str:
-    if argv[:1] == ["name"] and len(argv) >= 2:
-        return sweep_run_name(argv[1], argv[2:])
-    if argv[:1] == ["variant_flags"] and len(argv) == 2:
-        keys = {v.key: v for v in VARIANTS}
-        if argv[1] not in keys:
-            raise UsageError(f"variant: unknown variant {argv[1]!r} (choose {', '.join(keys)})")
-        return " ".join(keys[argv[1]].flags())
-    raise UsageError(f"usage: {USAGE}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The shell sweeps ask here for their run names and for the flags of the study's variants: ``serve`` answers
-    a whole sweep's questions from one process (a Python start per run would cost more than the naming)."""
-    import shlex
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        questions = (shlex.split(line) for line in sys.stdin) if argv == ["serve"] else [argv]
-        for question in questions:
-            print(_answer(question), flush=True)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def file_identity(source: str, digest: bool) -> dict:
+    """``{"path", "bytes"[, "sha256"]}`` of a local file or folder (its files' sizes summed), else ``{"name"}``."""
+    path = Path(source).expanduser()
+    if source.startswith("hub:") or not path.exists():
+        return {"name": source}
+    if path.is_dir():
+        return {"path": str(path.resolve()), "bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file())}
+    found = {"path": str(path.resolve()), "bytes": path.stat().st_size}
+    return {**found, "sha256": file_sha256(path)} if digest else found

@@ -42,7 +42,7 @@ def git_commit() -> str | None:
 
 
 def device_info() -> dict:
-    import torch  # here, not at the top: naming a run (python -m zephyr.rundir name) must not load torch
+    import torch  # here, not at the top: importing zephyr.rundir (a sweep naming its runs) must not load torch
 
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

@@ -1,0 +1,5 @@
+import sys
+
+from zephyr.sweeps.entry import main
+
+sys.exit(main())
