@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"samsum": ("zephyr_summarization.py", "zephyr_summarization_inference.py"),
            "newsgroups": ("zephyr_classification.py", "zephyr_classification_inference.py")}
 METRIC = {"samsum": "rouge1", "newsgroups": "accuracy"}
-# The issue-2 acceptance settings: 10 % of the training rows, one epoch (SAMSum) or two (Newsgroups).
+# The acceptance settings: 10 % of the training rows, one epoch (SAMSum) or two (Newsgroups).
 TASK_SETTINGS = {
     "samsum": ["--train_fraction", "0.1", "--num_train_epochs", "1", "--lora_r", "64", "--lora_targets", "all"],
     "newsgroups": ["--train_fraction", "0.1", "--num_train_epochs", "2", "--lora_r", "8", "--lora_targets", "all"],
@@ -165,8 +165,8 @@ LEVERS = [
     Lever("packed rows with a block mask (vs TRL's padding-free packing)", Side("packed_eager"), Side("trl_packing")),
     Lever("compiled decoder layers (vs eager)", Side("packed_no_graphs"), Side("packed_eager")),
     Lever("CUDA graphs (vs compiled layers without)", Side("packed"), Side("packed_no_graphs")),
-    # -0.36 ± 0.11 on three seeds at 0cbbd87, where the CUDA-graphs pair, which replays the very same kernels,
-    # differed by up to 0.36 ROUGE-1 a seed: the GPU's run-to-run noise. Five seeds.
+    # Five seeds: on three, this pair differed by -0.36 ± 0.11 ROUGE-1 while the CUDA-graphs pair, which replays the
+    # very same kernels, differed by up to 0.36 a seed, the GPU's run-to-run noise (results/quality).
     Lever("NF4 de-quantized in the compiled graph (vs bitsandbytes' matmul)", Side("packed_no_graphs"),
           Side("bnb_nf4"), min_seeds=5),
     Lever("examples padded to max_length, compiled, CUDA graphs (vs eager)", Side("examples_graphs"),

@@ -65,7 +65,7 @@ def compile_summary() -> str:
             f"{joint['autograd_cache_miss']} misses)")
 
 
-# Compiling pays only over enough steps. Quality benchmark at 0cbbd87 (one H200, ten SmolLM2 runs at a time,
+# Compiling pays only over enough steps. Measured in the quality benchmark (one H200, ten SmolLM2 runs at a time,
 # packed rows of 8 x 512): compiling took 61 s cold and 20-23 s from the shared cache with CUDA graphs, 86-146 s
 # without; a step was at best 0.11 s faster than eager (70 steps: 23.7 s against 31 s, compilation excluded). A
 # cold compilation then pays after about 550 steps with CUDA graphs and over 1,300 without.

@@ -7,7 +7,7 @@ itself), and every LoRA adapter stays beside it as its own low-rank product.
 
 The adapter is not merged into the weight. ``W + s·B·A`` rounded to bf16 keeps about 8 bits of mantissa relative
 to ``|W|``, so much of a small LoRA update is rounded away: on SmolLM2-135M, merged bf16 weights scored 0.6 to 1.2
-ROUGE-1 below the 4-bit model with the same adapter (issue 13). The low-rank product costs two small matmuls
+ROUGE-1 below the 4-bit model with the same adapter (results/quality). The low-rank product costs two small matmuls
 per adapted layer; its rounding is relative to the update itself, far below the output's own bf16 rounding.
 """
 
