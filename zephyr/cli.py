@@ -18,7 +18,7 @@ from zephyr.errors import UsageError
 from zephyr.preflight_checks import log_level
 from zephyr.progress import configure_logging
 from zephyr.rundir import METRICS
-from zephyr.tasks import get_task
+from zephyr.tasks import TASKS, get_task
 
 EMBEDDED = "embedded"
 # Flags of the shared dataclasses that a command ignores: left out of its parser, so --help lists only what works.
@@ -238,9 +238,9 @@ def preflight_command(command: list[str], hub: bool = False) -> None:
     if not scripts:
         return
     script, argv = Path(command[scripts[0]]).name, command[scripts[0] + 1:]
-    if script in FINETUNE_SCRIPTS:
-        task = get_task(FINETUNE_SCRIPTS[script])
-        preflight.finetune(task, *parse_finetune(task.name, argv), hub=hub)
+    task_name = finetune_task(script, argv)
+    if task_name is not None:
+        preflight.finetune(get_task(task_name), *parse_finetune(task_name, argv), hub=hub)
     elif script == "zephyr_baseline_inference.py":
         data_args, model_args, eval_args = parse_args((DataArguments, ModelArguments, EvalArguments), argv,
                                                       unused=BASELINE_UNUSED)
@@ -250,4 +250,18 @@ def preflight_command(command: list[str], hub: bool = False) -> None:
                            baseline_output_dir(data_args, model_args, eval_args), hub=hub)
 
 
-FINETUNE_SCRIPTS = {"zephyr_classification.py": "newsgroups", "zephyr_summarization.py": "samsum"}
+GENERIC_FINETUNE_SCRIPT = "zephyr_train.py"  # = zephyr-train: any task, by --task or the --config file's task
+
+
+def finetune_script(task_name: str) -> str:
+    """The fine-tuning script of a task, in scripts/: its own, with the study's name, or the generic one."""
+    return TASKS[task_name].finetune_script or GENERIC_FINETUNE_SCRIPT
+
+
+def finetune_task(script: str, argv: list[str]) -> str | None:
+    """The task a fine-tuning script's command line trains (None: not a fine-tuning script)."""
+    if script == GENERIC_FINETUNE_SCRIPT:
+        from zephyr.commands import task_of
+
+        return task_of(argv)
+    return next((name for name, task in TASKS.items() if task.finetune_script == script), None)

@@ -30,13 +30,10 @@ def _peek(argv: list[str] | None, flag: str, default: str | None = None) -> str 
     return vars(parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))[0])[flag.lstrip("-")]
 
 
-@entry_point
-def train(argv=None):
-    """zephyr-train --task newsgroups|samsum [flags of that task's fine-tuning script]; the task may also come from
-    the --config file's ``task`` key."""
-    from zephyr.tasks import TASKS
-
+def task_of(argv: list[str] | None) -> str:
+    """The task of a zephyr-train command line: --task, else the --config file's ``task`` key, else newsgroups."""
     from zephyr.parsing import config_value
+    from zephyr.tasks import TASKS
 
     task, config = _peek(argv, "--task"), _peek(argv, "--config")
     config_task = config_value(config, "task") if config else None
@@ -45,7 +42,14 @@ def train(argv=None):
     task = task or config_task or "newsgroups"
     if task not in TASKS:
         raise UsageError(f"--task: unknown task {task!r} (choose from {', '.join(TASKS)})")
-    finetune(task, argv)
+    return task
+
+
+@entry_point
+def train(argv=None):
+    """zephyr-train --task NAME [flags of that task's fine-tuning script]; the task may also come from the --config
+    file's ``task`` key."""
+    finetune(task_of(argv), argv)
 
 
 @entry_point

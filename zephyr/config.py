@@ -67,7 +67,7 @@ def _check_trackers(report_to: str) -> None:
 
 @dataclass
 class DataArguments:
-    task: str = field(default="newsgroups", metadata={"help": "newsgroups or samsum"})
+    task: str = field(default="newsgroups", metadata={"help": "A registered task (zephyr/tasks/): newsgroups or samsum"})
     data_dir: Optional[str] = field(
         default=None,
         metadata={"help": f"Local data root holding <task>/train.* and <task>/test.* (default: env {DATA_DIR_ENV}, "

@@ -12,7 +12,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import prompts
 from zephyr.io import atomic_directory, atomic_write_jsonl, atomic_write_text
 from zephyr.protocol import EMBEDDED_MARKER
 
@@ -22,6 +21,22 @@ MARKER_TEXT = ("Made by zephyr.embedded to check the pipeline: {what}. Runs on i
 TOKENIZER_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"
 
 # A tiny Mistral: the architecture of Zephyr-7B-beta at a size that trains in seconds on a CPU.
+# Zephyr-7B-beta's chat template (alignment-handbook), as shipped in its tokenizer_config.json. Used by the
+# embedded default, whose tokenizer is built offline from Mistral's sentencepiece model.
+ZEPHYR_CHAT_TEMPLATE = (
+    "{% for message in messages %}\n"
+    "{% if message['role'] == 'user' %}\n"
+    "{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'system' %}\n"
+    "{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n"
+    "{% if loop.last and add_generation_prompt %}\n"
+    "{{ '<|assistant|>' }}\n"
+    "{% endif %}\n"
+    "{% endfor %}"
+)
 TINY_MISTRAL = dict(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                     bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False, sliding_window=None)
@@ -51,7 +66,7 @@ def build_zephyr_tokenizer(out_dir: str | Path):
         tokenizer = LlamaTokenizer.from_pretrained(scratch, add_bos_token=True, add_eos_token=False,
                                                   legacy=True, padding_side="left")
     tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.chat_template = prompts.ZEPHYR_CHAT_TEMPLATE
+    tokenizer.chat_template = ZEPHYR_CHAT_TEMPLATE
     tokenizer.model_max_length = TINY_MISTRAL["max_position_embeddings"]
     tokenizer.save_pretrained(out_dir)
     return tokenizer

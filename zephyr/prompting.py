@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import prompts
 from zephyr.data import Example
 from zephyr.errors import UsageError
 from zephyr.tasks.base import Task
 
 _MAX_FIT_ATTEMPTS = 6
+# Chat messages rendered without a chat template (zero/few-shot prompts of a model that has none).
+PLAIN_TURN = {"user": "{content}\n", "assistant": "{content}\n\n"}
+
+
+def plain_conversation(messages: list[dict]) -> str:
+    """Render chat messages without a chat template (system text is prepended to the first user turn)."""
+    out = "".join(m["content"] + "\n\n" for m in messages if m["role"] == "system")
+    for message in (m for m in messages if m["role"] != "system"):
+        out += PLAIN_TURN[message["role"]].format(content=message["content"])
+    return out
 
 
 @dataclass
@@ -48,7 +57,7 @@ class PromptBuilder:
         if self.tokenizer.chat_template:
             return self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                       add_generation_prompt=generation_prompt)
-        return prompts.plain_conversation(messages)
+        return plain_conversation(messages)
 
     def prompt_text(self, text: str, shots=None) -> str:
         if self.prompt_format == "original":
@@ -61,7 +70,7 @@ class PromptBuilder:
         pretrained one in a few-shot prompt, goes on with the next turn; that is not part of its answer."""
         if continuation is None or self.prompt_format != "chat" or self.tokenizer.chat_template:
             return continuation
-        return continuation.strip().split(prompts.PLAIN_TURN["assistant"].format(content=""), 1)[0].strip()
+        return continuation.strip().split(PLAIN_TURN["assistant"].format(content=""), 1)[0].strip()
 
     def answer_text(self, prompt: str, text: str, target: str) -> str:
         """What follows the prompt in a full training sequence, up to the end of the answer (EOS excluded)."""

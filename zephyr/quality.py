@@ -28,11 +28,9 @@ from zephyr.errors import UsageError
 from zephyr.io import atomic_write_json, atomic_write_text, read_json
 from zephyr.rundir import CONFIG, METRICS, TRAIN_METRICS
 from zephyr.sweep import COMPILE_CACHE, Job, check_jobs, run_sweep
+from zephyr.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = {"samsum": ("zephyr_summarization.py", "zephyr_summarization_inference.py"),
-           "newsgroups": ("zephyr_classification.py", "zephyr_classification_inference.py")}
-METRIC = {"samsum": "rouge1", "newsgroups": "accuracy"}
 # The acceptance settings: 10 % of the training rows, one epoch (SAMSum) or two (Newsgroups).
 TASK_SETTINGS = {
     "samsum": ["--train_fraction", "0.1", "--num_train_epochs", "1", "--lora_r", "64", "--lora_targets", "all"],
@@ -221,7 +219,7 @@ class Plan:
             for config, (task, flags) in CONFIGS.items():
                 if seed not in config_seeds.get(config, ()):
                     continue
-                script = str(REPO / "scripts" / SCRIPTS[task][0])
+                script = str(REPO / "scripts" / get_task(task).finetune_script)
                 jobs.append(Job(self.run_dir(config, seed), [
                     self.python, script, "--model_name_or_path", self.model, "--data_dir", self.data_dir,
                     "--output_root", str(self.out_root), "--run_name", f"{config}_seed{seed}", "--seed", str(seed),
@@ -234,7 +232,7 @@ class Plan:
         jobs = []
         for side, seed in sorted(wanted, key=lambda item: (item[1], item[0].config, item[0].evaluation)):
             task = CONFIGS[side.config][0]
-            script = str(REPO / "scripts" / SCRIPTS[task][1])
+            script = str(REPO / "scripts" / get_task(task).inference_script)
             jobs.append(Job(self.metrics_dir(side, seed), [
                 self.python, script, "--run_dir", str(self.run_dir(side.config, seed)), "--data_dir", self.data_dir,
                 "--eval_output_dir", str(self.metrics_dir(side, seed)), "--eval_batch_size", "64",
@@ -243,7 +241,7 @@ class Plan:
 
     def _value(self, side: Side, seed: int) -> float | None:
         path = self.metrics_dir(side, seed) / METRICS
-        return read_json(path)[METRIC[CONFIGS[side.config][0]]] if path.is_file() else None
+        return read_json(path)[get_task(CONFIGS[side.config][0]).metric] if path.is_file() else None
 
     def summary(self, commit: str | None = None) -> dict:
         levers = []
@@ -251,7 +249,7 @@ class Plan:
             seeds = self._seeds(lever)
             fast = [self._value(lever.fast, s) for s in seeds]
             plain = [self._value(lever.plain, s) for s in seeds]
-            levers.append({"name": lever.name, "task": lever.task, "metric": METRIC[lever.task],
+            levers.append({"name": lever.name, "task": lever.task, "metric": get_task(lever.task).metric,
                            "fast_config": lever.fast.config, "fast_evaluation": lever.fast.evaluation or "dense",
                            "plain_config": lever.plain.config, "plain_evaluation": lever.plain.evaluation or "dense",
                            "seeds": seeds, "fast": fast, "plain": plain, "required": lever.required,
@@ -262,14 +260,14 @@ class Plan:
                 "levers": levers, "protocols": [self._protocol(*p) for p in PROTOCOLS]}
 
     def _protocol(self, task: str, packed: str, examples: str) -> dict:
-        out = {"task": task, "metric": METRIC[task]}
+        out = {"task": task, "metric": get_task(task).metric}
         for label, config in (("packed_rows", packed), ("examples", examples)):
             values, train_s, eval_s, steps = [], [], [], []
             for seed in self.seeds:
                 run = self.run_dir(config, seed)
                 if not (run / METRICS).is_file():
                     continue
-                values.append(read_json(run / METRICS)[METRIC[task]])
+                values.append(read_json(run / METRICS)[get_task(task).metric])
                 eval_s.append(read_json(run / METRICS)["eval_seconds"])
                 trained = read_json(run / TRAIN_METRICS)
                 train_s.append(trained["train_runtime_s"])

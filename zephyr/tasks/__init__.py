@@ -1,15 +1,14 @@
-"""Task registry. Adding a task means adding one module here with a ``Task`` subclass that sets ``name``."""
+"""Task registry: every ``Task`` subclass that sets ``name`` registers itself when defined. The suite's own tasks
+are the modules of this package; another task is one module of its own, imported before the suite runs it."""
 
 import importlib
 import pkgutil
 
-from zephyr.tasks.base import LoadedSplit, Task
+from zephyr.tasks.base import TASKS, LoadedSplit, Task
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
-
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in Task.__subclasses__() if getattr(cls, "name", None)}
 
 
 def get_task(name: str) -> Task:

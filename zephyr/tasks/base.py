@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import prompts
 from zephyr.data import Example, select_fraction
 from zephyr.errors import UsageError
 from zephyr.io import DATA_EXTENSIONS, is_missing, read_rows
@@ -19,7 +18,13 @@ class LoadedSplit:
     notes: list[str] = field(default_factory=list)
 
 
+TASKS: dict[str, type["Task"]] = {}  # every Task subclass that sets a name, wherever it is defined
+
+
 class Task:
+    """One dataset's data sources, prompt texts, labels and scoring. A subclass that sets ``name`` is registered
+    when it is defined (``TASKS``): a task is one class, in zephyr/tasks/ or in a user's own module."""
+
     name: str
     hub_id: str
     hub_splits: dict[str, str]
@@ -29,6 +34,21 @@ class Task:
     is_classification: bool = False
     max_new_tokens: int
     defaults: dict  # argument defaults of this task's entry scripts (the study's settings)
+    metric: str  # the headline metric of metrics.json (the quality benchmark compares it)
+    # Prompt texts. ``original``: the study's plain format, prompt then answer; ``chat``: the system prompt and the
+    # instruction (``{text}``, and ``{labels}`` one per line), rendered by the tokenizer's chat template.
+    original_prompt_template: str = "{text}"
+    original_answer_template: str = "{answer}"
+    system_prompt: str = "You are a helpful assistant."
+    instruction_template: str = "{text}"
+    # Entry scripts in scripts/ with the study's names; None: the generic scripts/zephyr_train.py --task NAME.
+    finetune_script: str | None = None
+    inference_script: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "name", None):
+            TASKS[cls.name] = cls
 
     # -- data ---------------------------------------------------------------------------------------
     def source(self, split: str, data_dir: str | None, explicit_file: str | None) -> str:
@@ -96,13 +116,22 @@ class Task:
 
     # -- prompts ------------------------------------------------------------------------------------
     def original_prompt(self, text: str) -> str:
-        return prompts.original_prompt(self.name, text)
+        return self.original_prompt_template.format(text=text)
 
     def original_answer(self, target: str) -> str:
-        return prompts.original_answer(self.name, target)
+        return self.original_answer_template.format(answer=target)
+
+    def instruction(self, text: str, labels: list[str] | None = None) -> str:
+        return self.instruction_template.format(text=text, labels="\n".join(labels or []))
 
     def chat_messages(self, text: str, labels: list[str], shots=()) -> list[dict]:
-        return prompts.chat_messages(self.name, text, labels, shots)
+        """System message, then one user/assistant pair per few-shot example, then the query."""
+        messages = [{"role": "system", "content": self.system_prompt}]
+        for shot_text, shot_answer in shots:
+            messages.append({"role": "user", "content": self.instruction(shot_text, labels)})
+            messages.append({"role": "assistant", "content": shot_answer})
+        messages.append({"role": "user", "content": self.instruction(text, labels)})
+        return messages
 
     def pick_shots(self, train_examples: list[Example], k: int, seed: int) -> list[Example]:
         """k training examples, deterministic for the seed; classification prefers distinct labels."""

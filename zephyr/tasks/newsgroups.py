@@ -16,6 +16,13 @@ class Newsgroups(Task):
     is_classification = True
     max_new_tokens = 20
     defaults = {"lora_r": 8, "num_train_epochs": 5.0}
+    metric = "accuracy"
+    original_prompt_template = "### Sentence:{text} ### Class:"
+    system_prompt = "You are a precise text classifier. Reply with the newsgroup name only."
+    instruction_template = ("Classify the following newsgroup post into exactly one of these newsgroups:\n{labels}\n\n"
+                            "Post:\n{text}\n\nAnswer with the newsgroup name only.")
+    finetune_script = "zephyr_classification.py"
+    inference_script = "zephyr_classification_inference.py"
 
     def labels(self, train_examples):
         return sorted({e.target for e in train_examples})

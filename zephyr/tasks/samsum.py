@@ -15,6 +15,18 @@ class SamSum(Task):
     target_field = "summary"
     max_new_tokens = 100
     defaults = {"lora_r": 64, "num_train_epochs": 1.0}
+    metric = "rouge1"
+    original_prompt_template = "### Dialogue:{text} ### Summary:"
+    # Plain: with "...that writes short, faithful summaries of chat dialogues." more zero-shot answers copied the
+    # dialogue (results/quality/zero-shot-prompt-trial/, variants O and P).
+    system_prompt = "You are a helpful assistant."
+    # Instruction, the dialogue between quotes, then a reminder: on SmolLM2 in 4-bit, a "Dialogue:" header and a
+    # trailing "Summary:" cue made 230 of 819 zero-shot answers the bare word "Dialogue:", and without the quotes and
+    # "Do not repeat lines" more answers copied the dialogue's first lines (results/quality/zero-shot-prompt-trial/).
+    instruction_template = ('Summarize the following dialogue in one or two sentences.\n\n"""\n{text}\n"""\n\n'
+                            "Write only the summary, in your own words. Do not repeat lines of the dialogue.")
+    finetune_script = "zephyr_summarization.py"
+    inference_script = "zephyr_summarization_inference.py"
 
     def score(self, references, predictions, labels):
         return rouge_metrics(references, predictions)

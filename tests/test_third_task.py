@@ -1,0 +1,58 @@
+"""A third task is one new file: defined in the test folder, it trains, evaluates and passes a sweep's pre-flight
+without a change to the library."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from zephyr.io import atomic_write_jsonl
+
+
+@pytest.fixture
+def third_task():
+    """The task registered by importing its module, and unregistered afterwards so that other tests see two."""
+    from tasks_extra.sentiment import ReviewSentiment
+    from zephyr.tasks import TASKS
+
+    TASKS[ReviewSentiment.name] = ReviewSentiment  # imported by an earlier run of this test: registered again
+    yield ReviewSentiment
+    TASKS.pop(ReviewSentiment.name)
+
+
+def _reviews(root, rows=24):
+    words = {"positive": "wonderful moving brilliant", "negative": "dull boring awful"}
+    for split, count in (("train", rows), ("test", 6)):
+        atomic_write_jsonl(root / "review_sentiment" / f"{split}.jsonl",
+                           [{"review": f"{words[s]} film number {i}", "sentiment": s}
+                            for i in range(count) for s in ("positive", "negative")][:count])
+    return root
+
+
+def test_a_task_defined_outside_the_library_trains_evaluates_and_passes_a_sweeps_preflight(tiny_model_dir, tmp_path,
+                                                                                         third_task):
+    from zephyr.cli import finetune, finetune_script, inference, preflight_command
+    from zephyr.tasks import TASKS, get_task
+
+    assert TASKS["review_sentiment"] is third_task and get_task("review_sentiment").metric == "accuracy"
+    data = _reviews(tmp_path / "data")
+    common = ["--model_name_or_path", str(tiny_model_dir), "--data_dir", str(data), "--quantization", "none",
+              "--max_length", "64", "--max_test_rows", "4"]
+    run_dir = finetune("review_sentiment", [*common, "--output_root", str(tmp_path / "runs"), "--max_steps", "2",
+                                            "--do_eval", "True", "--per_device_train_batch_size", "4"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["n_examples"] == 4 and "accuracy" in metrics
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["arguments"]["DataArguments"]["task"] == "review_sentiment"
+    assert config["data"]["labels"] == ["negative", "positive"]
+    prompt = json.loads((run_dir / "predictions.jsonl").read_text().splitlines()[0])
+    assert prompt["reference"] in ("negative", "positive")
+    again = inference(None, ["--run_dir", str(run_dir), "--data_dir", str(data), "--max_test_rows", "4",
+                             "--eval_output_dir", str(tmp_path / "again")])
+    assert again["n_examples"] == 4 and again["accuracy"] == metrics["accuracy"]
+    # A sweep checks each run's command before the first starts: the generic script takes the task by name.
+    assert finetune_script("review_sentiment") == "zephyr_train.py"
+    preflight_command(["python", "scripts/zephyr_train.py", "--task", "review_sentiment", *common,
+                       "--output_root", str(tmp_path / "sweep")], hub=False)
+    assert not (tmp_path / "sweep").exists()
