@@ -167,3 +167,56 @@ def test_too_many_shots_for_the_budget_is_an_error_not_a_silent_drop(tokenizer):
     builder.fit_shots(budget=2 * used)
     with pytest.raises(UsageError, match=f"--num_shots: 3 examples take {used} prompt tokens"):
         builder.fit_shots(budget=2 * used - 2)
+
+
+class _SpacedAnswers(get_task("samsum").__class__):
+    """SAMSum whose plain format puts a space before the answer (an unregistered variant: it sets no name)."""
+
+    original_answer_template = " {answer}"
+
+
+def test_the_original_format_writes_the_tasks_own_answer_text(tokenizer):
+    from zephyr.tasks import TASKS
+
+    assert TASKS["samsum"] is not _SpacedAnswers  # a variant that sets no name is not registered
+    original = PromptBuilder(_SpacedAnswers(), tokenizer, "original")
+    assert original.answer_text(original.prompt_text("A: hi"), "A: hi", "They greet.") == " They greet."
+    chat = PromptBuilder(_SpacedAnswers(), _with_template(tokenizer, None), "chat")  # plain turns: the bare answer
+    assert chat.answer_text(chat.prompt_text("A: hi"), "A: hi", "They greet.") == "They greet."
+
+
+def test_a_plain_turn_answer_ends_at_the_first_turn_break(tokenizer):
+    builder = PromptBuilder(get_task("samsum"), _with_template(tokenizer, None), "chat")
+    assert builder.answer_from("They greet.\n\nNext dialogue\n\nand more") == "They greet."
+
+
+def test_a_shot_is_kept_exactly_as_written_up_to_its_budget(tokenizer):
+    """Within the budget (to the token) a shot is not decoded again, which would drop its leading space."""
+    text = "  two  spaces  "
+    length = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) != text
+    builder = PromptBuilder(get_task("samsum"), tokenizer, "chat", shots=[Example("0", text, "s")],
+                            shot_max_tokens=length)
+    assert builder.shots == [(text, "s")]
+
+
+def test_chat_training_rows_and_label_ids_carry_the_templates_answer_text(tokenizer):
+    """With a template that writes ' answer' after its prompt, training rows and label ids hold that space."""
+    spaced = _with_template(tokenizer, SPACED_TEMPLATE)
+    labels = ["rec.autos", "sci.space"]
+    builder = PromptBuilder(get_task("newsgroups"), spaced, "chat", labels)
+    prompt = builder.prompt_text("post")
+    prompt_ids = builder.encode(prompt)
+    row = builder.encode_training(Example("0", "post", "sci.space"), 512)
+    expected = builder.answer_ids(prompt_ids, prompt, " sci.space")
+    assert row["input_ids"] == prompt_ids + expected and sum(row["completion_mask"]) == len(expected)
+    assert builder.label_ids("post") == [builder.answer_ids(prompt_ids, prompt, f" {label}") for label in labels]
+
+
+def test_a_row_one_token_over_its_budget_is_cut(tokenizer):
+    builder = PromptBuilder(get_task("samsum"), tokenizer, "original")
+    example = Example("0", "A: one. B: two. C: three.", "They count.")
+    whole = builder.encode_training(example, 1000)
+    cut = builder.encode_training(example, len(whole["input_ids"]) - 1)
+    assert not whole["truncated"] and cut["truncated"] and len(cut["input_ids"]) <= len(whole["input_ids"]) - 1
+    assert cut["input_ids"][-sum(whole["completion_mask"]):] == whole["input_ids"][-sum(whole["completion_mask"]):]

@@ -47,7 +47,7 @@ class Task:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if getattr(cls, "name", None):
+        if cls.__dict__.get("name"):  # a subclass that only changes an inherited task stays unregistered
             TASKS[cls.name] = cls
 
     # -- data ---------------------------------------------------------------------------------------
