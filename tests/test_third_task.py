@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from zephyr.io import atomic_write_jsonl
+from zephyr.embedded import write_synthetic_data
 
 
 @pytest.fixture
@@ -21,13 +21,6 @@ def third_task():
     TASKS.pop(ReviewSentiment.name)
 
 
-def _reviews(root, rows=24):
-    words = {"positive": "wonderful moving brilliant", "negative": "dull boring awful"}
-    for split, count in (("train", rows), ("test", 6)):
-        atomic_write_jsonl(root / "review_sentiment" / f"{split}.jsonl",
-                           [{"review": f"{words[s]} film number {i}", "sentiment": s}
-                            for i in range(count) for s in ("positive", "negative")][:count])
-    return root
 
 
 def test_a_task_defined_outside_the_library_trains_evaluates_and_passes_a_sweeps_preflight(tiny_model_dir, tmp_path,
@@ -36,7 +29,8 @@ def test_a_task_defined_outside_the_library_trains_evaluates_and_passes_a_sweeps
     from zephyr.tasks import TASKS, get_task
 
     assert TASKS["review_sentiment"] is third_task and get_task("review_sentiment").metric == "accuracy"
-    data = _reviews(tmp_path / "data")
+    data = write_synthetic_data(tmp_path / "data", train_rows=24, test_rows=6)  # each task's own generated rows
+    assert (data / "review_sentiment" / "train.jsonl").is_file() and (data / "samsum" / "train.jsonl").is_file()
     common = ["--model_name_or_path", str(tiny_model_dir), "--data_dir", str(data), "--quantization", "none",
               "--max_length", "64", "--max_test_rows", "4"]
     run_dir = finetune("review_sentiment", [*common, "--output_root", str(tmp_path / "runs"), "--max_steps", "2",

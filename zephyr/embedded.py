@@ -89,47 +89,18 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 # -- generated data ---------------------------------------------------------------------------------
-TOPICS = {
-    "sci.space": ["rocket", "orbit", "launch", "satellite", "moon", "shuttle"],
-    "rec.autos": ["engine", "brakes", "sedan", "dealer", "tires", "mileage"],
-    "comp.graphics": ["pixel", "render", "polygon", "shader", "bitmap", "texture"],
-    "talk.politics.guns": ["rifle", "firearm", "pistol", "holster", "permit", "ammo"],
-}
-FILLER = ("i think the new one is really good but we should ask about it before next week since "
-          "people say that this was not what they expected from such a thing anyway").split()
-NAMES = ["Anna", "Ben", "Carla", "Dev", "Eve", "Farid", "Gina", "Hugo"]
-PLACES = ["cafe", "station", "library", "park", "office", "gym"]
-TIMES = ["5 pm", "noon", "8 am", "7 pm", "10 am", "3 pm"]
-
-
-def _post(rng: random.Random, keywords: list[str]) -> str:
-    words = rng.sample(FILLER, 10) + rng.sample(keywords, 3)
-    rng.shuffle(words)
-    return " ".join(words).capitalize() + "."
-
-
-def _dialogue(rng: random.Random) -> dict:
-    a, b = rng.sample(NAMES, 2)
-    place, time = rng.choice(PLACES), rng.choice(TIMES)
-    dialogue = (f"{a}: Hi {b}, shall we meet at the {place}?\r\n{b}: Sure, what time?\r\n"
-                f"{a}: Let's say {time}.\r\n{b}: Great, see you then.")
-    return {"dialogue": dialogue, "summary": f"{a} and {b} will meet at the {place} at {time}."}
-
-
 def write_synthetic_data(root: str | Path, seed: int = 0, train_rows: int = 160, test_rows: int = 40,
                          samsum_train_rows: int | None = None) -> Path:
     """A small learnable dataset in the suite's local layout: <root>/newsgroups/*.jsonl, <root>/samsum/*.jsonl
     (``samsum_train_rows`` training dialogues, default ``train_rows``)."""
-    rng = random.Random(seed)
+    from zephyr.tasks import TASKS, Task
+
+    rng = random.Random(seed)  # one stream over the tasks in turn, split by split
     root = Path(root)
+    tasks = [cls() for cls in TASKS.values() if cls.synthetic_rows is not Task.synthetic_rows]
     for split, rows in (("train", train_rows), ("test", test_rows)):
-        samsum_rows = samsum_train_rows if split == "train" and samsum_train_rows is not None else rows
-        labels = [label for _ in range(rows // len(TOPICS) + 1) for label in TOPICS][:rows]
-        rng.shuffle(labels)
-        atomic_write_jsonl(root / "newsgroups" / f"{split}.jsonl",
-                           [{"id": f"{split}-{i}", "text": _post(rng, TOPICS[label]), "label": label}
-                            for i, label in enumerate(labels)])
-        atomic_write_jsonl(root / "samsum" / f"{split}.jsonl",
-                           [{"id": f"{split}-{i}", **_dialogue(rng)} for i in range(samsum_rows)])
+        for task in tasks:
+            count = samsum_train_rows if task.name == "samsum" and split == "train" and samsum_train_rows else rows
+            atomic_write_jsonl(root / task.name / f"{split}.jsonl", task.synthetic_rows(rng, count, split))
     atomic_write_text(root / EMBEDDED_MARKER, MARKER_TEXT.format(what="generated data"))
     return root

@@ -24,3 +24,8 @@ class ReviewSentiment(Task):
 
     def score(self, references, predictions, labels):
         return classification_metrics(references, predictions, labels)
+
+    def synthetic_rows(self, rng, count, split):
+        words = {"positive": "wonderful moving brilliant", "negative": "dull boring awful"}
+        return [{"review": f"{words[s]} film number {i}", "sentiment": s}
+                for i, s in enumerate(rng.choice(sorted(words)) for _ in range(count))]

@@ -152,5 +152,10 @@ class Task:
         return chosen
 
     # -- scoring ------------------------------------------------------------------------------------
+    def synthetic_rows(self, rng, count: int, split: str) -> list[dict]:
+        """``count`` generated rows in this task's file format, small and learnable, for the offline quickstart
+        (zephyr.embedded.write_synthetic_data); a task without them is left out of the generated data."""
+        raise NotImplementedError
+
     def score(self, references: list[str], predictions: list[str | None], labels: list[str]) -> dict:
         raise NotImplementedError

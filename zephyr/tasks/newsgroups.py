@@ -5,6 +5,22 @@ from __future__ import annotations
 from zephyr.metrics import classification_metrics
 from zephyr.tasks.base import Task
 
+# Generated posts for the offline quickstart: filler words and three keywords of the post's topic.
+TOPICS = {
+    "sci.space": ["rocket", "orbit", "launch", "satellite", "moon", "shuttle"],
+    "rec.autos": ["engine", "brakes", "sedan", "dealer", "tires", "mileage"],
+    "comp.graphics": ["pixel", "render", "polygon", "shader", "bitmap", "texture"],
+    "talk.politics.guns": ["rifle", "firearm", "pistol", "holster", "permit", "ammo"],
+}
+FILLER = ("i think the new one is really good but we should ask about it before next week since "
+          "people say that this was not what they expected from such a thing anyway").split()
+
+
+def _post(rng, keywords: list[str]) -> str:
+    words = rng.sample(FILLER, 10) + rng.sample(keywords, 3)
+    rng.shuffle(words)
+    return " ".join(words).capitalize() + "."
+
 
 class Newsgroups(Task):
     name = "newsgroups"
@@ -29,3 +45,9 @@ class Newsgroups(Task):
 
     def score(self, references, predictions, labels):
         return classification_metrics(references, predictions, labels)
+
+    def synthetic_rows(self, rng, count, split):
+        labels = [label for _ in range(count // len(TOPICS) + 1) for label in TOPICS][:count]
+        rng.shuffle(labels)
+        return [{"id": f"{split}-{i}", "text": _post(rng, TOPICS[label]), "label": label}
+                for i, label in enumerate(labels)]
