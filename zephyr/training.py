@@ -214,12 +214,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     run_dir = run_directory(data_args, model_args, train_args)
     model_path = resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir)
     started = time.perf_counter()
-    if plan is not None and plan.train is not None:
-        loaded, examples, labels = plan.train, plan.train_examples, plan.labels
-    else:
-        loaded = task.load_split("train", data_args.data_dir, data_args.train_file)
-        examples = task.select_train(loaded.examples, data_args.train_fraction, data_args.data_seed)
-        labels = task.labels(loaded.examples)
+    loaded, examples, labels = _training_rows(task, data_args, plan)
     tokenizer = load_tokenizer(model_path)
     builder = PromptBuilder(task, tokenizer, data_args.prompt_format, labels)
     dataset, truncated = build_training_dataset(builder, examples, data_args.max_length)
@@ -237,13 +232,8 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
             data_report = {"train_source": loaded.source, "train_rows_loaded": len(loaded.examples),
                            "train_rows_dropped_empty": loaded.dropped, "train_rows_used": len(examples),
                            "train_rows_truncated": truncated, "labels": labels}
-            log.info("training on %d of %d rows (%d dropped as empty, %d shortened to %d tokens)%s", len(examples),
-                     len(loaded.examples), loaded.dropped, truncated, data_args.max_length,
-                     f"; resuming from {resume_from}" if resume_from else "")
-            write_config(run_dir / "config.json", arguments, kind="finetune", model_path=model_path,
-                         base_model=model_args.model_name_or_path,
-                         data=data_report, resumed_from=str(resume_from) if resume_from else None,
-                         processes=processes.num_processes)
+            _record_run(run_dir, arguments, model_args, model_path, data_report, resume_from, data_args.max_length,
+                        processes.num_processes)
         processes.wait_for_everyone()
         if not main:  # the main process has cleaned or kept the directory: resume from what it left
             resume_from = latest_checkpoint(run_dir)
@@ -266,6 +256,26 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
             written = "adapter, loss.png and train_metrics.json" if plotted else "adapter and train_metrics.json"
             phase_done("writing results", started, f"{written} in {run_dir}")
     return TrainedRun(run_dir, task, trainer.model, tokenizer, labels, main)
+
+
+def _training_rows(task: Task, data_args: DataArguments, plan) -> tuple:
+    """(loaded split, selected rows, labels): the pre-flight plan's, or read here for a call without one."""
+    if plan is not None and plan.train is not None:
+        return plan.train, plan.train_examples, plan.labels
+    loaded = task.load_split("train", data_args.data_dir, data_args.train_file)
+    return (loaded, task.select_train(loaded.examples, data_args.train_fraction, data_args.data_seed),
+            task.labels(loaded.examples))
+
+
+def _record_run(run_dir: Path, arguments: dict, model_args: ModelArguments, model_path: str, data_report: dict,
+                resume_from: Path | None, max_length: int, processes: int) -> None:
+    """config.json of a run about to train (or resume), and one log line of what it trains on."""
+    log.info("training on %d of %d rows (%d dropped as empty, %d shortened to %d tokens)%s",
+             data_report["train_rows_used"], data_report["train_rows_loaded"], data_report["train_rows_dropped_empty"],
+             data_report["train_rows_truncated"], max_length, f"; resuming from {resume_from}" if resume_from else "")
+    write_config(run_dir / "config.json", arguments, kind="finetune", model_path=model_path,
+                 base_model=model_args.model_name_or_path, data=data_report,
+                 resumed_from=str(resume_from) if resume_from else None, processes=processes)
 
 
 def _save_finished_run(trainer, tokenizer, result, run_dir: Path, resume_from: Path | None,

@@ -162,6 +162,28 @@ def planned_steps(trainer) -> int:
     return math.ceil(math.ceil(batches / args.gradient_accumulation_steps) * args.num_train_epochs)
 
 
+def _compilation(trainer, train_args: TrainArguments, max_length: int) -> tuple[bool, bool, bool, bool]:
+    """(fixed shape, flat, compiled, replayable as CUDA graphs if nothing is checkpointed) for this trainer's batches.
+
+    Packed rows, and examples padded to max_length, keep one batch shape (bar the last batch); other batches of
+    examples vary in length. flash_attention_2 strips the padding again inside attention, in shapes that depend on
+    the data. Flat rows with --flat_cuda_graphs are padded to buckets of lengths, set before the memory probe so
+    that it measures them.
+    """
+    padded = (train_args.pad_to_max_length
+              and getattr(trainer.model.config, "_attn_implementation", None) != "flash_attention_2")
+    fixed_shape = isinstance(trainer.data_collator, PackedRowsCollator) or padded
+    flat = isinstance(trainer.data_collator, FlatBatchCollator)
+    compiled = should_compile(train_args.compile_layers, torch.cuda.is_available(), fixed_shape or flat,
+                              planned_steps(trainer))
+    graphable = bool(compiled and train_args.cuda_graphs and torch.cuda.is_available()
+                     and trainer.args.world_size == 1 and decoder_layers(trainer.model)
+                     and (not flat or train_args.flat_cuda_graphs))
+    if flat and graphable:
+        trainer.data_collator.bucket, trainer.data_collator.max_length = min(FLAT_BUCKET, max_length), max_length
+    return fixed_shape, flat, compiled, graphable
+
+
 def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     """Plan activation checkpointing and compile the decoder layers; returns (checkpointed layers, uncompile).
 
@@ -183,20 +205,7 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     rows = train_args.per_device_train_batch_size
     budget = train_args.train_memory_gib * 2**30 * 0.9  # 10% for the optimizer and allocator fragmentation
     probing = train_args.gradient_checkpointing == "auto" and torch.cuda.is_available()
-    # Packed rows, and examples padded to max_length, keep one batch shape (bar the last batch); other batches of
-    # examples vary in length. flash_attention_2 strips the padding again inside attention, in shapes that depend
-    # on the data.
-    padded = (train_args.pad_to_max_length
-              and getattr(trainer.model.config, "_attn_implementation", None) != "flash_attention_2")
-    fixed_shape = isinstance(trainer.data_collator, PackedRowsCollator) or padded
-    flat = isinstance(trainer.data_collator, FlatBatchCollator)
-    compiled = should_compile(train_args.compile_layers, torch.cuda.is_available(), fixed_shape or flat,
-                              planned_steps(trainer))
-    graphable = (compiled and train_args.cuda_graphs and torch.cuda.is_available() and trainer.args.world_size == 1
-                 and decoder_layers(model))
-    graphable = graphable and (not flat or train_args.flat_cuda_graphs)
-    if flat and graphable:  # rows of a few lengths, each replayable; set before probing, which then sees them
-        trainer.data_collator.bucket, trainer.data_collator.max_length = min(FLAT_BUCKET, max_length), max_length
+    fixed_shape, flat, compiled, graphable = _compilation(trainer, train_args, max_length)
     step_plan = None
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if probing else []):  # keep the run's RNG
         if probing:
