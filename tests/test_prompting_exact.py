@@ -220,3 +220,13 @@ def test_a_row_one_token_over_its_budget_is_cut(tokenizer):
     cut = builder.encode_training(example, len(whole["input_ids"]) - 1)
     assert not whole["truncated"] and cut["truncated"] and len(cut["input_ids"]) <= len(whole["input_ids"]) - 1
     assert cut["input_ids"][-sum(whole["completion_mask"]):] == whole["input_ids"][-sum(whole["completion_mask"]):]
+
+
+def test_a_plain_conversation_is_exact():
+    """Without a chat template: system texts first, each followed by a blank line, then the turns."""
+    from zephyr.prompting import plain_conversation
+
+    messages = [{"role": "system", "content": "S1"}, {"role": "system", "content": "S2"},
+                {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"},
+                {"role": "user", "content": "Q"}]
+    assert plain_conversation(messages) == "S1\n\nS2\n\nU\nA\n\nQ\n"
