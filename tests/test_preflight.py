@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO
 from zephyr.cli import baseline, entry_point, finetune, inference, quickstart
+from zephyr.commands import bench as bench_main
 from zephyr.commands import export as export_main
 from zephyr.embedded import write_synthetic_data
 
@@ -24,6 +25,15 @@ train_sum = entry_point(functools.partial(finetune, "samsum"))
 infer_sum = entry_point(functools.partial(inference, "samsum"))
 run_baseline = entry_point(baseline)
 run_quickstart = entry_point(quickstart)
+
+
+def quality_main(argv):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import quality
+    finally:
+        sys.path.pop(0)
+    return quality.main(argv)
 
 
 def tables_main(argv):
@@ -272,6 +282,16 @@ CASES = {
                                     ["--colour", "blue"], {}, "error: unrecognized arguments: --colour blue"),
     "tables without --runs": (tables_main, lambda s: ["--out", s["out"] / "tables"], [], {},
                               "error: the following arguments are required: --runs"),
+    "benchmark output is a folder": (bench_main, lambda s: ["--shape", "tiny"], ["--output", "{root}/noruns"], {},
+                                     "--output: {root}/noruns is a directory; give the JSON file to write"),
+    "benchmark output under a file": (bench_main, lambda s: ["--shape", "tiny"], ["--output", "{root}/file.txt/b.json"],
+                                      {}, "--output: {root}/file.txt: {root}/file.txt is a file"),
+    "benchmark checkpoint under a file": (bench_main, lambda s: ["--shape", "tiny", "--output", s["out"] / "b.json"],
+                                          ["--checkpoint_dir", "{root}/file.txt/ckpt"], {},
+                                          "--checkpoint_dir: {root}/file.txt: {root}/file.txt is a file"),
+    "quality results under a file": (quality_main, lambda s: ["--dry_run", "True"],
+                                     ["--results_dir", "{root}/file.txt/q"], {},
+                                     "--results_dir: {root}/file.txt/q: {root}/file.txt is a file"),
     "quickstart leaves no tiny model or data": (run_quickstart, lambda s: ["--output_root", s["out"] / "qs"],
                                                 ["--train_fraction", "0.001"], {}, "--train_fraction: 0.001 gives"),
 }

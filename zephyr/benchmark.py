@@ -112,6 +112,15 @@ class BenchmarkArguments:
             raise UsageError(f"--eval_preset: unknown preset {self.eval_preset!r} (choose {', '.join(PRESETS)})")
         if self.memory_cap_gib is not None and not self.memory_cap_gib > 0:
             raise UsageError(f"--memory_cap_gib: must be positive, got {self.memory_cap_gib}")
+        from zephyr.preflight_checks import writable_dir
+
+        if Path(self.output).is_dir():
+            raise UsageError(f"--output: {self.output} is a directory; give the JSON file to write")
+        writable_dir(Path(self.output).parent, "--output")
+        if not self.model_name_or_path:
+            writable_dir(Path(self.checkpoint_dir).parent, "--checkpoint_dir")
+        if self.profile_dir:
+            writable_dir(self.profile_dir, "--profile_dir")
         try:
             extra = json.loads(self.extra_settings or "{}")
         except json.JSONDecodeError as err:

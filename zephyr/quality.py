@@ -129,6 +129,10 @@ class QualityArguments:
         for name in self.config_list or []:
             if name not in CONFIGS:
                 raise UsageError(f"--configs: unknown configuration {name!r} (choose from {', '.join(CONFIGS)})")
+        from zephyr.preflight_checks import writable_dir
+
+        writable_dir(self.output_root, "--output_root")
+        writable_dir(self.results_dir, "--results_dir")
 
 
 @dataclass(frozen=True)
