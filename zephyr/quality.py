@@ -28,74 +28,11 @@ from zephyr.errors import UsageError
 from zephyr.io import atomic_write_json, atomic_write_text, read_json
 from zephyr.rundir import CONFIG, METRICS, TRAIN_METRICS
 from zephyr.sweep import COMPILE_CACHE, Job, check_jobs, run_sweep
+from zephyr.quality_levers import (  # noqa: F401  (the benchmark's public names)
+    COMMON, CONFIGS, EVALS, LEVERS, PROTOCOLS, TASK_SETTINGS, Lever, Side, _with)
 from zephyr.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
-# The acceptance settings: 10 % of the training rows, one epoch (SAMSum) or two (Newsgroups).
-TASK_SETTINGS = {
-    "samsum": ["--train_fraction", "0.1", "--num_train_epochs", "1", "--lora_r", "64", "--lora_targets", "all"],
-    "newsgroups": ["--train_fraction", "0.1", "--num_train_epochs", "2", "--lora_r", "8", "--lora_targets", "all"],
-}
-COMMON = ["--max_length", "512", "--do_eval", "True", "--eval_batch_size", "64", "--save_steps", "0",
-          "--gradient_checkpointing", "false", "--logging_steps", "10"]
-# Every lever spelled out, so that a change of the suite's defaults does not change what a row measures.
-# The plain path of the suite's protocol: batches of 8 whole examples, each padded to the batch's longest, eager
-# layers.
-EXAMPLES = ["--packing", "False", "--batch_layout", "padded", "--per_device_train_batch_size", "8",
-            "--gradient_accumulation_steps", "1", "--compile_layers", "false", "--sync_free_metrics", "True",
-            "--optim", "adamw_torch_fused"]
-# The study's protocol: packed rows (8 x 1), eager layers; the compiled-path flags are named for the pairs below.
-PACKED_EAGER = ["--packing", "True", "--packed_rows", "True", "--per_device_train_batch_size", "8",
-                "--gradient_accumulation_steps", "1", "--compile_layers", "false", "--cuda_graphs", "False",
-                "--fused_nf4", "True", "--sync_free_metrics", "True", "--optim", "adamw_torch_fused"]
-
-
-def _with(base: list[str], **flags: str) -> list[str]:
-    """``base`` with some flags' values replaced (or appended)."""
-    out = list(base)
-    for name, value in flags.items():
-        flag = f"--{name}"
-        if flag in out:
-            out[out.index(flag) + 1] = value
-        else:
-            out += [flag, value]
-    return out
-
-
-COMPILED = _with(PACKED_EAGER, compile_layers="true")  # the compiled path's levers, on packed rows
-# Batches of whole examples given one shape, so that compiled layers replay as CUDA graphs.
-EXAMPLES_GRAPHS = _with(EXAMPLES, pad_to_max_length="True", compile_layers="true", cuda_graphs="True",
-                        fused_nf4="True")
-# The default: the same examples laid end to end in one row (flat batches), eager, and compiled as --compile_layers
-# auto compiles a run of 1,500 steps or more on a GPU.
-EXAMPLES_FLAT = _with(EXAMPLES, batch_layout="flat")
-EXAMPLES_FLAT_COMPILED = _with(EXAMPLES_FLAT, compile_layers="true", fused_nf4="True", cuda_graphs="False")
-# Flat rows padded to buckets of lengths, each replayed as a CUDA graph (--flat_cuda_graphs).
-EXAMPLES_FLAT_GRAPHS = _with(EXAMPLES_FLAT_COMPILED, cuda_graphs="True", flat_cuda_graphs="True")
-# name -> (task, flags): one fine-tuning configuration.
-CONFIGS = {
-    "examples": ("samsum", EXAMPLES),
-    "trl_metrics": ("samsum", _with(EXAMPLES, sync_free_metrics="False")),
-    "paged_adamw": ("samsum", _with(EXAMPLES, optim="paged_adamw_32bit")),
-    "packed_eager": ("samsum", PACKED_EAGER),
-    "trl_packing": ("samsum", _with(PACKED_EAGER, packed_rows="False")),
-    "checkpointed": ("samsum", _with(PACKED_EAGER, gradient_checkpointing="15")),
-    "packed_no_graphs": ("samsum", COMPILED),
-    "packed": ("samsum", _with(COMPILED, cuda_graphs="True")),
-    "bnb_nf4": ("samsum", _with(COMPILED, fused_nf4="False")),
-    "examples_graphs": ("samsum", EXAMPLES_GRAPHS),
-    "ng_packed": ("newsgroups", PACKED_EAGER),
-    "ng_examples": ("newsgroups", EXAMPLES),
-    "ng_examples_graphs": ("newsgroups", EXAMPLES_GRAPHS),
-    "examples_flat": ("samsum", EXAMPLES_FLAT),
-    "examples_flat_compiled": ("samsum", EXAMPLES_FLAT_COMPILED),
-    "ng_examples_flat": ("newsgroups", EXAMPLES_FLAT),
-    "ng_examples_flat_compiled": ("newsgroups", EXAMPLES_FLAT_COMPILED),
-    "examples_flat_graphs": ("samsum", EXAMPLES_FLAT_GRAPHS),
-    "ng_examples_flat_graphs": ("newsgroups", EXAMPLES_FLAT_GRAPHS),
-}
-# Re-evaluations of a finished adapter: name -> flags of the inference script.
-EVALS = {"4bit": ["--merge_adapter", "False"], "loglik": ["--eval_method", "loglik"]}
 
 
 @dataclass
@@ -135,56 +72,6 @@ class QualityArguments:
         writable_dir(self.results_dir, "--results_dir")
 
 
-@dataclass(frozen=True)
-class Side:
-    config: str
-    evaluation: str | None = None  # None: the fine-tuning run's own evaluation (dense, generation)
-
-
-@dataclass(frozen=True)
-class Lever:
-    name: str
-    fast: Side
-    plain: Side
-    required: bool = True  # False: a different method, reported but not expected to match
-    min_seeds: int = 0  # at least this many seeds: the benchmark's, then the next integers (a delta at the noise)
-
-    @property
-    def task(self) -> str:
-        return CONFIGS[self.fast.config][0]
-
-
-LEVERS = [
-    Lever("flat batches (vs padded batches of the same examples)", Side("examples_flat"), Side("examples")),
-    Lever("flat batches (vs padded batches of the same examples)", Side("ng_examples_flat"), Side("ng_examples")),
-    Lever("flat batches, compiled layers (vs padded, eager)", Side("examples_flat_compiled"), Side("examples")),
-    Lever("flat batches, compiled layers (vs padded, eager)", Side("ng_examples_flat_compiled"),
-          Side("ng_examples")),
-    Lever("flat batches, CUDA graphs over length buckets (vs padded, eager)", Side("examples_flat_graphs"),
-          Side("examples")),
-    Lever("flat batches, CUDA graphs over length buckets (vs padded, eager)", Side("ng_examples_flat_graphs"),
-          Side("ng_examples")),
-    Lever("packed rows with a block mask (vs TRL's padding-free packing)", Side("packed_eager"), Side("trl_packing")),
-    Lever("compiled decoder layers (vs eager)", Side("packed_no_graphs"), Side("packed_eager")),
-    Lever("CUDA graphs (vs compiled layers without)", Side("packed"), Side("packed_no_graphs")),
-    # Five seeds: on three, this pair differed by -0.36 ± 0.11 ROUGE-1 while the CUDA-graphs pair, which replays the
-    # very same kernels, differed by up to 0.36 a seed, the GPU's run-to-run noise (results/quality).
-    Lever("NF4 de-quantized in the compiled graph (vs bitsandbytes' matmul)", Side("packed_no_graphs"),
-          Side("bnb_nf4"), min_seeds=5),
-    Lever("examples padded to max_length, compiled, CUDA graphs (vs eager)", Side("examples_graphs"),
-          Side("examples")),
-    # Table 1's 50 % and 100 % runs take this path on Newsgroups.
-    Lever("examples padded to max_length, compiled, CUDA graphs (vs eager)", Side("ng_examples_graphs"),
-          Side("ng_examples")),
-    Lever("partial checkpointing, 15 of 30 layers (vs none)", Side("checkpointed"), Side("packed_eager")),
-    Lever("sync-free trainer metrics (vs TRL's loss)", Side("examples"), Side("trl_metrics")),
-    Lever("fused AdamW (vs the study's paged_adamw_32bit)", Side("examples"), Side("paged_adamw")),
-    Lever("dense evaluation (vs the 4-bit model with its adapter)", Side("examples"), Side("examples", "4bit")),
-    Lever("dense evaluation (vs the 4-bit model with its adapter)", Side("ng_examples"), Side("ng_examples", "4bit")),
-    Lever("label log-likelihood (vs generation)", Side("ng_examples", "loglik"), Side("ng_examples"),
-          required=False),
-]
-PROTOCOLS = [("samsum", "packed_eager", "examples"), ("newsgroups", "ng_packed", "ng_examples")]
 
 
 @dataclass
