@@ -27,8 +27,7 @@ import torch
 
 from zephyr.config import DATA_DIR_ENV, DataArguments, EvalArguments, ModelArguments, TrainArguments
 from zephyr.io import atomic_directory, atomic_write_json
-from zephyr.measure import (free_memory, gpu_peak_tflops, measure_training, profiler_activities,
-                            sampled_one_at_a_time, timed_run, write_profile)
+from zephyr.measure import free_memory, gpu_peak_tflops, measure_evaluation, measure_training
 
 log = logging.getLogger(__name__)
 
@@ -182,73 +181,6 @@ def build_random_checkpoint(out_dir: Path, shape: str, tokenizer_dir: str | None
     return out_dir
 
 
-# -- evaluation -------------------------------------------------------------------------------------
-def _test_prompts(task_name: str, tokenizer, data_dir: str, budget: int, labels: list[str]):
-    from zephyr.prompting import PromptBuilder
-    from zephyr.tasks import get_task
-
-    task = get_task(task_name)
-    builder = PromptBuilder(task, tokenizer, "original", labels)
-    examples = task.load_split("test", data_dir).examples
-    return builder, [builder.encode_prompt(e.text, budget).ids for e in examples]
-
-
-def measure_evaluation(model, tokenizer, data_dir: str, labels: list[str], bench: BenchmarkArguments) -> dict:
-    """The original one-at-a-time sampled generation against the suite's batched paths, on real test prompts."""
-    from zephyr.speed.dense import dense_for_inference
-    from zephyr.generation import greedy_generate, label_log_likelihoods
-    from zephyr.modeling import context_length
-    from zephyr.tasks import get_task
-
-    eval_args = EvalArguments(eval_batch_size=bench.eval_batch_size or EvalArguments.eval_batch_size)
-    budget_gib = min(eval_args.eval_memory_gib, bench.memory_cap_gib or eval_args.eval_memory_gib)
-    memory_budget = budget_gib * 2**30 * 0.9  # as evaluation.evaluate plans it, within the allocator's cap
-    newsgroups, samsum = get_task("newsgroups"), get_task("samsum")
-    # A fine-tuned model's prompt budget (evaluation.evaluate): its context minus new tokens, at most max_length.
-    budget = {t.name: min(context_length(model) - t.max_new_tokens, DataArguments.max_length)
-              for t in (newsgroups, samsum)}
-    builder, cls_prompts = _test_prompts("newsgroups", tokenizer, data_dir, budget["newsgroups"], labels)
-    _, sum_prompts = _test_prompts("samsum", tokenizer, data_dir, budget["samsum"], [])
-    cls_batch, sum_batch = cls_prompts[: bench.batched_newsgroups], sum_prompts[: bench.batched_samsum]
-    out = {"prompt_tokens_mean": {"newsgroups": round(sum(map(len, cls_batch)) / len(cls_batch), 1),
-                                  "samsum": round(sum(map(len, sum_batch)) / len(sum_batch), 1)},
-           "eval_batch_size": eval_args.eval_batch_size, "eval_batch_tokens": eval_args.eval_batch_tokens,
-           "eval_memory_gib": eval_args.eval_memory_gib, "merge_adapter": eval_args.merge_adapter,
-           "preset": bench.eval_preset}
-    model.eval()
-    original = {
-        "newsgroups": sampled_one_at_a_time(model, tokenizer, cls_prompts[: bench.sampled_newsgroups],
-                                            newsgroups.max_new_tokens),
-        "samsum": sampled_one_at_a_time(model, tokenizer, sum_prompts[: bench.sampled_samsum], samsum.max_new_tokens)}
-    if eval_args.merge_adapter:
-        model = dense_for_inference(model)
-    free_memory()
-    size, tokens = eval_args.eval_batch_size, eval_args.eval_batch_tokens
-    label_ids = builder.label_ids("")
-    runs = {
-        "newsgroups_generate": (cls_batch, lambda prompts, **plan: greedy_generate(
-            model, tokenizer, prompts, newsgroups.max_new_tokens, size, tokens, **plan)),
-        "newsgroups_loglik": (cls_batch, lambda prompts, **plan: label_log_likelihoods(
-            model, prompts, label_ids, tokenizer.pad_token_id, size, tokens, **plan)),
-        "samsum_generate": (sum_batch, lambda prompts, **plan: greedy_generate(
-            model, tokenizer, prompts, samsum.max_new_tokens, size, tokens, **plan)),
-    }
-    for name, (prompts, fn) in runs.items():
-        stats = {}
-        seconds, peak, errors = timed_run(lambda: fn(prompts, memory_budget=memory_budget, stats=stats))
-        count = len(prompts)
-        if bench.profile_dir:
-            with torch.profiler.profile(activities=profiler_activities()) as profiler:
-                fn(prompts[:size])
-            write_profile(profiler, Path(bench.profile_dir) / f"eval-{name}.txt")
-        baseline = original[name.split("_")[0]]
-        out[name] = {"examples": count, "examples_per_s": round(count / seconds, 2), "peak_gpu_memory_gib": peak,
-                     "errors": errors, "planned_batch_tokens": stats.get("planned_batch_tokens"),
-                     "oom_retries": stats.get("oom_retries"), "original_examples_per_s": round(baseline, 3),
-                     "speedup": round(count / seconds / baseline, 1)}
-    return out
-
-
 # -- the whole benchmark ----------------------------------------------------------------------------
 def _training_data(tokenizer, data_dir: str, rows: int):
     from zephyr.prompting import PromptBuilder
@@ -279,6 +211,34 @@ def training_settings(bench: BenchmarkArguments) -> dict[str, tuple[str, dict]]:
     return settings
 
 
+def _time_training(bench: BenchmarkArguments, base, tokenizer, dataset, data_args: DataArguments,
+                   model_args: ModelArguments, mean_tokens: float, peak_tflops) -> tuple[dict, object]:
+    """Every training setting timed in turn on the one loaded base model; each path's ratio to the original's."""
+    training = {}
+    for name, (preset, overrides) in training_settings(bench).items():
+        model_overrides = {k: v for k, v in overrides.items() if hasattr(ModelArguments, k)}
+        train_overrides = {k: v for k, v in overrides.items() if k not in model_overrides}
+        if not torch.cuda.is_available() and train_overrides.get("optim", "").startswith("paged"):
+            train_overrides["optim"] = "adamw_torch"  # paged optimizers need CUDA
+        setting_model = replace(model_args, **{**PRESETS[preset], **model_overrides})  # a named flag wins
+        setting_train = setting_arguments(TrainArguments(), train_overrides)
+        log.info("training: %s", name)
+        profile = Path(bench.profile_dir) / f"train-{name.replace(' ', '_').replace(',', '')}.txt" \
+            if bench.profile_dir else None
+        training[name], base = measure_training(base, tokenizer, dataset, data_args, setting_model, setting_train,
+                                                bench.warmup_steps, bench.train_steps, mean_tokens, peak_tflops,
+                                                profile)
+        training[name]["preset"] = preset
+        print(json.dumps({name: training[name]}), flush=True)
+    for preset in PRESETS if bench.train else ():
+        original = training[f"original {preset}"]
+        for path in PATHS:
+            suite = training[f"{path} {preset}"]
+            if original["tokens_per_s"] and suite["tokens_per_s"]:
+                suite["speedup"] = round(suite["tokens_per_s"] / original["tokens_per_s"], 2)
+    return training, base
+
+
 def run_benchmark(bench: BenchmarkArguments) -> dict:
     from zephyr.embedded import write_synthetic_data
     from zephyr.modeling import load_model, load_tokenizer, resolve_model_path
@@ -300,34 +260,11 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
     load_start = time.perf_counter()
     base = load_model(model_args, model_path)
     load_seconds = time.perf_counter() - load_start
-    suite_defaults = TrainArguments()
     rows_needed = (bench.warmup_steps + bench.train_steps) * 16 * 8  # generous: packing merges short examples
     dataset, labels, mean_tokens = _training_data(tokenizer, data_dir, rows_needed)
-    data_args = DataArguments(task="newsgroups", data_dir=data_dir)
     peak_tflops = gpu_peak_tflops(bench.peak_tflops)
-    settings = training_settings(bench)
-    training = {}
-    for name, (preset, overrides) in settings.items():
-        model_overrides = {k: v for k, v in overrides.items() if hasattr(ModelArguments, k)}
-        train_overrides = {k: v for k, v in overrides.items() if k not in model_overrides}
-        if not torch.cuda.is_available() and train_overrides.get("optim", "").startswith("paged"):
-            train_overrides["optim"] = "adamw_torch"  # paged optimizers need CUDA
-        setting_model = replace(model_args, **{**PRESETS[preset], **model_overrides})  # a named flag wins
-        setting_train = setting_arguments(suite_defaults, train_overrides)
-        log.info("training: %s", name)
-        profile = Path(bench.profile_dir) / f"train-{name.replace(' ', '_').replace(',', '')}.txt" \
-            if bench.profile_dir else None
-        training[name], base = measure_training(base, tokenizer, dataset, data_args, setting_model, setting_train,
-                                                bench.warmup_steps, bench.train_steps, mean_tokens, peak_tflops,
-                                                profile)
-        training[name]["preset"] = preset
-        print(json.dumps({name: training[name]}), flush=True)
-    for preset in PRESETS if bench.train else ():
-        original = training[f"original {preset}"]
-        for path in PATHS:
-            suite = training[f"{path} {preset}"]
-            if original["tokens_per_s"] and suite["tokens_per_s"]:
-                suite["speedup"] = round(suite["tokens_per_s"] / original["tokens_per_s"], 2)
+    data_args = DataArguments(task="newsgroups", data_dir=data_dir)
+    training, base = _time_training(bench, base, tokenizer, dataset, data_args, model_args, mean_tokens, peak_tflops)
     from peft import get_peft_model
 
     from zephyr.modeling import build_lora_config

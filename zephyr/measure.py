@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from zephyr.config import DataArguments, ModelArguments, TrainArguments
+from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
 
 # Dense bf16 matrix rate (TFLOP/s) by GPU name, from the vendors' datasheets, for MFU.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
@@ -176,3 +176,70 @@ def timed_run(fn):
     _, errors = fn()
     _sync()
     return time.perf_counter() - start, _peak_gib(), sum(e is not None for e in errors)
+
+
+# -- evaluation -------------------------------------------------------------------------------------
+def _test_prompts(task_name: str, tokenizer, data_dir: str, budget: int, labels: list[str]):
+    from zephyr.prompting import PromptBuilder
+    from zephyr.tasks import get_task
+
+    task = get_task(task_name)
+    builder = PromptBuilder(task, tokenizer, "original", labels)
+    examples = task.load_split("test", data_dir).examples
+    return builder, [builder.encode_prompt(e.text, budget).ids for e in examples]
+
+
+def measure_evaluation(model, tokenizer, data_dir: str, labels: list[str], bench) -> dict:
+    """The original one-at-a-time sampled generation against the suite's batched paths, on real test prompts."""
+    from zephyr.speed.dense import dense_for_inference
+    from zephyr.generation import greedy_generate, label_log_likelihoods
+    from zephyr.modeling import context_length
+    from zephyr.tasks import get_task
+
+    eval_args = EvalArguments(eval_batch_size=bench.eval_batch_size or EvalArguments.eval_batch_size)
+    budget_gib = min(eval_args.eval_memory_gib, bench.memory_cap_gib or eval_args.eval_memory_gib)
+    memory_budget = budget_gib * 2**30 * 0.9  # as evaluation.evaluate plans it, within the allocator's cap
+    newsgroups, samsum = get_task("newsgroups"), get_task("samsum")
+    # A fine-tuned model's prompt budget (evaluation.evaluate): its context minus new tokens, at most max_length.
+    budget = {t.name: min(context_length(model) - t.max_new_tokens, DataArguments.max_length)
+              for t in (newsgroups, samsum)}
+    builder, cls_prompts = _test_prompts("newsgroups", tokenizer, data_dir, budget["newsgroups"], labels)
+    _, sum_prompts = _test_prompts("samsum", tokenizer, data_dir, budget["samsum"], [])
+    cls_batch, sum_batch = cls_prompts[: bench.batched_newsgroups], sum_prompts[: bench.batched_samsum]
+    out = {"prompt_tokens_mean": {"newsgroups": round(sum(map(len, cls_batch)) / len(cls_batch), 1),
+                                  "samsum": round(sum(map(len, sum_batch)) / len(sum_batch), 1)},
+           "eval_batch_size": eval_args.eval_batch_size, "eval_batch_tokens": eval_args.eval_batch_tokens,
+           "eval_memory_gib": eval_args.eval_memory_gib, "merge_adapter": eval_args.merge_adapter,
+           "preset": bench.eval_preset}
+    model.eval()
+    original = {
+        "newsgroups": sampled_one_at_a_time(model, tokenizer, cls_prompts[: bench.sampled_newsgroups],
+                                            newsgroups.max_new_tokens),
+        "samsum": sampled_one_at_a_time(model, tokenizer, sum_prompts[: bench.sampled_samsum], samsum.max_new_tokens)}
+    if eval_args.merge_adapter:
+        model = dense_for_inference(model)
+    free_memory()
+    size, tokens = eval_args.eval_batch_size, eval_args.eval_batch_tokens
+    label_ids = builder.label_ids("")
+    runs = {
+        "newsgroups_generate": (cls_batch, lambda prompts, **plan: greedy_generate(
+            model, tokenizer, prompts, newsgroups.max_new_tokens, size, tokens, **plan)),
+        "newsgroups_loglik": (cls_batch, lambda prompts, **plan: label_log_likelihoods(
+            model, prompts, label_ids, tokenizer.pad_token_id, size, tokens, **plan)),
+        "samsum_generate": (sum_batch, lambda prompts, **plan: greedy_generate(
+            model, tokenizer, prompts, samsum.max_new_tokens, size, tokens, **plan)),
+    }
+    for name, (prompts, fn) in runs.items():
+        stats = {}
+        seconds, peak, errors = timed_run(lambda: fn(prompts, memory_budget=memory_budget, stats=stats))
+        count = len(prompts)
+        if bench.profile_dir:
+            with torch.profiler.profile(activities=profiler_activities()) as profiler:
+                fn(prompts[:size])
+            write_profile(profiler, Path(bench.profile_dir) / f"eval-{name}.txt")
+        baseline = original[name.split("_")[0]]
+        out[name] = {"examples": count, "examples_per_s": round(count / seconds, 2), "peak_gpu_memory_gib": peak,
+                     "errors": errors, "planned_batch_tokens": stats.get("planned_batch_tokens"),
+                     "oom_retries": stats.get("oom_retries"), "original_examples_per_s": round(baseline, 3),
+                     "speedup": round(count / seconds / baseline, 1)}
+    return out
