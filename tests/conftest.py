@@ -119,7 +119,7 @@ def tiny_sweep_env(model: Path, data: Path, out: Path, **more) -> dict:
 
     return {**os.environ, "PYTHON": sys.executable, "MODEL": str(model), "DATA_DIR": str(data), "OUT_ROOT": str(out),
             "FRACTIONS": "1.0", "VARIANTS": "base neftune", "MAX_TEST_ROWS": "4", "EXTRA_ARGS": TINY_SWEEP_ARGS,
-            **more}
+            "RUNS_PER_GPU": "2", **more}  # both runs at once: each mostly waits on its imports
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,7 @@ def test_a_sweep_on_two_nodes_makes_what_the_local_backend_makes(tiny_sweep, clu
     ray_cluster, _ = cluster(head_gpus=1, workers=1)
     out = tiny_sweep["root"] / "ray"
     env = {**tiny_sweep["env"], **LOOPBACK, "OUT_ROOT": str(out), "RAY_ADDRESS": ray_cluster.address,
-           "ZEPHYR_RAY_SHARED_FS": "no"}
+           "ZEPHYR_RAY_SHARED_FS": "no", "RUNS_PER_GPU": "1"}  # a whole GPU each: one run on each node
     result = subprocess.run(["bash", str(REPO / "sample_ablate.sh")], env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

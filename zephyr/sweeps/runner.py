@@ -205,11 +205,11 @@ def run_sweep(jobs: list[Run], gpus: list[str], csv_path: Path, dry_run: bool = 
             print(command_line(job.command, gpu), file=out)
         return 0
     csv_log, progress = CsvLog(csv_path), Progress(len(pending), out)
-    if backend == "ray":
+    if backend == "ray" and pending:  # nothing to run needs no cluster
         from zephyr.sweeps import ray_backend
 
         ray_backend.execute(pending, runs_per_gpu, cache_dir, csv_log, progress, gpus)
-    else:
+    elif backend == "local":
         from zephyr.sweeps import local
 
         local.execute(pending, gpus, runs_per_gpu, cache_dir, csv_log, progress)
