@@ -3,6 +3,7 @@ without a change to the library."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -25,7 +26,7 @@ def third_task():
 
 def test_a_task_defined_outside_the_library_trains_evaluates_and_passes_a_sweeps_preflight(tiny_model_dir, tmp_path,
                                                                                          third_task):
-    from zephyr.cli import finetune, finetune_script, inference, preflight_command
+    from zephyr.cli import finetune, finetune_script, inference
     from zephyr.tasks import TASKS, get_task
 
     assert TASKS["review_sentiment"] is third_task and get_task("review_sentiment").metric == "accuracy"
@@ -45,8 +46,19 @@ def test_a_task_defined_outside_the_library_trains_evaluates_and_passes_a_sweeps
     again = inference(None, ["--run_dir", str(run_dir), "--data_dir", str(data), "--max_test_rows", "4",
                              "--eval_output_dir", str(tmp_path / "again")])
     assert again["n_examples"] == 4 and again["accuracy"] == metrics["accuracy"]
-    # A sweep checks each run's command before the first starts: the generic script takes the task by name.
+    # A sweep of the task: its runs use the generic script, which takes the task by name; the dry run checks each
+    # run's command and prints it, making nothing.
+    from conftest import REPO
+    from zephyr.sweeps.grid import expand
+    from zephyr.sweeps.runner import run_sweep
+
     assert finetune_script("review_sentiment") == "zephyr_train.py"
-    preflight_command(["python", "scripts/zephyr_train.py", "--task", "review_sentiment", *common,
-                       "--output_root", str(tmp_path / "sweep")], hub=False)
+    runs = expand("ablation", {"TASK": "review_sentiment", "FRACTIONS": "0.5 1.0", "VARIANTS": "base neftune",
+                               "MODEL": str(tiny_model_dir), "DATA_DIR": str(data), "OUT_ROOT": str(tmp_path / "sweep"),
+                               "EXTRA_ARGS": "--quantization none --max_length 64"}, REPO / "scripts")
+    assert len(runs) == 4 and all(run.command[1:4] == [str(REPO / "scripts" / "zephyr_train.py"), "--task",
+                                                       "review_sentiment"] for run in runs)
+    out = io.StringIO()
+    assert run_sweep(runs, [], tmp_path / "sweep" / "sweep.csv", dry_run=True, out=out) == 0
+    assert len(out.getvalue().splitlines()) == 4 and "--task review_sentiment" in out.getvalue()
     assert not (tmp_path / "sweep").exists()

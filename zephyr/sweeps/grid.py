@@ -123,7 +123,6 @@ SWEEP_DEFAULTS = {
 COMMON_DEFAULTS = {"MODEL": "HuggingFaceH4/zephyr-7b-beta", "DATA_DIR": "", "OUT_ROOT": "runs/sweeps", "GPUS": "",
                    "RUNS_PER_GPU": "1", "DRY_RUN": "0", "PYTHON": "python", "MAX_TEST_ROWS": "", "EXTRA_ARGS": "",
                    "BACKEND": ""}
-FINETUNE_SCRIPTS = {"newsgroups": "zephyr_classification.py", "samsum": "zephyr_summarization.py"}
 BASELINE_SCRIPT = "zephyr_baseline_inference.py"
 
 
@@ -151,10 +150,15 @@ def model_short_name(model_name_or_path: str) -> str:
     return stem.removesuffix(".gguf") or "model"
 
 
-def _finetune_script(task: str, scripts: Path, variable: str = "TASK") -> str:
-    if task not in FINETUNE_SCRIPTS:
-        raise UsageError(f"{variable}: unknown task {task!r} (choose {' or '.join(FINETUNE_SCRIPTS)})")
-    return str(scripts / FINETUNE_SCRIPTS[task])
+def _finetune_script(task: str, scripts: Path, variable: str = "TASK") -> list[str]:
+    """The script (and its --task flag, for the generic one) that fine-tunes a registered task."""
+    from zephyr.cli import GENERIC_FINETUNE_SCRIPT, finetune_script
+    from zephyr.tasks import TASKS
+
+    if task not in TASKS:
+        raise UsageError(f"{variable}: unknown task {task!r} (choose {' or '.join(TASKS)})")
+    script = finetune_script(task)
+    return [str(scripts / script), *(["--task", task] if script == GENERIC_FINETUNE_SCRIPT else [])]
 
 
 def _common(values: dict) -> tuple[list[str], list[str], list[str]]:
@@ -174,7 +178,7 @@ def ablation(values: dict, scripts: Path) -> list[Run]:
     for fraction in values["FRACTIONS"].split():
         for v in variants:
             name = f"{task}_{model_short_name(values['MODEL'])}_frac{fraction}_{v.key}"
-            runs.append(Run(out / name, [values["PYTHON"], script, *head, "--output_root", str(out), "--run_name",
+            runs.append(Run(out / name, [values["PYTHON"], *script, *head, "--output_root", str(out), "--run_name",
                                          name, "--train_fraction", fraction, *v.flags(), *epochs, *rows,
                                          "--do_eval", "True", *extra],
                             {"task": task, "train_fraction": fraction, "variant": v.key}))
@@ -195,7 +199,7 @@ def lora_grid(values: dict, scripts: Path) -> list[Run]:
                             f"_ep{epochs}_neft{alpha}")
                     neftune = [] if alpha == "0" else ["--neftune_alpha", alpha]
                     runs.append(Run(out / name, [
-                        values["PYTHON"], script, *head, "--output_root", str(out), "--run_name", name,
+                        values["PYTHON"], *script, *head, "--output_root", str(out), "--run_name", name,
                         "--train_fraction", fraction, "--num_train_epochs", epochs, "--lora_r", rank,
                         "--lora_dropout", dropout, *neftune, *rows, "--do_eval", "True", *extra],
                         {"task": task, "num_train_epochs": epochs, "lora_r": rank, "lora_dropout": dropout,

@@ -33,7 +33,7 @@ EVAL_IN_METRICS = ("eval_method", "max_new_tokens", "merge_adapter")  # a fine-t
 def planned(command: list[str]) -> tuple[dict, frozenset] | None:
     """The arguments a suite script's command line resolves to (grouped as config.json records them) and the flags
     that script does not take; None for any other program."""
-    from zephyr.cli import BASELINE_UNUSED, FINETUNE_SCRIPTS, FINETUNE_UNUSED, parse_finetune
+    from zephyr.cli import BASELINE_UNUSED, FINETUNE_UNUSED, finetune_task, parse_finetune
     from zephyr.config import DataArguments, EvalArguments, ModelArguments, to_dict
     from zephyr.parsing import parse_args
 
@@ -41,8 +41,9 @@ def planned(command: list[str]) -> tuple[dict, frozenset] | None:
     if not scripts:
         return None
     script, argv = Path(command[scripts[0]]).name, command[scripts[0] + 1:]
-    if script in FINETUNE_SCRIPTS:
-        return to_dict(*parse_finetune(FINETUNE_SCRIPTS[script], argv)), FINETUNE_UNUSED
+    task = finetune_task(script, argv)
+    if task is not None:
+        return to_dict(*parse_finetune(task, argv)), FINETUNE_UNUSED
     if script == "zephyr_baseline_inference.py":
         parsed = parse_args((DataArguments, ModelArguments, EvalArguments), argv, unused=BASELINE_UNUSED)
         return to_dict(*parsed), BASELINE_UNUSED
