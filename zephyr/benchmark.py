@@ -28,6 +28,7 @@ import torch
 from zephyr.config import DATA_DIR_ENV, DataArguments, EvalArguments, ModelArguments, TrainArguments
 from zephyr.io import atomic_directory, atomic_write_json
 from zephyr.measure import free_memory, gpu_peak_tflops, measure_evaluation, measure_training
+from zephyr.sweeps.grid import variant
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ PADDED_TRAINING = dict(batch_layout="padded", compile_layers="false")
 # The study's packed rows, compiled (CUDA graphs when nothing is checkpointed): packed rows take 2.6x fewer
 # optimizer steps an epoch than batches of examples, which cost quality at the same learning rate (results/quality).
 FAST_TRAINING = dict(packing=True, compile_layers=LONG_RUN)
-PRESETS = {"q,v": dict(lora_targets="attention"), "all+lm_head": dict(lora_targets="all", lora_lm_head=True)}
+# The study's two LoRA presets, as its variants define them: base (q,v) and all-module (every projection + lm_head).
+PRESETS = {"q,v": variant("base").lora_settings(), "all+lm_head": variant("all").lora_settings()}
 PATHS = ("suite", "padded", "fast")  # the rows compared with the original's
 
 

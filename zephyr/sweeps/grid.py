@@ -28,6 +28,10 @@ class Variant:
     lora_lm_head: bool = False
     neftune_alpha: float | None = None
 
+    def lora_settings(self) -> dict:
+        """The variant's LoRA settings as ModelArguments fields (the benchmark's presets)."""
+        return {"lora_targets": self.lora_targets, "lora_lm_head": self.lora_lm_head}
+
     def flags(self) -> list[str]:
         """The flags that turn the suite's defaults into this variant."""
         flags = [] if self.lora_targets == "attention" else ["--lora_targets", self.lora_targets]
