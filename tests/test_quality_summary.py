@@ -108,3 +108,42 @@ def test_quality_arguments_parse_seeds_and_configurations():
         with pytest.raises(UsageError) as err:
             QualityArguments(**kwargs)
         assert str(err.value) == message
+
+
+def test_the_summary_records_the_protocol_it_was_run_with(tmp_path):
+    from zephyr.quality import COMMON, CONFIGS, TASK_SETTINGS, write_summary
+
+    plan = Plan("m.gguf", "data", tmp_path / "runs", seeds=[1])
+    (tmp_path / "runs" / "examples_seed1").mkdir(parents=True)
+    (tmp_path / "runs" / "examples_seed1" / "config.json").write_text(json.dumps({"git_commit": "c9"}))  # no device
+    summary = write_summary(plan, tmp_path, commit="given")
+    assert summary["protocol"] == {"model": "m.gguf",
+                                   "settings": {t: TASK_SETTINGS[t] + COMMON for t in TASK_SETTINGS},
+                                   "configs": {name: flags for name, (_, flags) in CONFIGS.items()}}
+    assert summary["commit"] == "given" and summary["gpu"] == "None"  # a run that recorded no device
+    assert json.loads((tmp_path / "quality.json").read_text())["commit"] == "given"
+    assert (tmp_path / "quality.md").read_text().startswith("Commit `given`, None, seeds [1]")
+    assert plan.summary()["commit"] == "c9"
+
+
+def test_the_noise_rule_at_its_edges():
+    """Within noise: at most 0.3 points, or at most 2 standard errors of the per-seed differences."""
+    from zephyr.quality import paired_delta
+
+    assert paired_delta([0.3], [0.0])["within_noise"] is True  # exactly 0.3 points
+    outside = paired_delta([1.0, 0.4], [0.0, 0.0])  # 0.7 ± 0.3: beyond 2 standard errors, within 3
+    assert outside["mean_delta"] == pytest.approx(0.7) and outside["stderr"] == pytest.approx(0.3)
+    assert outside["within_noise"] is False
+    assert paired_delta([1.0, -0.2], [0.0, 0.0])["within_noise"] is True  # 0.4 ± 0.6
+
+
+def test_one_run_per_gpu_is_allowed_and_config_errors_are_exact():
+    assert QualityArguments(runs_per_gpu=1).runs_per_gpu == 1
+    from zephyr.quality import CONFIGS
+
+    with pytest.raises(UsageError) as err:
+        QualityArguments(configs=",")
+    assert str(err.value) == "--configs: give at least one configuration name"
+    with pytest.raises(UsageError) as err:
+        QualityArguments(configs="flat")
+    assert str(err.value) == f"--configs: unknown configuration 'flat' (choose from {', '.join(CONFIGS)})"
