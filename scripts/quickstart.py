@@ -1,4 +1,4 @@
-"""The embedded default: train and evaluate offline in about a minute on two CPU cores.
+"""The embedded default: train and evaluate offline in a few minutes on two CPU cores (README: measured times).
 
     # tiny random Mistral + Zephyr's real tokenizer + generated data, 4-bit QLoRA, then metrics
     python scripts/quickstart.py

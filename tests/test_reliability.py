@@ -276,7 +276,7 @@ def test_rerun_after_a_kill_between_training_and_evaluation_only_evaluates(tiny_
     # A training-only flag given to a finished run changes nothing, and says so.
     with caplog.at_level("WARNING", logger="zephyr.cli"):
         finetune("newsgroups", argv + ["--report_to", "tensorboard", "--logging_steps", "5"])
-    assert [r.getMessage() for r in caplog.records if r.name == "zephyr.cli"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "zephyr.cli" and r.levelname == "WARNING"] == [
         f"{run_dir}: only evaluated, so --logging_steps 5 (it trained with 1), --report_to tensorboard (it trained "
         "with none) change nothing; --overwrite True trains again"]
     assert not (run_dir / "tensorboard").exists()

@@ -71,7 +71,8 @@ PATHS = ("suite", "padded", "fast")  # the rows compared with the original's
 class BenchmarkArguments:
     shape: str = field(default="mistral-7b", metadata={"help": "Random model shape: mistral-7b, smollm2-135m or tiny"})
     model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Benchmark this checkpoint (dir, .gguf or hub id) (default: a random model of --shape)"})
+        default=None, metadata={"help": "Benchmark this checkpoint (dir, .gguf or hub id) (default: a random model "
+                                        "of --shape)"})
     checkpoint_dir: str = field(default="/tmp/zephyr-benchmark/mistral-7b-random",
                                 metadata={"help": "Where the random checkpoint is saved once"})
     tokenizer_dir: Optional[str] = field(

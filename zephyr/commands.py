@@ -73,14 +73,18 @@ def tables(argv=None):
 
     Table 1: Newsgroups accuracy by training rows x {base, NEFTune, all-module, NEFTune + all-module}.
     Table 2: SAMSum ROUGE-1/2 for zero-shot, few-shot and the four fine-tuned variants. Table 3: by model.
-    Missing cells are shown as missing, never as zero. One figure per table shows its runs' training loss.
+    Missing cells are shown as missing, never as zero. Smoke tests, runs scored on part of the test
+    split, quickstart runs and runs off a table's protocol fill no cell: each is named with its reason.
+    One figure per table shows its runs' training loss.
     """
     from zephyr import preflight
     from zephyr.progress import add_log_level_flag
     from zephyr.results import write_tables
 
-    parser = argparse.ArgumentParser(description=inspect.cleandoc(tables.__doc__),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    from zephyr.helptext import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=inspect.cleandoc(tables.__doc__), formatter_class=HelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--runs", nargs="+", required=True, help="folders holding run directories")
     parser.add_argument("--out", required=True, help="output folder for tables and plots")
     parser.add_argument("--protocol", default="", help="one line stating how the runs were made (default: none)")

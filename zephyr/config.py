@@ -72,8 +72,10 @@ class DataArguments:
         default=None,
         metadata={"help": f"Local data root holding <task>/train.* and <task>/test.* (default: env {DATA_DIR_ENV}, "
                   "else the hub dataset)"})
-    train_file: Optional[str] = field(default=None, metadata={"help": "Training file, instead of --data_dir's (default: none)"})
-    test_file: Optional[str] = field(default=None, metadata={"help": "Test file, instead of --data_dir's (default: none)"})
+    train_file: Optional[str] = field(
+        default=None, metadata={"help": "Training file, instead of --data_dir's (default: none)"})
+    test_file: Optional[str] = field(
+        default=None, metadata={"help": "Test file, instead of --data_dir's (default: none)"})
     train_fraction: float = field(
         default=1.0, metadata={"help": "Stratified, nested fraction of training rows in (0, 1]; 1.0 = all rows"})
     data_seed: int = field(default=42, metadata={"help": "Seed of the training-fraction selection and few-shot picks"})
@@ -116,8 +118,8 @@ class ModelArguments:
                                                          "or fp32: weights and 4-bit compute dtype"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2"})
     model_cache_dir: Optional[str] = field(
-        default=None, metadata={"help": "Where GGUF files are converted to checkpoints (default: env ZEPHYR_CACHE, else "
-                                  "~/.cache/zephyr-suite)"})
+        default=None, metadata={"help": "Where GGUF files are converted to checkpoints (default: env "
+                                        "ZEPHYR_CACHE, else ~/.cache/zephyr-suite)"})
 
     def __post_init__(self):
         _check(self.quantization in ("4bit", "none"), "quantization",

@@ -133,6 +133,29 @@ def test_flat_attention_matches_each_example_alone():
         torch.testing.assert_close(out[:, start:end], alone.transpose(1, 2), rtol=1e-5, atol=1e-6)
 
 
+def test_flat_attention_on_the_cpu_never_scores_the_whole_row(monkeypatch):
+    """Off a GPU, SDPA keeps every score it masks: a flat row of 8 examples of 512 tokens would hold 8 times a
+    padded batch's attention scores in every layer. Each example is attended on its own instead; the row-wide
+    mask (still the path inside a compiled graph) gives the same output."""
+    import zephyr.speed.flat as flat
+
+    generator = torch.Generator().manual_seed(1)
+    lengths = [7, 2, 11, 4]
+    q = torch.randn(1, 4, sum(lengths), 8, generator=generator, requires_grad=True)
+    k, v = (torch.randn(1, 2, sum(lengths), 8, generator=generator, requires_grad=True) for _ in range(2))
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    seen, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(flat.F, "scaled_dot_product_attention",
+                        lambda query, *args, **kwargs: seen.append(query.shape[2]) or sdpa(query, *args, **kwargs))
+    out, _ = flat.flat_attention(None, q, k, v, None, scaling=0.3, cu_seq_lens_q=cu, max_length_q=max(lengths))
+    assert max(seen) == max(lengths)
+    out.sum().backward()
+    monkeypatch.setattr(flat, "attends_each_example", lambda query: False)
+    masked, _ = flat.flat_attention(None, q, k, v, None, scaling=0.3, cu_seq_lens_q=cu, max_length_q=max(lengths))
+    assert seen[-1] == sum(lengths)
+    torch.testing.assert_close(out, masked, rtol=1e-5, atol=1e-6)
+
+
 def test_neftune_noise_keeps_the_padded_batch_scale():
     """NEFTune draws uniform noise in +-alpha / sqrt(width x hidden): the flat row's hook uses the padded width."""
     from zephyr.speed.flat import NEFTuneWidth
