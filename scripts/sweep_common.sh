@@ -20,7 +20,15 @@
 set -euo pipefail
 
 run_sweep() {  # run_sweep ablation|lora_grid|baseline ARG...: the calling script's grid, run
-  local sweep=$1
+  local sweep=$1 python=${PYTHON:-python}
   shift
-  exec "${PYTHON:-python}" -m zephyr.sweeps "$sweep" --script "$0" "$@"
+  if ! command -v "$python" > /dev/null; then
+    echo "error: PYTHON: $python: not found (the interpreter that runs the suite)" >&2
+    exit 2
+  fi
+  if ! "$python" -c "import zephyr.sweeps" 2> /dev/null; then
+    echo "error: PYTHON: $python cannot import the suite (run pip install -e . with that interpreter)" >&2
+    exit 2
+  fi
+  exec "$python" -m zephyr.sweeps "$sweep" --script "$0" "$@"
 }

@@ -279,3 +279,13 @@ def test_a_run_directory_holding_only_the_sweep_log_is_accepted(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match="not a run directory of this suite"):
         prepare_run_dir(tmp_path / "other", {"A": {"x": 1}}, overwrite=False)
+
+
+@pytest.mark.parametrize("python, message", [
+    ("/nonexistent/python", "error: PYTHON: /nonexistent/python: not found (the interpreter that runs the suite)"),
+    ("false", "error: PYTHON: false cannot import the suite (run pip install -e . with that interpreter)")])
+def test_a_sweep_checks_its_interpreter_before_anything(tmp_path, python, message):
+    result = subprocess.run(["bash", str(REPO / "sample_ablate.sh"), "--dry_run"], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "PYTHON": python, "OUT_ROOT": str(tmp_path / "out")})
+    assert result.returncode == 2 and result.stderr == message + "\n" and result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
