@@ -418,6 +418,8 @@ def test_sweep_refuses_loglik_with_samsum_and_a_bad_dry_run_value(tiny_model_dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "jobs.tsv"]
     assert sweep_main(["--jobs", str(jobs), "--csv", str(tmp_path / "s.csv"), "--gpus", "a,b", "--dry_run"]) == 2
     assert capsys.readouterr().err == "error: --gpus: 'a,b': GPU ids are indices (0,1) or GPU-/MIG- UUIDs\n"
+    assert sweep_main(["--jobs", str(jobs), "--csv", str(tmp_path / "s.csv"), "--bogus"]) == 2
+    assert capsys.readouterr().err == "error: unrecognized arguments: --bogus\n"  # one line, no usage block
     result = subprocess.run(["bash", str(REPO / "baseline_inference.sh")], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "DRY_RUN": "yes", "OUT_ROOT": str(tmp_path / "o")},
                             timeout=60)

@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from zephyr.errors import UsageError
+from zephyr.errors import UsageError, raise_usage_errors
 from zephyr.sweeps.grid import Run
 from zephyr.sweeps.runner import (BACKENDS, COMPILE_CACHE, CSV_COLUMNS, CsvLog, assign_gpus, check_jobs,  # noqa: F401
                                   compile_cache_env, parse_gpus, positive_count, run_sweep)
@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default=None, choices=BACKENDS,
                         help="local (this host) or ray (a Ray cluster); default: ray where RAY_ADDRESS is set")
     parser.add_argument("--dry_run", action="store_true", help="print the commands without running them")
-    args = parser.parse_args(argv)
     try:
+        args = raise_usage_errors(parser).parse_args(argv)
         gpus = parse_gpus(args.gpus, "--gpus")
         runs_per_gpu = positive_count(args.runs_per_gpu, "--runs_per_gpu")
         cache_dir = Path(args.compile_cache or Path(args.csv).parent / COMPILE_CACHE)
