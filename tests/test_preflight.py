@@ -27,22 +27,23 @@ run_baseline = entry_point(baseline)
 run_quickstart = entry_point(quickstart)
 
 
-def quality_main(argv):
+def _script_main(name: str):
+    """The ``main`` of scripts/<name>.py, called in-process."""
+    import importlib
+
     sys.path.insert(0, str(REPO / "scripts"))
     try:
-        import quality
+        return importlib.import_module(name).main
     finally:
         sys.path.pop(0)
-    return quality.main(argv)
+
+
+def quality_main(argv):
+    return _script_main("quality")(argv)
 
 
 def tables_main(argv):
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import make_tables
-    finally:
-        sys.path.pop(0)
-    return make_tables.main(argv)
+    return _script_main("make_tables")(argv)
 
 
 def tree(root: Path) -> dict:
