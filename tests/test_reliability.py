@@ -180,10 +180,10 @@ def _losses(run_dir: Path) -> list[float]:
             if "loss" in json.loads(line)]
 
 
-@pytest.mark.parametrize("quantization", ["none", "4bit"])
+@pytest.mark.parametrize("quantization", ["4bit"])  # the default QLoRA path; other tests resume --quantization none
 def test_killed_training_resumes_to_the_same_adapter(tiny_model_dir, synthetic_data, tmp_path, quantization):
     """kill -9 after checkpoint-10, the same command again: the adapter, losses and run metrics of the run that
-    was never killed. 4bit is the default QLoRA path: its frozen NF4 weights are loaded again, not restored."""
+    was never killed. Its frozen NF4 weights are loaded again, not restored; the adapter keeps its precision."""
     extra = {"max_steps": 30, "save_steps": 5, "quantization": quantization}
     script = str(REPO / "scripts" / "zephyr_classification.py")
     train_cls(_train_argv(tiny_model_dir, synthetic_data, tmp_path / "ref", **extra))  # the uninterrupted run
