@@ -192,6 +192,11 @@ class TrainArguments:
                                          "with one more example that carries no loss, so that compiled layers are "
                                          "replayed as CUDA graphs, one per length (when the largest step fits "
                                          "without checkpointing)"})
+    flat_row_multiple: int = field(
+        default=64, metadata={"help": "Flat batches in compiled layers on a GPU: pad each row to a multiple of this "
+                                      "many tokens with one more example that carries no loss, so that the matrix "
+                                      "products see a few dozen shapes, whose cuBLAS kernel choice is then cached "
+                                      "(0: each row its own length)"})
     neftune_alpha: Optional[float] = field(
         default=None, metadata={"help": "NEFTune noise alpha (the study used 5; default: off)"})
     loss: str = field(default="completion", metadata={"help": "completion (answer tokens + EOS) or full (whole text)"})
@@ -266,6 +271,7 @@ class TrainArguments:
         _check(not self.flat_cuda_graphs or (self.batch_layout == "flat" and not self.packing), "flat_cuda_graphs",
                "is for flat batches of whole examples (--batch_layout flat, --packing False)")
         _check(not self.flat_cuda_graphs or self.cuda_graphs, "flat_cuda_graphs", "needs --cuda_graphs True")
+        _check(self.flat_row_multiple >= 0, "flat_row_multiple", f"must be 0 or more, got {self.flat_row_multiple}")
         _check_finite(self.train_memory_gib, "train_memory_gib", 0, "must be positive")
 
 

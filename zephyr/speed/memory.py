@@ -179,9 +179,21 @@ def _compilation(trainer, train_args: TrainArguments, max_length: int) -> tuple[
     graphable = bool(compiled and train_args.cuda_graphs and torch.cuda.is_available()
                      and trainer.args.world_size == 1 and decoder_layers(trainer.model)
                      and (not flat or train_args.flat_cuda_graphs))
-    if flat and graphable:
-        trainer.data_collator.bucket, trainer.data_collator.max_length = min(FLAT_BUCKET, max_length), max_length
+    if flat:
+        _set_row_bucket(trainer.data_collator, train_args, compiled, graphable, max_length)
     return fixed_shape, flat, compiled, graphable
+
+
+def _set_row_bucket(collator: FlatBatchCollator, train_args: TrainArguments, compiled: bool, graphs: bool,
+                    max_length: int) -> None:
+    """The multiple of tokens each flat row is padded to: ``FLAT_BUCKET`` for CUDA graphs (one graph a length);
+    ``--flat_row_multiple`` for compiled layers on a GPU, where every new row length costs cuBLAS a kernel choice
+    for each of a step's several hundred matrix products (CPU time in a step the CPU already bounds); none
+    otherwise."""
+    multiple = FLAT_BUCKET if graphs else (train_args.flat_row_multiple if compiled and torch.cuda.is_available()
+                                           else 0)
+    collator.bucket = min(multiple, max_length) if multiple else None
+    collator.max_length = max_length
 
 
 def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
@@ -217,8 +229,8 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
             checkpointed = n_layers if train_args.gradient_checkpointing == "true" else 0
         # A graph is recorded for each batch shape: batches of one shape, or flat rows in buckets of lengths.
         cuda_graphs = bool(graphable and checkpointed == 0 and (fixed_shape or flat))
-        if flat and not cuda_graphs:
-            trainer.data_collator.bucket = None  # the row's own length: fewer tokens, one dynamic graph
+        if flat and graphable and not cuda_graphs:  # one dynamic graph for every length
+            _set_row_bucket(trainer.data_collator, train_args, compiled, False, max_length)
         uncompile = (compile_decoder_layers(model, cuda_graphs=cuda_graphs, fused_nf4=train_args.fused_nf4)
                      if compiled else (lambda: None))
         if checkpointed is None and flat and decoder_layers(model):
