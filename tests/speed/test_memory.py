@@ -1,5 +1,7 @@
 """The memory plan: how many layers to checkpoint, which ones, and that the Trainer keeps them so."""
 
+import pytest
+
 from conftest import packed_rows_trainer
 
 
@@ -83,3 +85,28 @@ def test_flat_batches_checkpoint_only_the_layers_each_step_needs():
     small.apply(model, 10)
     assert [layer.gradient_checkpointing for layer in decoder_layers(model)] == [False, False]
     assert small.steps_by_layers == {0: 2, 2: 1}
+
+
+@pytest.mark.parametrize("on_gpu, compiled, graphs, multiple, max_length, bucket", [
+    (True, True, False, 64, 512, 64),      # compiled on a GPU: a few dozen row lengths
+    (True, True, True, 64, 512, 256),      # CUDA graphs: one graph a bucket
+    (True, True, True, 64, 128, 128),      # never past max_length, the kernel's bound on an example
+    (True, True, False, 0, 512, None),     # --flat_row_multiple 0: each row its own length
+    (True, False, False, 64, 512, None),   # eager layers: nothing to cache
+    (False, True, False, 64, 512, None),   # compiled on the CPU: no cuBLAS
+])
+def test_flat_rows_are_padded_only_where_compiled_layers_on_a_gpu_gain(monkeypatch, on_gpu, compiled, graphs,
+                                                                       multiple, max_length, bucket):
+    import torch
+
+    from zephyr.config import TrainArguments
+    from zephyr.speed.flat import FlatBatchCollator
+    from zephyr.speed.memory import _set_row_bucket
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: on_gpu)
+    collator = FlatBatchCollator(pad_token_id=2)
+    _set_row_bucket(collator, TrainArguments(flat_row_multiple=multiple), compiled, graphs, max_length)
+    assert (collator.bucket, collator.max_length) == (bucket, max_length)
+    rows = [{"input_ids": [5] * 70, "labels": [5] * 70}, {"input_ids": [6] * 30, "labels": [6] * 30}]
+    width = collator(rows)["input_ids"].shape[1]
+    assert width == (100 if bucket is None else (100 // bucket + 1) * bucket)
