@@ -1,11 +1,24 @@
-"""The suite's trainer against TRL's own, and every TRL internal zephyr/trl_compat.py relies on."""
+"""The suite's trainer (zephyr/suite_trainer.py) against TRL's own, and every TRL internal it and
+zephyr/trl_compat.py rely on."""
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import packed_rows_trainer, run_args
+from conftest import REPO, packed_rows_trainer, run_args
+
+
+def test_the_suite_trainer_is_imported_with_trl_only_when_a_trainer_is_built():
+    """zephyr.trl_compat loads without TRL; ``_suite_trainer_class()`` returns zephyr/suite_trainer.py's subclass."""
+    code = ("import sys; from zephyr.trl_compat import _suite_trainer_class; "
+            "assert 'trl' not in sys.modules, 'trl was imported'; "
+            "from trl import SFTTrainer; trainer = _suite_trainer_class(); "
+            "assert issubclass(trainer, SFTTrainer) and trainer.__module__ == 'zephyr.suite_trainer', trainer")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
 
 
 def test_suite_trainer_loss_and_metrics_equal_trl_without_a_sync(tokenizer, tmp_path):

@@ -7,19 +7,13 @@ or renames it:
   returning ``log_probs``, ``entropy``, ``is_top1`` and ``label_mask``);
 - ``TrainingArguments._n_gpu``, set to one GPU per process;
 - TRL's refusal of an lm_head adapter, which reads ``get_output_embeddings()`` (``expose_lm_head_adapter``);
-- the suite's SFTTrainer subclass, which overrides private methods and reads private attributes of TRL's
-  SFTTrainer and transformers' Trainer.
+- the suite's SFTTrainer subclass (zephyr/suite_trainer.py, imported by ``_suite_trainer_class``), which overrides
+  private methods and reads private attributes of TRL's SFTTrainer and transformers' Trainer.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
-import torch
-
-from zephyr.io import atomic_write_json
-from zephyr.rundir import LOSS_SUM
 
 log = logging.getLogger(__name__)
 # TRL's packed rows carry the length of each example they hold in this column.
@@ -85,96 +79,8 @@ def expose_lm_head_adapter(model):
 
 
 def _suite_trainer_class():
-    from trl import SFTTrainer
-
-    class SuiteSFTTrainer(SFTTrainer):
-        """SFTTrainer without a GPU-to-CPU sync in the training step.
-
-        TRL reads its entropy and token-accuracy metrics with ``.item()`` right after the forward pass, and the
-        Trainer counted tokens the same way, so the CPU waited for the GPU to drain before queueing the backward
-        pass; a small model, bound by the CPU, paid for the GPU time on top. Here the metrics are summed on the
-        device and read once per logging step (token-weighted over the steps since the last log), and tokens are
-        counted from the collator's ``num_tokens``.
-        """
-
-        _batch_tokens = None
-        _metric_sums = None  # label tokens, entropy sum, top-1 hits since the last log
-        sync_free_metrics = True  # False: TRL's own loss and metrics (the plain twin of this trainer)
-        _running_loss = None  # the loss summed since the last log (the Trainer's tr_loss)
-        loss_before_resume = 0.0  # the loss summed over the steps of the checkpoint this run resumed from
-
-        def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
-            self._running_loss = tr_loss
-            return super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
-
-        def _save_checkpoint(self, model, trial):
-            # Written before the Trainer's own files: trainer_state.json, written last, marks a complete checkpoint.
-            if self.args.should_save and self.loss_before_resume is not None:
-                folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
-                total = self.loss_before_resume + self._total_loss_scalar + float(self._running_loss)
-                atomic_write_json(folder / LOSS_SUM, {"step": self.state.global_step, "loss_sum": total})
-            super()._save_checkpoint(model, trial)
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            # PEFT's load_adapter casts a bf16 or fp16 adapter to float32; TRL trains a 4-bit model's adapter in bf16,
-            # so a resumed run would go on in another precision than the run it continues, and end elsewhere.
-            model_ = model if model is not None else self.model
-            dtypes = {name: p.dtype for name, p in model_.named_parameters() if p.requires_grad}
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-            for name, param in model_.named_parameters():
-                if name in dtypes and param.dtype != dtypes[name]:
-                    param.data = param.data.to(dtypes[name])
-
-        def _finalize_training(self, *args, **kwargs):
-            # The Trainer's mean training loss counts only the steps run in this process, over all steps.
-            self._total_loss_scalar += self.loss_before_resume or 0.0
-            return super()._finalize_training(*args, **kwargs)
-
-        neftune_width = None  # flat batches' NEFTune hook (zephyr/speed/flat.py), told each batch's padded width
-        checkpoint_plan = None  # a per-step checkpointing plan (zephyr/speed/memory.py), sized by the batch's tokens
-
-        def training_step(self, model, inputs, *args, **kwargs):
-            self._batch_tokens = inputs.pop(NUM_TOKENS, None)
-            width = inputs.pop(PADDED_WIDTH, None)
-            if self.neftune_width is not None:
-                self.neftune_width.width = width
-            if self.checkpoint_plan is not None:
-                self.checkpoint_plan.apply(model, inputs["input_ids"].numel())
-            return super().training_step(model, inputs, *args, **kwargs)
-
-        def _track_num_input_tokens(self, inputs):
-            if self._batch_tokens is None:
-                return super()._track_num_input_tokens(inputs)
-            tokens = self._batch_tokens
-            if self.args.world_size > 1:  # the run's tokens: summed over the processes (a sync, as before)
-                tokens = int(self.accelerator.gather(torch.tensor(tokens, device=self.args.device)).sum().item())
-            self.state.num_input_tokens_seen += tokens
-
-        def _plain_nll(self) -> bool:
-            """TRL's default loss, the only one the suite trains with; anything else goes to TRL unchanged."""
-            return (self.sync_free_metrics and self.compute_loss_func is None and self.label_smoother is None
-                    and self.args.loss_type == "nll" and not self.aux_loss_enabled
-                    and getattr(self.accelerator, "parallelism_config", None) is None)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if return_outputs or not model.training or not self._plain_nll():
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            outputs = fused_forward(model, inputs)
-            num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
-            loss = -outputs.log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)  # as TRL: zero where ignored
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-            sums = torch.stack([outputs.label_mask.sum(), outputs.entropy.detach().sum(), outputs.is_top1.sum()])
-            self._metric_sums = sums.float() if self._metric_sums is None else self._metric_sums + sums
-            return loss
-
-        def log(self, logs, start_time=None):
-            if self._metric_sums is not None:
-                valid, entropy, correct = self.accelerator.reduce(self._metric_sums, reduction="sum").tolist()
-                self._metric_sums = None
-                self._metrics["train"]["entropy"].append(entropy / valid if valid else 0.0)
-                self._metrics["train"]["mean_token_accuracy"].append(correct / valid if valid else 0.0)
-                self._metrics["train"]["num_tokens"] = [self.state.num_input_tokens_seen]
-            super().log(logs, start_time)
+    """The suite's SFTTrainer subclass (zephyr/suite_trainer.py), imported only when a trainer is built: importing
+    it imports TRL."""
+    from zephyr.suite_trainer import SuiteSFTTrainer
 
     return SuiteSFTTrainer
