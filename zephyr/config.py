@@ -1,6 +1,7 @@
 """One dataclass per concern: the flags of every entry point, with their defaults, help and checks.
 
-Flags that need no data or model are checked here, when they are parsed (zephyr/parsing.py parses them).
+Flags that need no data or model are checked here, when they are parsed (zephyr/parsing.py parses them), by the
+checks of zephyr/config_checks.py.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from zephyr.config_checks import auto_true_false, check, check_finite, check_seed, check_trackers
 from zephyr.errors import UsageError
 
 DATA_DIR_ENV = "ZEPHYR_DATA_DIR"
-SEED_RANGE = 2**32  # numpy's seed range: transformers' set_seed seeds numpy too
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 TARGET_PRESETS = {
     # The study's default adapters: query and value projections only.
@@ -22,47 +23,6 @@ TARGET_PRESETS = {
     # "Full module tuning" (add --lora_lm_head True for the study's lm_head too).
     "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
-
-
-def _check(condition: bool, flag: str, message: str) -> None:
-    if not condition:
-        raise UsageError(f"--{flag}: {message}")
-
-
-def _check_finite(value: float, flag: str, low: float, message: str) -> None:
-    """``value`` is a finite number above ``low`` (NaN and infinity are refused)."""
-    _check(math.isfinite(value) and value > low, flag, f"{message} and finite, got {value}")
-
-
-def _check_seed(value: int, flag: str) -> None:
-    _check(0 <= value < SEED_RANGE, flag, f"must be in [0, 2**32), got {value}")
-
-
-def _auto_true_false(value, flag: str) -> str:
-    value = str(value).lower()
-    _check(value in ("auto", "true", "false"), flag, f"unknown value {value!r} (choose auto, true or false)")
-    return value
-
-
-# The package each documented tracker needs (tensorboard also works with tensorboardX).
-TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
-                    "trackio": ("trackio",)}
-
-
-def _check_trackers(report_to: str) -> None:
-    import importlib.util
-
-    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
-
-    names = [name.strip() for name in report_to.split(",")]
-    for name in names:
-        _check(name in ("none", "all", *INTEGRATION_TO_CALLBACK), "report_to",
-               f"unknown tracker {name!r} (choose none, {', '.join(TRACKER_PACKAGES)} or another the Trainer knows)")
-        packages = TRACKER_PACKAGES.get(name)
-        if packages:
-            _check(any(importlib.util.find_spec(p) for p in packages), "report_to",
-                   f"{name} needs the {packages[0]!r} package (pip install {packages[0]})")
-    _check(len(names) == 1 or "none" not in names, "report_to", "none cannot be combined with a tracker")
 
 
 @dataclass
@@ -87,19 +47,19 @@ class DataArguments:
     def __post_init__(self):
         from zephyr.tasks import TASKS
 
-        _check(self.task in TASKS, "task", f"unknown task {self.task!r} (choose from {', '.join(TASKS)})")
+        check(self.task in TASKS, "task", f"unknown task {self.task!r} (choose from {', '.join(TASKS)})")
         if self.data_dir is None and os.environ.get(DATA_DIR_ENV):
             self.data_dir = os.environ[DATA_DIR_ENV]
             if not Path(self.data_dir).is_dir():
                 raise UsageError(f"{DATA_DIR_ENV}: {self.data_dir}: directory not found")
-        _check_seed(self.data_seed, "data_seed")
-        _check(not math.isnan(self.train_fraction) and 0 < self.train_fraction <= 1, "train_fraction",
-               f"must be in (0, 1], got {self.train_fraction}")
-        _check(self.max_test_rows is None or self.max_test_rows > 0, "max_test_rows",
-               f"must be positive, got {self.max_test_rows}")
-        _check(self.prompt_format in ("original", "chat"), "prompt_format",
-               f"unknown format {self.prompt_format!r} (choose original or chat)")
-        _check(self.max_length >= 16, "max_length", f"must be at least 16, got {self.max_length}")
+        check_seed(self.data_seed, "data_seed")
+        check(not math.isnan(self.train_fraction) and 0 < self.train_fraction <= 1, "train_fraction",
+              f"must be in (0, 1], got {self.train_fraction}")
+        check(self.max_test_rows is None or self.max_test_rows > 0, "max_test_rows",
+              f"must be positive, got {self.max_test_rows}")
+        check(self.prompt_format in ("original", "chat"), "prompt_format",
+              f"unknown format {self.prompt_format!r} (choose original or chat)")
+        check(self.max_length >= 16, "max_length", f"must be at least 16, got {self.max_length}")
 
 
 @dataclass
@@ -122,15 +82,15 @@ class ModelArguments:
                                         "ZEPHYR_CACHE, else ~/.cache/zephyr-suite)"})
 
     def __post_init__(self):
-        _check(self.quantization in ("4bit", "none"), "quantization",
-               f"unknown value {self.quantization!r} (choose 4bit or none)")
-        _check(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype",
-               f"unknown value {self.dtype!r} (choose auto, bf16, fp16 or fp32)")
-        _check(self.lora_r > 0, "lora_r", f"must be positive, got {self.lora_r}")
-        _check(self.lora_alpha > 0, "lora_alpha", f"must be positive, got {self.lora_alpha}")
-        _check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
-        _check(self.attn_implementation in ATTENTION_IMPLEMENTATIONS, "attn_implementation",
-               f"unknown value {self.attn_implementation!r} (choose {', '.join(ATTENTION_IMPLEMENTATIONS)})")
+        check(self.quantization in ("4bit", "none"), "quantization",
+              f"unknown value {self.quantization!r} (choose 4bit or none)")
+        check(self.dtype in ("auto", "bf16", "fp16", "fp32"), "dtype",
+              f"unknown value {self.dtype!r} (choose auto, bf16, fp16 or fp32)")
+        check(self.lora_r > 0, "lora_r", f"must be positive, got {self.lora_r}")
+        check(self.lora_alpha > 0, "lora_alpha", f"must be positive, got {self.lora_alpha}")
+        check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        check(self.attn_implementation in ATTENTION_IMPLEMENTATIONS, "attn_implementation",
+              f"unknown value {self.attn_implementation!r} (choose {', '.join(ATTENTION_IMPLEMENTATIONS)})")
         self.target_modules()  # validates the preset
 
     def target_modules(self) -> list[str]:
@@ -138,9 +98,9 @@ class ModelArguments:
             modules = list(TARGET_PRESETS[self.lora_targets])
         else:
             modules = [m.strip() for m in self.lora_targets.split(",") if m.strip()]
-            _check(bool(modules) and all(m.replace("_", "").replace(".", "").isalnum() for m in modules),
-                   "lora_targets", f"unknown preset {self.lora_targets!r} "
-                   f"(choose {', '.join(TARGET_PRESETS)} or a comma-separated module list)")
+            check(bool(modules) and all(m.replace("_", "").replace(".", "").isalnum() for m in modules),
+                  "lora_targets", f"unknown preset {self.lora_targets!r} "
+                  f"(choose {', '.join(TARGET_PRESETS)} or a comma-separated module list)")
         if self.lora_lm_head and "lm_head" not in modules:
             modules.append("lm_head")
         return modules
@@ -234,45 +194,45 @@ class TrainArguments:
         from transformers.trainer_utils import SchedulerType
         from transformers.training_args import OptimizerNames
 
-        _check_finite(self.num_train_epochs, "num_train_epochs", 0, "must be positive")
-        _check(self.max_steps == -1 or self.max_steps > 0, "max_steps", f"must be -1 or positive, got {self.max_steps}")
-        _check_finite(self.learning_rate, "learning_rate", 0, "must be positive")
-        _check(math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0, "max_grad_norm",
-               f"must be >= 0 (0: no clipping), got {self.max_grad_norm}")
-        _check_seed(self.seed, "seed")
+        check_finite(self.num_train_epochs, "num_train_epochs", 0, "must be positive")
+        check(self.max_steps == -1 or self.max_steps > 0, "max_steps", f"must be -1 or positive, got {self.max_steps}")
+        check_finite(self.learning_rate, "learning_rate", 0, "must be positive")
+        check(math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0, "max_grad_norm",
+              f"must be >= 0 (0: no clipping), got {self.max_grad_norm}")
+        check_seed(self.seed, "seed")
         schedulers = [s.value for s in SchedulerType]
-        _check(self.lr_scheduler_type in schedulers, "lr_scheduler_type",
-               f"unknown value {self.lr_scheduler_type!r} (choose from {', '.join(schedulers)})")
+        check(self.lr_scheduler_type in schedulers, "lr_scheduler_type",
+              f"unknown value {self.lr_scheduler_type!r} (choose from {', '.join(schedulers)})")
         optimizers = [o.value for o in OptimizerNames]
-        _check(self.optim in optimizers, "optim", f"unknown optimizer {self.optim!r} (e.g. adamw_torch_fused, "
-                                                  "adamw_torch, paged_adamw_32bit)")
-        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        _check(self.per_device_train_batch_size > 0, "per_device_train_batch_size", "must be positive")
-        _check(self.gradient_accumulation_steps > 0, "gradient_accumulation_steps", "must be positive")
-        _check(self.loss in ("completion", "full"), "loss", f"unknown value {self.loss!r} (choose completion or full)")
+        check(self.optim in optimizers, "optim", f"unknown optimizer {self.optim!r} (e.g. adamw_torch_fused, "
+                                                 "adamw_torch, paged_adamw_32bit)")
+        check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        check(self.per_device_train_batch_size > 0, "per_device_train_batch_size", "must be positive")
+        check(self.gradient_accumulation_steps > 0, "gradient_accumulation_steps", "must be positive")
+        check(self.loss in ("completion", "full"), "loss", f"unknown value {self.loss!r} (choose completion or full)")
         if self.neftune_alpha is not None:
-            _check_finite(self.neftune_alpha, "neftune_alpha", 0, "must be positive")
-        _check(self.save_steps is None or self.save_steps >= 0, "save_steps", f"must be >= 0, got {self.save_steps}")
-        _check(self.logging_steps > 0, "logging_steps", f"must be positive, got {self.logging_steps}")
-        _check_trackers(self.report_to)
+            check_finite(self.neftune_alpha, "neftune_alpha", 0, "must be positive")
+        check(self.save_steps is None or self.save_steps >= 0, "save_steps", f"must be >= 0, got {self.save_steps}")
+        check(self.logging_steps > 0, "logging_steps", f"must be positive, got {self.logging_steps}")
+        check_trackers(self.report_to)
         if str(self.gradient_checkpointing).isdigit():
             self.gradient_checkpointing = str(int(self.gradient_checkpointing))  # a layer count
         else:
-            self.gradient_checkpointing = _auto_true_false(self.gradient_checkpointing, "gradient_checkpointing")
-        self.compile_layers = _auto_true_false(self.compile_layers, "compile_layers")
+            self.gradient_checkpointing = auto_true_false(self.gradient_checkpointing, "gradient_checkpointing")
+        self.compile_layers = auto_true_false(self.compile_layers, "compile_layers")
         if self.batch_layout is None:
             self.batch_layout = "padded" if self.pad_to_max_length else "flat"
-        _check(self.batch_layout in ("flat", "padded"), "batch_layout",
-               f"unknown value {self.batch_layout!r} (choose flat or padded)")
-        _check(not (self.pad_to_max_length and self.packing), "pad_to_max_length",
-               "pads batches of whole examples; packed rows (--packing True) already have one shape")
-        _check(not (self.pad_to_max_length and self.batch_layout == "flat" and not self.packing), "pad_to_max_length",
-               "pads each example of a padded batch; --batch_layout flat has no padding")
-        _check(not self.flat_cuda_graphs or (self.batch_layout == "flat" and not self.packing), "flat_cuda_graphs",
-               "is for flat batches of whole examples (--batch_layout flat, --packing False)")
-        _check(not self.flat_cuda_graphs or self.cuda_graphs, "flat_cuda_graphs", "needs --cuda_graphs True")
-        _check(self.flat_row_multiple >= 0, "flat_row_multiple", f"must be 0 or more, got {self.flat_row_multiple}")
-        _check_finite(self.train_memory_gib, "train_memory_gib", 0, "must be positive")
+        check(self.batch_layout in ("flat", "padded"), "batch_layout",
+              f"unknown value {self.batch_layout!r} (choose flat or padded)")
+        check(not (self.pad_to_max_length and self.packing), "pad_to_max_length",
+              "pads batches of whole examples; packed rows (--packing True) already have one shape")
+        check(not (self.pad_to_max_length and self.batch_layout == "flat" and not self.packing), "pad_to_max_length",
+              "pads each example of a padded batch; --batch_layout flat has no padding")
+        check(not self.flat_cuda_graphs or (self.batch_layout == "flat" and not self.packing), "flat_cuda_graphs",
+              "is for flat batches of whole examples (--batch_layout flat, --packing False)")
+        check(not self.flat_cuda_graphs or self.cuda_graphs, "flat_cuda_graphs", "needs --cuda_graphs True")
+        check(self.flat_row_multiple >= 0, "flat_row_multiple", f"must be 0 or more, got {self.flat_row_multiple}")
+        check_finite(self.train_memory_gib, "train_memory_gib", 0, "must be positive")
 
 
 @dataclass
@@ -309,18 +269,18 @@ class EvalArguments:
                                         "without bf16's rounding of every activation"})
 
     def __post_init__(self):
-        _check(self.eval_dtype in (None, "bf16", "fp16", "fp32"), "eval_dtype",
-               f"unknown value {self.eval_dtype!r} (choose bf16, fp16 or fp32)")
-        _check(self.eval_batch_size > 0, "eval_batch_size", f"must be positive, got {self.eval_batch_size}")
-        _check(self.eval_batch_tokens > 0, "eval_batch_tokens", f"must be positive, got {self.eval_batch_tokens}")
-        _check_finite(self.eval_memory_gib, "eval_memory_gib", 0, "must be positive")
-        _check(self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens",
-               f"must be positive, got {self.max_new_tokens}")
-        _check(self.max_prompt_tokens is None or self.max_prompt_tokens > 0, "max_prompt_tokens",
-               f"must be positive, got {self.max_prompt_tokens}")
-        _check(self.eval_method in ("generate", "loglik"), "eval_method",
-               f"unknown value {self.eval_method!r} (choose generate or loglik)")
-        _check(self.num_shots >= 0, "num_shots", f"must be >= 0, got {self.num_shots}")
+        check(self.eval_dtype in (None, "bf16", "fp16", "fp32"), "eval_dtype",
+              f"unknown value {self.eval_dtype!r} (choose bf16, fp16 or fp32)")
+        check(self.eval_batch_size > 0, "eval_batch_size", f"must be positive, got {self.eval_batch_size}")
+        check(self.eval_batch_tokens > 0, "eval_batch_tokens", f"must be positive, got {self.eval_batch_tokens}")
+        check_finite(self.eval_memory_gib, "eval_memory_gib", 0, "must be positive")
+        check(self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens",
+              f"must be positive, got {self.max_new_tokens}")
+        check(self.max_prompt_tokens is None or self.max_prompt_tokens > 0, "max_prompt_tokens",
+              f"must be positive, got {self.max_prompt_tokens}")
+        check(self.eval_method in ("generate", "loglik"), "eval_method",
+              f"unknown value {self.eval_method!r} (choose generate or loglik)")
+        check(self.num_shots >= 0, "num_shots", f"must be >= 0, got {self.num_shots}")
 
 
 def to_dict(*instances) -> dict:
