@@ -47,17 +47,8 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     start = time.perf_counter()
     progress = Progress("evaluating", len(examples), "examples").update
     memory = dict(memory_budget=eval_args.eval_memory_gib * 2**30 * 0.9, stats={})
-    if eval_args.eval_method == "loglik":
-        picks, errors = score_labels(model, prompt_ids, builder.label_ids(examples[0].text),
-                                     tokenizer.pad_token_id, eval_args.eval_batch_size, eval_args.eval_batch_tokens,
-                                     progress, **memory)
-        predictions = [builder.labels[p] if p is not None else None for p in picks]
-        continuations = predictions
-    else:
-        continuations, errors = greedy_generate(model, tokenizer, prompt_ids, max_new_tokens,
-                                                eval_args.eval_batch_size, eval_args.eval_batch_tokens, progress,
-                                                **memory)
-        predictions = [builder.answer_from(text) for text in continuations]
+    predictions, continuations, errors = _predict(model, tokenizer, builder, prompt_ids, examples, eval_args,
+                                                  max_new_tokens, progress, memory)
     seconds = time.perf_counter() - start
     evaluated = phase_done("evaluating", start, f"{len(examples)} examples by {eval_args.eval_method}, "
                          f"{len(examples) / seconds if seconds else 0:.2f} examples/s")
@@ -90,6 +81,21 @@ def evaluate(task: Task, model, tokenizer, builder: PromptBuilder, test, example
     atomic_write_json(out_dir / METRICS, metrics)
     phase_done("writing results", evaluated, f"predictions.jsonl and metrics.json in {out_dir}")
     return metrics
+
+
+def _predict(model, tokenizer, builder: PromptBuilder, prompt_ids: list, examples, eval_args: EvalArguments,
+             max_new_tokens: int, progress, memory: dict) -> tuple[list, list, list]:
+    """(predictions, continuations, errors), one each per prompt, by ``--eval_method``: loglik picks the likeliest
+    label (its continuation is the label), generate decodes greedily and cuts the answer from the continuation."""
+    if eval_args.eval_method == "loglik":
+        picks, errors = score_labels(model, prompt_ids, builder.label_ids(examples[0].text),
+                                     tokenizer.pad_token_id, eval_args.eval_batch_size, eval_args.eval_batch_tokens,
+                                     progress, **memory)
+        predictions = [builder.labels[p] if p is not None else None for p in picks]
+        return predictions, predictions, errors
+    continuations, errors = greedy_generate(model, tokenizer, prompt_ids, max_new_tokens, eval_args.eval_batch_size,
+                                            eval_args.eval_batch_tokens, progress, **memory)
+    return [builder.answer_from(text) for text in continuations], continuations, errors
 
 
 def _say_what_is_replaced(path: Path, metrics: dict) -> None:
