@@ -332,7 +332,7 @@ def test_resumed_run_reports_the_losses_of_an_uninterrupted_one(tiny_model_dir, 
     import zephyr.training as training
 
     finetune("newsgroups", _train_argv(tiny_model_dir, synthetic_data, tmp_path / "ref", max_steps=6))
-    plain_callback = training._train_log_callback
+    plain_callback = training.train_log_callback
 
     def crashing_callback():
         class Crash(plain_callback()):
@@ -344,10 +344,10 @@ def test_resumed_run_reports_the_losses_of_an_uninterrupted_one(tiny_model_dir, 
         return Crash
 
     argv = _train_argv(tiny_model_dir, synthetic_data, tmp_path / "killed", max_steps=6)
-    monkeypatch.setattr(training, "_train_log_callback", crashing_callback)
+    monkeypatch.setattr(training, "train_log_callback", crashing_callback)
     with pytest.raises(KeyboardInterrupt):
         finetune("newsgroups", argv)
-    monkeypatch.setattr(training, "_train_log_callback", plain_callback)
+    monkeypatch.setattr(training, "train_log_callback", plain_callback)
     run_dir = tmp_path / "killed" / "run"
     assert not (run_dir / "train_metrics.json").exists()
     finetune("newsgroups", argv)

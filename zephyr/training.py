@@ -1,13 +1,13 @@
 """QLoRA fine-tuning with TRL's SFTTrainer into a self-describing run directory (its layout: zephyr/rundir.py).
 
-The plain path, top to bottom: the SFT config, the training dataset, the logging callbacks, the trainer, and
-``train()``. The speed levers it switches on live in zephyr/speed/, TRL's internals in zephyr/trl_compat.py.
+The plain path, top to bottom: the SFT config, the training dataset, the trainer, and ``train()``. The callbacks
+it adds live in zephyr/train_callbacks.py, the speed levers it switches on in zephyr/speed/, the trainer class in
+zephyr/suite_trainer.py and TRL's internals in zephyr/trl_compat.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -22,58 +22,18 @@ from zephyr.io import atomic_write_json
 from zephyr.modeling import build_lora_config, compute_dtype, load_model, load_tokenizer, resolve_model_path
 from zephyr.progress import phase_done, train_progress_callback
 from zephyr.prompting import PromptBuilder
-from zephyr.rundir import (ADAPTER_DIR, DEFAULT_SAVE_STEPS, TRAIN_METRICS, default_save_steps, latest_checkpoint,
-                           loss_sum, prepare_run_dir, run_directory, run_lock, write_config)
+from zephyr.rundir import (ADAPTER_DIR, DEFAULT_SAVE_STEPS, TRAIN_METRICS, latest_checkpoint, loss_sum,
+                           prepare_run_dir, run_directory, run_lock, write_config)
 from zephyr.runinfo import peak_memory_gib
 from zephyr.speed.compile import compile_summary
 from zephyr.speed.flat import FlatBatchCollator, add_neftune, use_flat_attention
 from zephyr.speed.memory import prepare_layers
 from zephyr.speed.packing import PackedRowsCollator
 from zephyr.tasks import Task, get_task
+from zephyr.train_callbacks import checkpoint_interval_callback, train_log_callback
 from zephyr.trl_compat import _suite_trainer_class, expose_lm_head_adapter, train_on_one_gpu
 
 log = logging.getLogger(__name__)
-
-
-def _checkpoint_interval_callback():
-    from transformers import TrainerCallback
-
-    class CheckpointInterval(TrainerCallback):
-        """Sets the default checkpoint interval once the Trainer knows the run's length."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            state.save_steps = default_save_steps(state.max_steps)
-
-    return CheckpointInterval()
-
-
-def _train_log_callback():
-    from transformers import TrainerCallback
-
-    class TrainLogCallback(TrainerCallback):
-        """Appends loss, tokens/s and peak memory to ``train_log.jsonl`` at every logging step."""
-
-        def __init__(self, path: Path):
-            self.path, self.start = path, None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-            self.tokens_at_start = state.num_input_tokens_seen
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            elapsed = time.perf_counter() - self.start
-            tokens = state.num_input_tokens_seen - self.tokens_at_start
-            row = {"step": state.global_step, "epoch": state.epoch, **(logs or {}),
-                   "tokens_seen": state.num_input_tokens_seen, "elapsed_s": round(elapsed, 3),
-                   "tokens_per_s": round(tokens / elapsed, 1) if elapsed else None, **peak_memory_gib()}
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
-
-    return TrainLogCallback
 
 
 def flat_batches(train_args: TrainArguments) -> bool:
@@ -240,9 +200,9 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
 
         set_seed(train_args.seed)  # LoRA's A matrices are drawn here, before the Trainer seeds anything
         model = get_peft_model(base_model, build_lora_config(model_args))
-        callbacks = [_train_log_callback()(run_dir / "train_log.jsonl"), train_progress_callback()]
+        callbacks = [train_log_callback()(run_dir / "train_log.jsonl"), train_progress_callback()]
         if train_args.save_steps is None:
-            callbacks.append(_checkpoint_interval_callback())
+            callbacks.append(checkpoint_interval_callback())
         trainer, restore, checkpointed = build_trainer(
             model, tokenizer, dataset, data_args, model_args, train_args, run_dir, callbacks=callbacks)
         trainer.loss_before_resume = loss_sum(resume_from) if resume_from else 0.0
