@@ -82,7 +82,7 @@ def _docstring_continuations(path):
     return [line.strip() for line in lines if line.endswith(" \\")], node.value.value
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "scripts").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "scripts").rglob("*.py")), ids=lambda p: p.name)
 def test_script_docstrings_keep_their_backslash_continuations(path):
     continued, docstring = _docstring_continuations(path)
     for line in continued:

@@ -88,7 +88,7 @@ def _load_script(path: str):
 
 
 def test_fast_check_pairs_each_seed_with_its_eager_twin(tmp_path):
-    fast_check = _load_script("results/smollm2/study/fast_check.py")
+    fast_check = _load_script("scripts/analysis/fast_check.py")
 
     def finished(folder, accuracy, fraction="0.25", variant="all"):
         run = tmp_path / folder / fast_check.RUN.format(fraction=fraction, variant=variant)
@@ -131,7 +131,7 @@ def test_dropout_masks_of_compiled_layers_are_measured_against_independence():
     1 - p and are independent between neighbouring channels, aligned groups and steps, like eager ones."""
     from torch._dynamo.utils import counters
 
-    dropout_masks = _load_script("results/smollm2/study/dropout_masks.py")
+    dropout_masks = _load_script("scripts/analysis/dropout_masks.py")
     counters.clear()
     results = dropout_masks.measure("cpu", batch=2, tokens=64, heads=4, head_dim=16, steps=3)
     assert counters["stats"]["unique_graphs"] >= 2  # each probe's layer ran compiled
@@ -147,13 +147,13 @@ def test_dropout_masks_of_compiled_layers_are_measured_against_independence():
 
 
 @pytest.mark.parametrize("script, argv, culprit", [
-    ("results/smollm2/study/fast_check.py", ["{tmp}"], "{tmp}: no fast-check/ folder"),
-    ("results/smollm2/study/fast_check.py", ["{tmp}", "extra"], "unknown argument(s): extra"),
-    ("results/smollm2/study/dropout_masks.py", ["--steps", "1"], "--steps: 1: must be at least 2"),
-    ("results/smollm2/study/dropout_masks.py", ["--device", "gpu"], "argument --device: invalid choice"),
-    ("results/smollm2/study/dropout_masks.py", ["--tokns", "8"], "unrecognized arguments: --tokns"),
-    ("results/quality/first_rows.py", ["x", "{tmp}"], "ROWS: x: must be a whole number"),
-    ("results/quality/first_rows.py", ["200", "{tmp}"], "{tmp}: no predictions.jsonl"),
+    ("scripts/analysis/fast_check.py", ["{tmp}"], "{tmp}: no fast-check/ folder"),
+    ("scripts/analysis/fast_check.py", ["{tmp}", "extra"], "unknown argument(s): extra"),
+    ("scripts/analysis/dropout_masks.py", ["--steps", "1"], "--steps: 1: must be at least 2"),
+    ("scripts/analysis/dropout_masks.py", ["--device", "gpu"], "argument --device: invalid choice"),
+    ("scripts/analysis/dropout_masks.py", ["--tokns", "8"], "unrecognized arguments: --tokns"),
+    ("scripts/analysis/first_rows.py", ["x", "{tmp}"], "ROWS: x: must be a whole number"),
+    ("scripts/analysis/first_rows.py", ["200", "{tmp}"], "{tmp}: no predictions.jsonl"),
 ])
 def test_result_scripts_refuse_bad_input_in_one_line(script, argv, culprit, tmp_path, capsys):
     module = _load_script(script)

@@ -1,14 +1,15 @@
 """Table 1's fast path against eager on Table 1's own protocol (20 Newsgroups, 5 epochs), per seed and fraction.
 
-Table 1's 100 % row and its 50 % base and NEFTune cells trained with FAST_ARGS (run_study_tables.sh); this compares
-the same flags against eager training. Seed 42's eager run is Table 1's own (runs/table1, for every fraction it
+Table 1's 100 % row and its 50 % base and NEFTune cells trained with FAST_ARGS (results/smollm2/run_study_tables.sh);
+this compares the same flags against eager training. The folders below are in the study folder given (the
+committed one: results/smollm2/study). Seed 42's eager run is Table 1's own (runs/table1, for every fraction it
 has); every other run is in fast-check/seed<N>-{eager,fast}/. Runs in fast-check/padded-seed<N>/ pad the examples
 with eager layers (--pad_to_max_length True --compile_layers false): half of FAST_ARGS, to tell which half moves the
 accuracy. Runs in fast-check/seed<N>-eager-repeat/ are the eager run once more with the same flags: the null, how
 far two runs of one seed land apart on the GPU. Each kind gets rows of its own against the same eager runs. The
 statistics are the quality benchmark's (zephyr.quality).
 
-    python results/smollm2/study/fast_check.py results/smollm2/study
+    python scripts/analysis/fast_check.py results/smollm2/study
 """
 
 import re

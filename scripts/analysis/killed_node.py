@@ -1,6 +1,6 @@
 """A tiny sweep on a 3-node Ray cluster on this machine, one GPU node killed mid-sweep; writes killed_node.log.
 
-    PYTHONPATH=$PWD python results/ray/killed_node.py [--out results/ray/killed_node.log]
+    PYTHONPATH=$PWD python scripts/analysis/killed_node.py [--out results/ray/killed_node.log]
 
 The cluster (ray.cluster_utils.Cluster, every address on 127.0.0.1): a head without GPU, from which the sweep is
 started, as in configs/ray/aws-g5.yaml, and two worker nodes that declare one GPU each (this machine has none;

@@ -10,10 +10,10 @@ bf16); o_proj's input is attention's output transposed back to
 (pytorch/pytorch#198333). This compiles probe layers with ``compile_decoder_layers`` (the suite's settings: CUDA
 graphs on a GPU, bf16 rounding as eager) and reads their masks over several training steps, forward and backward.
 On the H200 (torch 2.11, CUDA graphs) compiled masks are as independent as eager ones
-(fast-check/h200-dropout-masks.md): dropout is not what moves the fast path's accuracy.
+(results/smollm2/study/fast-check/h200-dropout-masks.md): dropout is not what moves the fast path's accuracy.
 
-    python results/smollm2/study/dropout_masks.py            # on the GPU if there is one
-    python results/smollm2/study/dropout_masks.py --device cpu --tokens 16 --heads 2 --head_dim 8 --steps 4
+    python scripts/analysis/dropout_masks.py   # on the GPU if there is one
+    python scripts/analysis/dropout_masks.py --device cpu --tokens 16 --heads 2 --head_dim 8 --steps 4
 
 Independent masks give: kept ≈ 1 - p; the same mask in two neighbouring channels, or in one channel at two steps,
 with probability (1 - p)² + p² (0.82 at p = 0.1); all four channels of an aligned group alike with probability

@@ -1,7 +1,7 @@
 """Peak CPU memory (RSS) of one training forward and backward pass of SmolLM2-135M-Instruct in fp32 on the CPU, on
 one flat row of 8 examples of 512 tokens (every weight trainable; no optimizer step).
 
-    PYTHONPATH=. python results/cpu-memory/flat_row_memory.py each|mask|each-checkpointed CHECKPOINT_DIR
+    PYTHONPATH=. python scripts/analysis/flat_row_memory.py each|mask|each-checkpointed CHECKPOINT_DIR
 
 each: the suite's flat attention off a GPU (each example attended on its own); mask: the row-wide block-diagonal
 mask; each-checkpointed: each, with every decoder layer checkpointed. CHECKPOINT_DIR: the GGUF file converted by the

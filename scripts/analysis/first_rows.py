@@ -2,7 +2,7 @@
 
 The quality benchmark evaluates on all 819 rows; this reads the same predictions back for the acceptance rows.
 
-    python results/quality/first_rows.py 200 results/quality/runs/examples_seed*
+    python scripts/analysis/first_rows.py 200 results/quality/runs/examples_seed*
 """
 
 import gzip

@@ -1,7 +1,7 @@
 """On a CUDA GPU: flat attention's flash varlen kernel against its SDPA-with-mask path, in bf16 against a float32
 reference (outputs and gradients), compiled over five lengths (graph count), and timed (forward + backward).
 
-    python results/benchmark/flat/varlen_check.py
+    python scripts/analysis/varlen_check.py
 """
 
 import inspect
