@@ -101,3 +101,22 @@ def test_a_setting_that_pads_examples_gets_padded_batches_and_a_bad_one_is_refus
     assert setting_arguments(TrainArguments(), {}).batch_layout == "flat"
     with pytest.raises(UsageError, match="--extra_settings: x: --pad_to_max_length: pads each example"):
         BenchmarkArguments(extra_settings='{"x": {"pad_to_max_length": true, "batch_layout": "flat"}}')
+
+
+def test_study_hours_leave_out_a_path_the_benchmark_did_not_time():
+    from zephyr.study_hours import study_hours
+
+    training = {f"{path} {preset}": {"tokens_per_s": 1000.0} for path in ("original", "suite")
+                for preset in ("q,v", "all+lm_head")}
+    rows = study_hours({"training": training}, {"grid": {"q,v": 3_600_000}})
+    assert [(r["path"], r["gpu_hours"]) for r in rows] == [("original", 1.0), ("suite", 1.0)]
+
+
+def test_named_settings_are_each_compared_with_the_original_of_their_preset():
+    rows = {"original q,v": {"tokens_per_s": 100.0, "peak_gpu_memory_gib": 5.0, "preset": "q,v"},
+            "suite q,v, rows of 64": {"tokens_per_s": 250.0, "peak_gpu_memory_gib": 16.2, "preset": "q,v",
+                                      "speedup": 2.5},
+            "suite all+lm_head": {"tokens_per_s": 80.0, "peak_gpu_memory_gib": 17.0, "preset": "all+lm_head"}}
+    table = summary_table({"training": rows, "evaluation": {}})
+    assert "| training tokens/s, LoRA q,v (suite q,v, rows of 64) | 100.0 | 250.0 | 2.5x | 16.2 |" in table
+    assert "all+lm_head" not in table  # no original of that preset was timed: nothing to compare with

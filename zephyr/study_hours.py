@@ -62,6 +62,8 @@ def study_hours(benchmark: dict, tokens: dict[str, dict[str, int]]) -> list[dict
     rows = []
     for table, by_preset in tokens.items():
         for path in PATHS:
+            if not all(f"{path} {preset}" in training for preset in by_preset):
+                continue  # a path the benchmark did not time (the fast path is optional)
             hours, a10g = 0.0, 0.0 if peak else None
             for preset, count in by_preset.items():
                 row = training[f"{path} {preset}"]
@@ -93,7 +95,7 @@ def main_hours(args: StudyHoursArguments) -> str:
         raise UsageError(f"--benchmark: {path}: file not found")
     benchmark = read_json(path)
     rows = benchmark.get("training", {})
-    missing = [f"{p} {preset}" for p in PATHS for preset in ("q,v", "all+lm_head")
+    missing = [f"{p} {preset}" for p in ("original", "suite") for preset in ("q,v", "all+lm_head")
                if not (rows.get(f"{p} {preset}") or {}).get("tokens_per_s")]
     if missing:
         raise UsageError(f"--benchmark: {path}: no measured training row {missing[0]!r} (run the benchmark with "
