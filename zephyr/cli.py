@@ -1,4 +1,6 @@
-"""Entry-point logic shared by the scripts in scripts/: parse, call the library, print a short summary."""
+"""The command layer: every training, evaluation, baseline and quickstart command, whether run as a script in
+scripts/ or as a console command (zephyr/commands.py), goes through these functions: parse, pre-flight, call the
+library, print a short summary; bad input ends in one ``error:`` line and exit status 2 (``entry_point``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The console commands that ``pip install -e .`` puts on the PATH ([project.scripts] in pyproject.toml).
+"""The names ``pip install -e .`` puts on the PATH ([project.scripts] in pyproject.toml), each a thin wrapper:
+training, evaluation and baselines over the command layer (zephyr/cli.py), the benchmark, export and tables over
+their library modules.
 
 They return nothing: pip's wrapper passes the return value to ``sys.exit``, where anything but None or an int is
 printed and exits with status 1.
