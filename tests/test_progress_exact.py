@@ -122,21 +122,25 @@ def test_log_level_flag_and_its_check():
 
 @pytest.fixture
 def fresh_logging(monkeypatch):
-    """configure_logging on a process without handlers, quiet settings or filters; everything put back after."""
+    """configure_logging on a process without handlers, quiet settings, filters or switched-off bars (as a script
+    starts); everything put back after. Its environment is read by datasets once, when imported: here its switches."""
+    import importlib
+
     import datasets
     import transformers
 
+    datasets_bars = importlib.import_module("datasets.utils.tqdm")
     root, hub = logging.getLogger(), logging.getLogger("huggingface_hub")
     saved_hub_handlers = hub.handlers[:]
     levels = {name: logging.getLogger(name).level for name in ("", *_NOISY_LOGGERS)}
     verbosity = (transformers.utils.logging.get_verbosity(), datasets.utils.logging.get_verbosity())
-    bars = (transformers.utils.logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled())
     for name in _QUIET_ENV:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(datasets_bars, "HF_DATASETS_DISABLE_PROGRESS_BARS", None)  # as if no variable was set
+    monkeypatch.setattr(datasets_bars, "_hf_datasets_progress_bars_disabled", False)
+    monkeypatch.setattr(transformers.utils.logging, "_tqdm_active", True)
     transformers.utils.logging.set_verbosity_warning()
-    transformers.utils.logging.enable_progress_bar()
     datasets.utils.logging.set_verbosity_warning()
-    datasets.enable_progress_bars()
 
     def configure(*level) -> list:
         """configure_logging on a root logger without handlers (pytest's are put back): the handlers it added."""
@@ -158,8 +162,6 @@ def fresh_logging(monkeypatch):
             logging.getLogger(name).setLevel(level)
         transformers.utils.logging.set_verbosity(verbosity[0])
         datasets.utils.logging.set_verbosity(verbosity[1])
-        (transformers.utils.logging.enable_progress_bar if bars[0] else transformers.utils.logging.disable_progress_bar)()
-        (datasets.enable_progress_bars if bars[1] else datasets.disable_progress_bars)()
 
 
 class OwnHandler(logging.StreamHandler):
