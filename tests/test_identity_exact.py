@@ -42,6 +42,8 @@ def test_what_a_command_line_resolves_to():
     generic = planned(["python", "/x/zephyr_train.py", "--task", "samsum", "--model_name_or_path", "model.py"])
     assert (generic[0]["DataArguments"]["task"], generic[0]["ModelArguments"]["model_name_or_path"]) == \
         ("samsum", "model.py")  # the first .py is the script
+    with pytest.raises(UsageError, match=r"^unknown argument\(s\): --lora_r 8$"):
+        planned(BASELINE + ["--lora_r", "8"])  # the baseline script takes no LoRA flag
     assert planned(["bash", "x.sh"]) is None and planned(["python", "scripts/make_tables.py", "--runs", "r"]) is None
 
 
@@ -97,6 +99,8 @@ def test_a_run_without_its_settings_or_unreadable(tmp_path):
     assert str(error.value) == f"bare: {bare / 'config.json'}: not valid JSON (Expecting property name enclosed in " \
                                "double quotes at line 1)"
     assert is_done(tmp_path / "not-finished", FINETUNE) is False
+    (bare / "config.json").write_text(json.dumps({"kind": "finetune"}))  # no settings recorded: nothing differs
+    assert difference(bare, FINETUNE) is None
 
 
 def _data(root, text: str):
@@ -134,6 +138,9 @@ def test_the_input_files_by_content(tmp_path):
                                                               "model": {"path": str(model), "bytes": 1234567}})
     assert difference(run, local) == f"--model_name_or_path: the model was {model} (1,234,567 bytes), now {model} " \
                                      "(1,500 bytes)"
+    run = finished(tmp_path, command, name="hub-data", inputs={"train_data": {"name": "hub:org/data:train"}})
+    assert difference(run, command) == f"--data_dir: its train data was hub:org/data:train, now {train.resolve()} " \
+                                       f"(sha256 {now['sha256'][:12]})"
     run = finished(tmp_path, command, name="no-inputs", inputs={})
     assert difference(run, command) is None
     run = finished(tmp_path, command, name="hub-model", inputs={"model": {"name": "org/other"}})

@@ -9,6 +9,7 @@ import json
 import struct
 
 import pytest
+from matplotlib.colors import to_rgba
 
 from zephyr import reference
 from zephyr.plots import plot_accuracy, plot_loss_curves, plot_rouge, plot_training_log
@@ -82,6 +83,8 @@ def test_the_rouge_plot_puts_two_bars_at_each_setting(tmp_path, drawn):
     ticks = drawn[1].axes[0].get_xticklabels()
     assert [t.get_text() for t in ticks[:2]] == ["m0\ns0", "m1\ns1"] and ticks[0].get_fontsize() == 8
     assert png_size(tmp_path / "several.png") == (1056, 600)  # 0.8 in a bar pair, taller for two-line labels
+    plot_rouge([{"model": "m", "setting": "base", "rouge1": None, "rouge2": None}], tmp_path / "empty.png")
+    assert drawn[2].axes[0].get_ylim() == (0.0, 1.2) and not drawn[2].axes[0].patches
 
 
 def _log(folder, rows) -> object:
@@ -115,11 +118,20 @@ def test_a_runs_loss_png_has_steps_on_top_only_when_tokens_grow(tmp_path, drawn)
     assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title(), lr.get_ylabel()) == (
         "tokens seen", "training loss", "run", "learning rate")
     assert (lr.lines[0].get_color(), lr.lines[0].get_linestyle()) == ("gray", "--")
+    assert list(lr.lines[0].get_xdata()) == [50, 100, 150] and list(lr.lines[0].get_ydata()) == [r["learning_rate"] for r in rows]
+    assert to_rgba(lr.yaxis.label.get_color()) == to_rgba("gray") and ax.lines[0].get_marker() == "."
     assert png_size(tmp_path / "loss.png") == (720, 480)
     flat = [{"step": s, "loss": 1.0, "tokens_seen": 100} for s in (1, 2)]  # tokens not counted: no step axis
     assert plot_training_log(_log(tmp_path / "flat", flat), tmp_path / "flat.png")
     assert drawn[1].axes[0].child_axes == [] and len(drawn[1].axes) == 1  # and no learning rate logged: no lr axis
     assert plot_training_log(_log(tmp_path / "one", rows[:1]), tmp_path / "one.png")
     assert drawn[2].axes[0].child_axes == []
+    two = [{"step": s, "loss": 1.0, "tokens_seen": 10 + s} for s in (1, 2)]  # two rows, one token apart
+    assert plot_training_log(_log(tmp_path / "two", two), tmp_path / "two.png")
+    assert len(drawn[3].axes[0].child_axes) == 1
+    for count, marker in ((49, "."), (50, "None")):  # points marked only while they are few
+        many = [{"step": s, "loss": 1.0, "tokens_seen": s} for s in range(1, count + 1)]
+        assert plot_training_log(_log(tmp_path / f"n{count}", many), tmp_path / f"n{count}.png")
+        assert drawn[-1].axes[0].lines[0].get_marker() == marker
     assert not plot_training_log(_log(tmp_path / "empty", [{"step": 1, "train_runtime": 2.0}]), tmp_path / "e.png")
     assert not (tmp_path / "e.png").exists()

@@ -276,7 +276,17 @@ def test_a_protocol_is_the_defaults_of_its_task():
     assert suite_defaults("mytask") == suite_defaults("newsgroups")  # no defaults of its own: the suite's
 
 
-def test_the_defaults_are_the_protocol_even_when_most_runs_differ():
+def test_samsums_own_defaults_are_its_protocol_even_when_most_runs_differ():
+    defaults = suite_defaults("samsum")  # rank 64, one epoch, all training rows: not the suite's general defaults
+    rows = [_row("samsum", "base", name, facts=_facts(settings=settings))
+            for name, settings in (("study", defaults), ("r4-a", {**defaults, "lora_r": 4}),
+                                   ("r4-b", {**defaults, "lora_r": 4}))]
+    kept, reasons = select(rows)
+    assert [r["run"] for r in kept] == ["study"]
+    assert reasons[id(rows[1])] == "Tables 2 and 3: lora_r 4, where the table's protocol has lora_r 64"
+
+
+def test_the_defaults_are_the_protocol_and_a_smoke_tests_reason_stays_its_own():
     defaults = suite_defaults("newsgroups")
     rows = [_row("newsgroups", "base", name, facts=_facts(settings=settings))
             for name, settings in (("study", defaults), ("r4-a", {**defaults, "lora_r": 4}),
