@@ -103,7 +103,8 @@ def test_config_json_records_the_run_where_its_model_is_and_how_it_was_started(t
                                        "model": {"name": "org/model"}},
         "versions": {"torch": "9.9"}, "git_commit": "abc1234", "device": {"gpu": None},
         "command": ["zephyr_summarization.py", "--lora_r", "4"]}
-    hub = write_config(tmp_path / "hub.json", arguments, model_path=str(local), base_model="org/model")
+    monkeypatch.chdir(tmp_path)  # a relative model path is recorded absolute; a hub id as given
+    hub = write_config(tmp_path / "hub.json", arguments, model_path="model", base_model="org/model")
     assert (hub["model_path"], hub["base_model"]) == (str(local.resolve()), "org/model")
     assert "model_path" not in write_config(tmp_path / "none.json", arguments) and \
         "base_model" not in write_config(tmp_path / "none.json", arguments)
