@@ -11,6 +11,16 @@ from zephyr.io import atomic_write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
+if "MUTANT_UNDER_TEST" in os.environ:  # under mutmut (results/tests/mutation.md)
+    # tqdm's default lock holds a multiprocessing semaphore that every process forked after it shares. mutmut forks
+    # one child per mutant and kills one that runs too long: a child killed while drawing a bar kept that semaphore,
+    # and every later child then hung on its first bar (all timeouts). Here bars are drawn by one process at a time.
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+
 
 def shared_dir() -> Path | None:
     """ZEPHYR_SHARED_DIR (CI sets it to ../shared), else ../shared beside the checkout if present."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +74,57 @@ def test_a_run_records_its_variant_and_tables_read_it(tmp_path):
     assert run("recorded", _arguments(), variant="custom")["variant"] == "custom"  # the record wins
     assert run("old", _arguments("all"))["variant"] == "custom"  # no record: from its arguments
     assert run("old_base", _arguments())["variant"] == "base"
+
+
+def test_a_run_directory_is_its_name_under_its_root_and_a_smoke_test_says_its_steps():
+    from zephyr.rundir import run_directory
+
+    data, model = DataArguments(task="samsum"), ModelArguments(model_name_or_path="m")
+    assert run_directory(data, model, TrainArguments(output_root="/o", run_name="mine")) == Path("/o/mine")
+    assert run_directory(data, model, TrainArguments(output_root="/o", max_steps=1)) == \
+        Path("/o/samsum_m_frac1_r8_a16_d0.1_ep5_attention_steps1_seed42")
+
+
+def test_config_json_records_the_run_where_its_model_is_and_how_it_was_started(tmp_path, monkeypatch):
+    from zephyr import rundir
+
+    monkeypatch.setattr(rundir, "versions", lambda: {"torch": "9.9"})
+    monkeypatch.setattr(rundir, "git_commit", lambda: "abc1234")
+    monkeypatch.setattr(rundir, "device_info", lambda: {"gpu": None})
+    monkeypatch.setattr(sys, "argv", ["/x/scripts/zephyr_summarization.py", "--lora_r", "4"])
+    local = tmp_path / "model"
+    local.mkdir()
+    arguments = {"DataArguments": {"task": "samsum"}, "ModelArguments": {"model_name_or_path": "org/model"}}
+    written = write_config(tmp_path / "config.json", arguments, model_path=str(local), kind="baseline")
+    assert written == json.loads((tmp_path / "config.json").read_text()) == {
+        "arguments": arguments, "model_path": str(local.resolve()), "base_model": str(local.resolve()),
+        "kind": "baseline", "inputs": {"train_data": {"name": "hub:knkarthick/samsum:train"},
+                                       "test_data": {"name": "hub:knkarthick/samsum:test"},
+                                       "model": {"name": "org/model"}},
+        "versions": {"torch": "9.9"}, "git_commit": "abc1234", "device": {"gpu": None},
+        "command": ["zephyr_summarization.py", "--lora_r", "4"]}
+    monkeypatch.chdir(tmp_path)  # a relative model path is recorded absolute; a hub id as given
+    hub = write_config(tmp_path / "hub.json", arguments, model_path="model", base_model="org/model")
+    assert (hub["model_path"], hub["base_model"]) == (str(local.resolve()), "org/model")
+    assert "model_path" not in write_config(tmp_path / "none.json", arguments) and \
+        "base_model" not in write_config(tmp_path / "none.json", arguments)
+
+
+def test_the_inputs_a_run_records(tmp_path, monkeypatch):
+    from zephyr.rundir import file_identity, inputs
+
+    folder = tmp_path / "data" / "samsum"
+    folder.mkdir(parents=True)
+    (folder / "test.jsonl").write_text("{}\n")  # no train file: only the test file is recorded
+    own = tmp_path / "own_train.jsonl"
+    own.write_text("{}\n{}\n")
+    sha = "ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356"  # of "{}\n"
+    data = {"task": "samsum", "data_dir": str(tmp_path / "data")}
+    assert inputs({"DataArguments": data}) == {"test_data": {"path": str(folder / "test.jsonl"), "bytes": 3,
+                                                             "sha256": sha}}
+    recorded = inputs({"DataArguments": {**data, "train_file": str(own)}, "ModelArguments": {"model_name_or_path": str(own)}})
+    assert recorded["train_data"]["path"] == str(own) and recorded["model"] == {"path": str(own), "bytes": 6}
+    assert file_identity(str(tmp_path / "data"), digest=True) == {"path": str(tmp_path / "data"), "bytes": 3}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hub:org").write_text("a local file named like a hub id")
+    assert file_identity("hub:org", digest=True) == {"name": "hub:org"}

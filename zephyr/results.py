@@ -134,7 +134,7 @@ def table1(rows: list[dict]) -> list[dict]:
         for fraction in sorted({r["train_fraction"] for r in mine} | set(STUDY_FRACTIONS)):
             at = [r for r in mine if r["train_fraction"] == fraction]
             row = {"model": model, "train_fraction": f"{fraction:g}",
-                   "train_rows": max((r["train_rows"] or 0 for r in at), default=None)}
+                   "train_rows": max((r["train_rows"] for r in at if r["train_rows"] is not None), default=None)}
             for variant in VARIANTS:
                 row[variant] = _latest([r for r in at if r["variant"] == variant]).get("accuracy")
             study_rows, study_accuracy = reference.TABLE1_ACCURACY.get(fraction, (None, {}))
