@@ -92,16 +92,15 @@ class Lever:
         return CONFIGS[self.fast.config][0]
 
 
+def _on_both_tasks(name: str, fast: str, slow: str = "examples") -> list[Lever]:
+    """The lever on SAMSum (``fast`` against ``slow``) and on Newsgroups (their ``ng_`` twins)."""
+    return [Lever(name, Side(fast), Side(slow)), Lever(name, Side(f"ng_{fast}"), Side(f"ng_{slow}"))]
+
+
 LEVERS = [
-    Lever("flat batches (vs padded batches of the same examples)", Side("examples_flat"), Side("examples")),
-    Lever("flat batches (vs padded batches of the same examples)", Side("ng_examples_flat"), Side("ng_examples")),
-    Lever("flat batches, compiled layers (vs padded, eager)", Side("examples_flat_compiled"), Side("examples")),
-    Lever("flat batches, compiled layers (vs padded, eager)", Side("ng_examples_flat_compiled"),
-          Side("ng_examples")),
-    Lever("flat batches, CUDA graphs over length buckets (vs padded, eager)", Side("examples_flat_graphs"),
-          Side("examples")),
-    Lever("flat batches, CUDA graphs over length buckets (vs padded, eager)", Side("ng_examples_flat_graphs"),
-          Side("ng_examples")),
+    *_on_both_tasks("flat batches (vs padded batches of the same examples)", "examples_flat"),
+    *_on_both_tasks("flat batches, compiled layers (vs padded, eager)", "examples_flat_compiled"),
+    *_on_both_tasks("flat batches, CUDA graphs over length buckets (vs padded, eager)", "examples_flat_graphs"),
     Lever("packed rows with a block mask (vs TRL's padding-free packing)", Side("packed_eager"), Side("trl_packing")),
     Lever("compiled decoder layers (vs eager)", Side("packed_no_graphs"), Side("packed_eager")),
     Lever("CUDA graphs (vs compiled layers without)", Side("packed"), Side("packed_no_graphs")),
@@ -109,11 +108,8 @@ LEVERS = [
     # very same kernels, differed by up to 0.36 a seed, the GPU's run-to-run noise (results/quality).
     Lever("NF4 de-quantized in the compiled graph (vs bitsandbytes' matmul)", Side("packed_no_graphs"),
           Side("bnb_nf4"), min_seeds=5),
-    Lever("examples padded to max_length, compiled, CUDA graphs (vs eager)", Side("examples_graphs"),
-          Side("examples")),
     # Table 1's 50 % and 100 % runs take this path on Newsgroups.
-    Lever("examples padded to max_length, compiled, CUDA graphs (vs eager)", Side("ng_examples_graphs"),
-          Side("ng_examples")),
+    *_on_both_tasks("examples padded to max_length, compiled, CUDA graphs (vs eager)", "examples_graphs"),
     Lever("partial checkpointing, 15 of 30 layers (vs none)", Side("checkpointed"), Side("packed_eager")),
     Lever("sync-free trainer metrics (vs TRL's loss)", Side("examples"), Side("trl_metrics")),
     Lever("fused AdamW (vs the study's paged_adamw_32bit)", Side("examples"), Side("paged_adamw")),
