@@ -45,6 +45,9 @@ EXAMPLES_GRAPHS = _with(EXAMPLES, pad_to_max_length="True", compile_layers="true
 # auto compiles a run of 1,500 steps or more on a GPU.
 EXAMPLES_FLAT = _with(EXAMPLES, batch_layout="flat")
 EXAMPLES_FLAT_COMPILED = _with(EXAMPLES_FLAT, compile_layers="true", fused_nf4="True", cuda_graphs="False")
+# Compiled flat rows padded to a multiple of 64 tokens by one loss-free example (--flat_row_multiple 64), so that
+# the matrix products meet a few dozen shapes.
+EXAMPLES_FLAT_ROW64 = _with(EXAMPLES_FLAT_COMPILED, flat_row_multiple="64")
 # Flat rows padded to buckets of lengths, each replayed as a CUDA graph (--flat_cuda_graphs).
 EXAMPLES_FLAT_GRAPHS = _with(EXAMPLES_FLAT_COMPILED, cuda_graphs="True", flat_cuda_graphs="True")
 # name -> (task, flags): one fine-tuning configuration.
@@ -66,6 +69,8 @@ CONFIGS = {
     "examples_flat_compiled": ("samsum", EXAMPLES_FLAT_COMPILED),
     "ng_examples_flat": ("newsgroups", EXAMPLES_FLAT),
     "ng_examples_flat_compiled": ("newsgroups", EXAMPLES_FLAT_COMPILED),
+    "examples_flat_row64": ("samsum", EXAMPLES_FLAT_ROW64),
+    "ng_examples_flat_row64": ("newsgroups", EXAMPLES_FLAT_ROW64),
     "examples_flat_graphs": ("samsum", EXAMPLES_FLAT_GRAPHS),
     "ng_examples_flat_graphs": ("newsgroups", EXAMPLES_FLAT_GRAPHS),
 }
@@ -100,6 +105,7 @@ def _on_both_tasks(name: str, fast: str, slow: str = "examples") -> list[Lever]:
 LEVERS = [
     *_on_both_tasks("flat batches (vs padded batches of the same examples)", "examples_flat"),
     *_on_both_tasks("flat batches, compiled layers (vs padded, eager)", "examples_flat_compiled"),
+    *_on_both_tasks("flat rows padded to a multiple of 64 tokens, compiled (vs padded, eager)", "examples_flat_row64"),
     *_on_both_tasks("flat batches, CUDA graphs over length buckets (vs padded, eager)", "examples_flat_graphs"),
     Lever("packed rows with a block mask (vs TRL's padding-free packing)", Side("packed_eager"), Side("trl_packing")),
     Lever("compiled decoder layers (vs eager)", Side("packed_no_graphs"), Side("packed_eager")),
