@@ -36,6 +36,25 @@ def shared_dir() -> Path | None:
 requires_shared = pytest.mark.skipif(shared_dir() is None, reason="../shared not present (set ZEPHYR_SHARED_DIR)")
 
 
+SMOLLM2_GGUF = Path("models") / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_conversion(tmp_path_factory):
+    """SmolLM2's GGUF converted once for the session, as a script converts it (logging set up first, then the
+    libraries imported), into a model cache folder: (the finished process, that folder). A later run given the
+    folder as --model_cache_dir finds the conversion there."""
+    import subprocess
+    import sys
+
+    cache = tmp_path_factory.mktemp("model-cache")
+    code = ("from pathlib import Path; from zephyr.progress import configure_logging; configure_logging('INFO'); "
+            f"from zephyr.modeling import convert_gguf; convert_gguf(Path('{shared_dir() / SMOLLM2_GGUF}'), '{cache}')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    return result, cache
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     from zephyr.embedded import build_tiny_model

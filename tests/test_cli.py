@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, requires_shared, shared_dir
+from conftest import REPO, SMOLLM2_GGUF, requires_shared, shared_dir
 
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -55,12 +55,12 @@ def test_bad_input_is_one_line_naming_the_flag(tmp_path):
 
 
 @requires_shared
-def test_smollm2_gguf_summarizes_two_samsum_dialogues(tmp_path):
-    gguf = shared_dir() / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+def test_smollm2_gguf_summarizes_two_samsum_dialogues(smollm2_conversion, tmp_path):
+    gguf, (_, cache) = shared_dir() / SMOLLM2_GGUF, smollm2_conversion  # converted once for the session
     out = tmp_path / "baseline"
     run("zephyr_baseline_inference.py", "--task", "samsum", "--model_name_or_path", gguf,
         "--data_dir", shared_dir() / "data", "--max_test_rows", 2, "--quantization", "none",
-        "--max_new_tokens", 48, "--eval_output_dir", out, "--model_cache_dir", tmp_path / "cache")
+        "--max_new_tokens", 48, "--eval_output_dir", out, "--model_cache_dir", cache)
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(rows) == 2 and all(r["prediction"] and r["error"] is None for r in rows), rows
