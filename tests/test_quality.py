@@ -17,12 +17,14 @@ def test_each_training_lever_changes_only_its_own_flags():
         "packed rows": {"--packed_rows"}, "compiled": {"--compile_layers"}, "CUDA graphs": {"--cuda_graphs"},
         "NF4": {"--fused_nf4"}, "partial checkpointing": {"--gradient_checkpointing"},
         "sync-free": {"--sync_free_metrics"}, "fused AdamW": {"--optim"},
-        # --cuda_graphs and --fused_nf4 are spelled out on the fast side only; they act on compiled layers alone
+        # --cuda_graphs, --fused_nf4 and --flat_row_multiple are spelled out on the fast side only; they act on
+        # compiled layers alone
         "examples padded": {"--pad_to_max_length", "--compile_layers", "--cuda_graphs", "--fused_nf4"},
         "flat batches (": {"--batch_layout"},
-        "flat batches, compiled": {"--batch_layout", "--compile_layers", "--fused_nf4", "--cuda_graphs"},
+        "flat batches, compiled": {"--batch_layout", "--compile_layers", "--fused_nf4", "--cuda_graphs",
+                                   "--flat_row_multiple"},
         "flat batches, CUDA graphs": {"--batch_layout", "--compile_layers", "--fused_nf4", "--cuda_graphs",
-                                      "--flat_cuda_graphs"},
+                                      "--flat_row_multiple", "--flat_cuda_graphs"},
         "flat rows padded to a multiple": {"--batch_layout", "--compile_layers", "--fused_nf4", "--cuda_graphs",
                                            "--flat_row_multiple"}}
     for lever in LEVERS:
