@@ -1,5 +1,10 @@
 """What the 7B benchmark measures, decided without a GPU."""
 
+import json
+from pathlib import Path
+
+import pytest
+
 from zephyr.benchmark import BenchmarkArguments, summary_table, training_settings
 
 
@@ -120,3 +125,47 @@ def test_named_settings_are_each_compared_with_the_original_of_their_preset():
     table = summary_table({"training": rows, "evaluation": {}})
     assert "| training tokens/s, LoRA q,v (suite q,v, rows of 64) | 100.0 | 250.0 | 2.5x | 16.2 |" in table
     assert "all+lm_head" not in table  # no original of that preset was timed: nothing to compare with
+
+
+def _tiny_benchmark(tiny_model_dir, synthetic_data, out: Path) -> BenchmarkArguments:
+    settings = {"original q,v": {"batch_layout": "padded"}, "suite q,v": {}}
+    return BenchmarkArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(synthetic_data), output=str(out),
+                              train=False, evaluate=False, warmup_steps=2, train_steps=3,
+                              extra_settings=json.dumps(settings))
+
+
+def test_the_benchmark_json_says_where_each_settings_time_went(tiny_model_dir, synthetic_data, tmp_path):
+    from zephyr.benchmark import run_benchmark
+
+    result = run_benchmark(_tiny_benchmark(tiny_model_dir, synthetic_data, tmp_path / "bench.json"))
+    assert result["complete"] is True and json.loads((tmp_path / "bench.json").read_text()) == result
+    original, suite = result["training"]["original q,v"], result["training"]["suite q,v"]
+    for row in (original, suite):
+        assert len(row["warmup_step_seconds"]) == 2 and len(row["step_seconds"]) == 3
+        assert row["setup_s"] > 0
+        assert row["wall_s"] >= row["setup_s"] + sum(row["warmup_step_seconds"]) + sum(row["step_seconds"])
+    assert suite["speedup"] == round(suite["tokens_per_s"] / original["tokens_per_s"], 2)
+    assert (original["batch_layout"], suite["batch_layout"]) == ("padded", "flat")
+    assert suite["flat_row_bucket"] is None  # rows are padded to a multiple only for compiled layers on a GPU
+
+
+def test_a_benchmark_stopped_after_one_setting_keeps_what_it_measured(tiny_model_dir, synthetic_data, tmp_path,
+                                                                      monkeypatch):
+    import zephyr.benchmark as benchmark
+
+    measured = benchmark.measure_training
+
+    def stop_at_the_second_setting(*args, **kwargs):
+        if stop_at_the_second_setting.calls:
+            raise KeyboardInterrupt  # as a time limit stops it
+        stop_at_the_second_setting.calls += 1
+        return measured(*args, **kwargs)
+
+    stop_at_the_second_setting.calls = 0
+    monkeypatch.setattr(benchmark, "measure_training", stop_at_the_second_setting)
+    out = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.run_benchmark(_tiny_benchmark(tiny_model_dir, synthetic_data, out))
+    result = json.loads(out.read_text())
+    assert result["complete"] is False and list(result["training"]) == ["original q,v"]
+    assert result["training"]["original q,v"]["tokens_per_s"] > 0 and result["git_commit"]

@@ -173,8 +173,10 @@ def training_settings(bench: BenchmarkArguments) -> dict[str, tuple[str, dict]]:
 
 
 def _time_training(bench: BenchmarkArguments, base, tokenizer, dataset, data_args: DataArguments,
-                   model_args: ModelArguments, mean_tokens: float, peak_tflops) -> tuple[dict, object]:
-    """Every training setting timed in turn on the one loaded base model; each path's ratio to the original's."""
+                   model_args: ModelArguments, mean_tokens: float, peak_tflops,
+                   on_setting=lambda training: None) -> tuple[dict, object]:
+    """Every training setting timed in turn on the one loaded base model; ``on_setting`` gets the settings timed
+    so far after each one."""
     training = {}
     for name, (preset, overrides) in training_settings(bench).items():
         model_overrides = {k: v for k, v in overrides.items() if hasattr(ModelArguments, k)}
@@ -190,12 +192,18 @@ def _time_training(bench: BenchmarkArguments, base, tokenizer, dataset, data_arg
                                                 bench.warmup_steps, bench.train_steps, mean_tokens, peak_tflops,
                                                 profile)
         training[name]["preset"] = preset
+        _speedups(training)
         print(json.dumps({name: training[name]}), flush=True)
-    for name, row in training.items():  # every setting against the original of its preset, where it was timed
+        on_setting(training)
+    return training, base
+
+
+def _speedups(training: dict) -> None:
+    """Every setting against the original of its preset, where one was timed."""
+    for row in training.values():
         original = training.get(f"original {row['preset']}")
         if original and original is not row and original["tokens_per_s"] and row["tokens_per_s"]:
             row["speedup"] = round(row["tokens_per_s"] / original["tokens_per_s"], 2)
-    return training, base
 
 
 def run_benchmark(bench: BenchmarkArguments) -> dict:
@@ -223,7 +231,22 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
     dataset, labels, mean_tokens = _training_data(tokenizer, data_dir, rows_needed)
     peak_tflops = gpu_peak_tflops(bench.peak_tflops)
     data_args = DataArguments(task="newsgroups", data_dir=data_dir)
-    training, base = _time_training(bench, base, tokenizer, dataset, data_args, model_args, mean_tokens, peak_tflops)
+    head = {
+        "command_args": asdict(bench), "model_path": model_path, "shape": None if bench.model_name_or_path
+        else SHAPES[bench.shape], "data_dir": data_dir, "mean_training_example_tokens": round(mean_tokens, 1),
+        "build_and_save_s": round(build_seconds, 1), "load_4bit_s": round(load_seconds, 1),
+        "peak_bf16_tflops": peak_tflops, "device": device_info(), "versions": versions(), "git_commit": git_commit()}
+
+    def write(training: dict, evaluation: dict, complete: bool) -> dict:
+        """The JSON as it stands: written after each setting, so that a benchmark stopped early keeps what it
+        measured (``complete``: false)."""
+        result = {**head, "training": training, "evaluation": evaluation, "complete": complete,
+                  "wall_s": round(time.perf_counter() - started, 1)}
+        atomic_write_json(Path(bench.output), result)
+        return result
+
+    training, base = _time_training(bench, base, tokenizer, dataset, data_args, model_args, mean_tokens, peak_tflops,
+                                    on_setting=lambda so_far: write(so_far, {}, complete=False))
     from peft import get_peft_model
 
     from zephyr.modeling import build_lora_config
@@ -234,15 +257,7 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
         if "lora_B" in name:  # a trained-looking adapter, so merging has something to merge
             torch.nn.init.normal_(param, std=1e-3)
     evaluation = measure_evaluation(eval_model, tokenizer, data_dir, labels, bench) if bench.evaluate else {}
-    result = {
-        "command_args": asdict(bench), "model_path": model_path, "shape": None if bench.model_name_or_path
-        else SHAPES[bench.shape], "data_dir": data_dir, "mean_training_example_tokens": round(mean_tokens, 1),
-        "build_and_save_s": round(build_seconds, 1), "load_4bit_s": round(load_seconds, 1),
-        "peak_bf16_tflops": peak_tflops, "training": training, "evaluation": evaluation,
-        "device": device_info(), "versions": versions(), "git_commit": git_commit(),
-        "wall_s": round(time.perf_counter() - started, 1)}
-    atomic_write_json(Path(bench.output), result)
-    return result
+    return write(training, evaluation, complete=True)
 
 
 def summary_table(result: dict) -> str:

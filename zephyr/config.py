@@ -153,10 +153,10 @@ class TrainArguments:
                                          "replayed as CUDA graphs, one per length (when the largest step fits "
                                          "without checkpointing)"})
     flat_row_multiple: int = field(
-        default=64, metadata={"help": "Flat batches in compiled layers on a GPU: pad each row to a multiple of this "
-                                      "many tokens with one more example that carries no loss, so that the matrix "
-                                      "products see a few dozen shapes, whose cuBLAS kernel choice is then cached "
-                                      "(0: each row its own length)"})
+        default=0, metadata={"help": "Flat batches in compiled layers on a GPU: pad each row to a multiple of this "
+                                     "many tokens (e.g. 64) with one more example that carries no loss, so that the "
+                                     "matrix products see a few dozen shapes, whose cuBLAS kernel choice is then "
+                                     "cached (0: each row its own length)"})
     neftune_alpha: Optional[float] = field(
         default=None, metadata={"help": "NEFTune noise alpha (the study used 5; default: off)"})
     loss: str = field(default="completion", metadata={"help": "completion (answer tokens + EOS) or full (whole text)"})

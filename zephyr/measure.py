@@ -63,18 +63,24 @@ def _step_timer(warmup: int, timed: int, profile_path: Path | None = None):
         """Wall time and tokens of each optimizer step after ``warmup``; optionally profiles one more step."""
 
         def __init__(self):
-            self.steps, self.profiler = [], None
+            self.steps, self.warmup_seconds, self.profiler = [], [], None
+            self.started = time.perf_counter()
+            self.first_step_at = None
 
         def on_step_begin(self, args, state, control, **kwargs):
             _sync()
             self.begin, self.tokens_at_begin = time.perf_counter(), state.num_input_tokens_seen
+            if self.first_step_at is None:
+                self.first_step_at = self.begin
             if profile_path and state.global_step == warmup + timed:
                 self.profiler = torch.profiler.profile(activities=profiler_activities())
                 self.profiler.__enter__()
 
         def on_step_end(self, args, state, control, **kwargs):
             _sync()
-            if warmup < state.global_step <= warmup + timed:
+            if state.global_step <= warmup:  # compilation, probes and first shapes show here
+                self.warmup_seconds.append(time.perf_counter() - self.begin)
+            elif state.global_step <= warmup + timed:
                 self.steps.append((time.perf_counter() - self.begin, state.num_input_tokens_seen - self.tokens_at_begin))
             if self.profiler is not None:
                 self.profiler.__exit__(None, None, None)
@@ -116,6 +122,7 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
     from zephyr.modeling import build_lora_config
     from zephyr.training import build_trainer
 
+    started = time.perf_counter()
     set_seed(train_args.seed)
     model = get_peft_model(base_model, build_lora_config(model_args))
     timer = _step_timer(warmup, timed, profile_path)
@@ -134,6 +141,10 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
         "mfu_percent": round(100 * tokens_per_s * flops / (peak_tflops * 1e12), 2) if peak_tflops and tokens_per_s
         else None,
         "step_seconds": [round(seconds, 3) for seconds, _ in timer.steps],
+        # where a setting's wall time went: building the trainer (memory probes included), the warm-up steps
+        # (compilation and each new shape's first kernels), the whole setting
+        "setup_s": round(timer.first_step_at - started, 1) if timer.first_step_at else None,
+        "warmup_step_seconds": [round(seconds, 3) for seconds in timer.warmup_seconds],
         "tokens_per_step": [tokens for _, tokens in timer.steps],
         "checkpointed_layers": checkpointed, "trainable_parameters": trainable,
         "final_loss": next((r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r), None),
@@ -141,6 +152,8 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
                                                           "gradient_checkpointing", "optim", "packing",
                                                           "packed_rows", "compile_layers")},
         "batch_layout": "packed" if train_args.packing else train_args.batch_layout,
+        # flat rows padded to a multiple of this many tokens (None: each row its own length)
+        "flat_row_bucket": getattr(trainer.data_collator, "bucket", None),
         # flat batches plan checkpointing per step: how many steps ran with how many checkpointed layers
         "checkpointed_layers_by_step": (dict(trainer.checkpoint_plan.steps_by_layers)
                                         if getattr(trainer, "checkpoint_plan", None) else None)}
@@ -150,6 +163,7 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
     base_model.disable_input_require_grads()
     del model
     free_memory()
+    result["wall_s"] = round(time.perf_counter() - started, 1)
     return result, base_model
 
 

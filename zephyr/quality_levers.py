@@ -41,13 +41,13 @@ COMPILED = _with(PACKED_EAGER, compile_layers="true")  # the compiled path's lev
 # Batches of whole examples given one shape, so that compiled layers replay as CUDA graphs.
 EXAMPLES_GRAPHS = _with(EXAMPLES, pad_to_max_length="True", compile_layers="true", cuda_graphs="True",
                         fused_nf4="True")
-# The same examples laid end to end in one row (flat batches), eager, and compiled as --compile_layers auto
-# compiles a run of 1,500 steps or more on a GPU, each row its own length.
+# The default: the same examples laid end to end in one row (flat batches), eager, and compiled as --compile_layers
+# auto compiles a run of 1,500 steps or more on a GPU, each row its own length.
 EXAMPLES_FLAT = _with(EXAMPLES, batch_layout="flat")
 EXAMPLES_FLAT_COMPILED = _with(EXAMPLES_FLAT, compile_layers="true", fused_nf4="True", cuda_graphs="False",
                                flat_row_multiple="0")
-# The default of a long run on a GPU: compiled flat rows padded to a multiple of 64 tokens by one loss-free example
-# (--flat_row_multiple 64), so that the matrix products meet a few dozen shapes.
+# Compiled flat rows padded to a multiple of 64 tokens by one loss-free example (--flat_row_multiple 64), so that
+# the matrix products meet a few dozen shapes.
 EXAMPLES_FLAT_ROW64 = _with(EXAMPLES_FLAT_COMPILED, flat_row_multiple="64")
 # Flat rows padded to buckets of lengths, each replayed as a CUDA graph (--flat_cuda_graphs).
 EXAMPLES_FLAT_GRAPHS = _with(EXAMPLES_FLAT_COMPILED, cuda_graphs="True", flat_cuda_graphs="True")
