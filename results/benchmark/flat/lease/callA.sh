@@ -1,0 +1,28 @@
+# The 7B training benchmark in one process: the original against the suite's default (SETTINGS=default), or own-length
+# rows against rows padded to a multiple of 64 (SETTINGS=rows), each LoRA preset, WARM warm-up and STEPS timed
+# steps; the JSON is written after each setting, so a run stopped at LIMIT seconds keeps what it measured.
+# Carry: site.txz data-ng.tgz tok.tgz run, or, when call B follows, data.tgz and gguf00 in place of data-ng.tgz.
+# About 330 s for SETTINGS=default on an H100.
+source .gpu-carry/run/setup.sh
+T0=$(date +%s); NAME=${SETTINGS:-default}; A=/tmp/callA/A; mkdir -p $A/profiles-$NAME
+[ -f .gpu-carry/gguf00 ] && cp .gpu-carry/gguf00 $S/gguf00
+(while sleep 10; do echo "$(( $(date +%s) - T0 ))s $(grep 'training:' $A/$NAME.log 2>/dev/null | tail -1 | cut -c1-70)" \
+  "$(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"; done > $A/$NAME-progress.txt &)
+export TORCH_LOGS=recompiles
+ORIG='"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "gradient_checkpointing": "true", "optim": "paged_adamw_32bit", "packing": true, "packed_rows": false, "compile_layers": "false"'
+case $NAME in
+  default) SET="{\"original q,v\": {$ORIG}, \"suite q,v\": {\"compile_layers\": \"true\"}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head\": {\"compile_layers\": \"true\", \"preset\": \"all+lm_head\"}}" ;;
+  rows) SET='{"suite q,v, own-length rows": {"compile_layers": "true", "flat_row_multiple": 0}, "suite q,v, rows of 64": {"compile_layers": "true", "flat_row_multiple": 64}, "suite all+lm_head, own-length rows": {"compile_layers": "true", "flat_row_multiple": 0, "preset": "all+lm_head"}, "suite all+lm_head, rows of 64": {"compile_layers": "true", "flat_row_multiple": 64, "preset": "all+lm_head"}}' ;;
+esac
+timeout -k 5 ${LIMIT:-420} python scripts/benchmark.py --data_dir $S/data --tokenizer_dir $S/zephyr-tokenizer \
+  --checkpoint_dir /tmp/zb/mistral-7b --output $A/$NAME.json --train False --evaluate False \
+  --warmup_steps ${WARM:-15} --train_steps ${STEPS:-10} --profile_dir $A/profiles-$NAME --extra_settings "$SET" \
+  > $A/$NAME.log 2>&1
+echo "$NAME rc=$? at $(( $(date +%s) - T0 )) s"
+python3 - $A/$NAME.json <<'PY'
+import json, sys
+for name, row in json.load(open(sys.argv[1]))["training"].items():
+    print(name, {k: row.get(k) for k in ("tokens_per_s", "speedup", "mfu_percent", "peak_gpu_memory_gib", "setup_s", "wall_s")})
+PY
+grep -E "Recompiling|Error" $A/$NAME.log | cut -c1-200 | head -5
+tar czf $OUT/A-$NAME.tgz -C /tmp/callA A; echo "done at $(( $(date +%s) - T0 )) s"
