@@ -60,11 +60,11 @@ def _step_timer(warmup: int, timed: int, profile_path: Path | None = None):
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        """Wall time and tokens of each optimizer step after ``warmup``; optionally profiles one more step."""
+        """Wall time and tokens of each optimizer step after ``warmup``, the wall time of each warm-up step and when
+        the first began; optionally profiles one more step."""
 
         def __init__(self):
             self.steps, self.warmup_seconds, self.profiler = [], [], None
-            self.started = time.perf_counter()
             self.first_step_at = None
 
         def on_step_begin(self, args, state, control, **kwargs):
