@@ -10,6 +10,6 @@ GGUF=$G DATA=$S/data OUT_ROOT=/tmp/runs/study-tables timeout $LIMIT bash .gpu-ca
   > $C/tables.log 2>&1
 echo "tables rc=$? at $(( $(date +%s) - T0 )) s"; sleep 3
 for f in /tmp/runs/study-tables/*/*/train_log.jsonl; do echo "${f#/tmp/runs/study-tables/} $(wc -l < $f)"; done
-tar czf $C/study-runs.tgz -C /tmp/runs study-tables --exclude='*.safetensors' --exclude='*.bin' \
-  --exclude='checkpoint-*' --exclude='compile_cache' --exclude='*.pt'
+tar czf $C/study-runs.tgz --exclude='*.safetensors' --exclude='*.bin' --exclude='checkpoint-*' \
+    --exclude=compile_cache --exclude='*.pt' --exclude=adapter -C /tmp/runs study-tables  # excludes first: GNU tar
 tar cf $OUT/callC.tar -C /tmp/callC C; echo "done at $(( $(date +%s) - T0 )) s"

@@ -18,8 +18,9 @@ case ${STEP:?load, start or wait} in
       echo \"tables rc=\$? after \$(( \$(date +%s) - \$(cat $D/t0) )) s\"" > $D/tables.log 2>&1 < /dev/null &
     sleep 20; tail -5 $D/tables.log ;;
   wait)
-    T=$(date +%s)
-    while ! grep -q "tables rc=" $D/tables.log && [ $(( $(date +%s) - T )) -lt ${WAIT:-570} ]; do sleep 10; done
+    [ -f $D/tables.log ] || { echo "no tables started on this machine"; exit 1; }
+    T=$(date +%s)  # WAIT + 10 s of the last check + the tables and the archive: inside a 600 s call
+    while ! grep -q "tables rc=" $D/tables.log && [ $(( $(date +%s) - T )) -lt ${WAIT:-480} ]; do sleep 10; done
     echo "$(( $(date +%s) - $(cat $D/t0) )) s since the start; $(grep -c "done in" $D/tables.log) runs done"
     grep -E "done in|failed|tables rc=" $D/tables.log | tail -8
     # each call brings back the progress so far (logs, train logs, metrics), in case the machine goes back first
@@ -27,8 +28,8 @@ case ${STEP:?load, start or wait} in
       | tar czf $OUT/progress.tgz -C /tmp/runs -T - -C $D tables.log smi.csv cpu.txt t0)
     if grep -q "tables rc=" $D/tables.log; then
       python scripts/make_tables.py --runs /tmp/runs/study-tables --out $D/tables --protocol "Tables 1 and 2 at the study's protocol, the suite's defaults, one GPU, from one command (issue 26)" > $D/make_tables.log 2>&1
-      tar czf $D/study-runs.tgz -C /tmp/runs study-tables --exclude='*.safetensors' --exclude='*.bin' \
-        --exclude='checkpoint-*' --exclude='compile_cache' --exclude='*.pt'
+      tar czf $D/study-runs.tgz --exclude='*.safetensors' --exclude='*.bin' --exclude='checkpoint-*' \
+        --exclude=compile_cache --exclude='*.pt' --exclude=adapter -C /tmp/runs study-tables  # excludes first: GNU tar
       tar cf $OUT/callD.tar -C /tmp callD; echo "brought back"
     fi ;;
 esac
