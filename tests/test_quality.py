@@ -158,6 +158,12 @@ def test_dropout_masks_of_compiled_layers_are_measured_against_independence():
     ("scripts/analysis/dropout_masks.py", ["--tokns", "8"], "unrecognized arguments: --tokns"),
     ("scripts/analysis/first_rows.py", ["x", "{tmp}"], "ROWS: x: must be a whole number"),
     ("scripts/analysis/first_rows.py", ["200", "{tmp}"], "{tmp}: no predictions.jsonl"),
+    ("scripts/analysis/mm_shapes.py", ["--multiples", "1,0"], "--multiples: 1,0: expected positive integers"),
+    ("scripts/analysis/mm_shapes.py", ["--multiples", "8,x"], "--multiples: 8,x: expected positive integers"),
+    ("scripts/analysis/mm_shapes.py", ["--blas", "cublaslt,hipblas"], "--blas: hipblas: expected default"),
+    ("scripts/analysis/mm_shapes.py", ["--low", "3000", "--high", "1000"], "--low/--high: 3000/1000"),
+    ("scripts/analysis/mm_shapes.py", ["--output", "{tmp}"], "--output: {tmp} is a directory"),
+    ("scripts/analysis/mm_shapes.py", ["--step", "4"], "unrecognized arguments: --step"),
 ])
 def test_result_scripts_refuse_bad_input_in_one_line(script, argv, culprit, tmp_path, capsys):
     module = _load_script(script)

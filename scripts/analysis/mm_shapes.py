@@ -12,6 +12,11 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+from zephyr.cli import entry_point
+from zephyr.errors import UsageError, raise_usage_errors
+from zephyr.preflight_checks import writable_dir
 
 # (out_features, in_features) of Mistral-7B's projections: q and o, k and v, gate and up, down.
 SHAPES = {"q_o": (4096, 4096), "k_v": (1024, 4096), "gate_up": (14336, 4096), "down": (4096, 14336)}
@@ -74,8 +79,9 @@ def measure(multiple: int, lengths: list[int], layers: int, blas: str) -> dict:
             "gpu_name": torch.cuda.get_device_name()}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@entry_point
+def main(argv: list[str]) -> None:
+    p = raise_usage_errors(argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False))
     p.add_argument("--multiples", default="1,8,16,64,128", help="row multiples, comma-separated (1: as it is)")
     p.add_argument("--blas", default="default,cublaslt", help="torch.backends.cuda.preferred_blas_library values "
                                                             "tried with a multiple of 1")
@@ -86,31 +92,41 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="JSON file for the table")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # "multiple:blas": measure in this process
-    a = p.parse_args()
+    a = p.parse_args(argv)
     try:
         multiples = [int(m) for m in a.multiples.split(",")]
-        if min(multiples) < 1:
-            raise ValueError
     except ValueError:
-        p.error(f"--multiples: expected positive integers separated by commas, got {a.multiples!r}")
+        multiples = [0]
+    if min(multiples) < 1:
+        raise UsageError(f"--multiples: {a.multiples}: expected positive integers separated by commas")
+    blas = [b for b in a.blas.split(",") if b]
+    if unknown := sorted(set(blas) - {"default", "cublas", "cublaslt"}):
+        raise UsageError(f"--blas: {','.join(unknown)}: expected default, cublas or cublaslt")
+    for flag in ("steps", "layers"):
+        if getattr(a, flag) < 1:
+            raise UsageError(f"--{flag}: {getattr(a, flag)}: must be at least 1")
     if not 1 <= a.low <= a.high:
-        p.error(f"--low/--high: need 1 <= low <= high, got {a.low}, {a.high}")
+        raise UsageError(f"--low/--high: {a.low}/{a.high}: need 1 <= low <= high")
+    if a.output:
+        if Path(a.output).is_dir():
+            raise UsageError(f"--output: {a.output} is a directory; give the JSON file to write")
+        writable_dir(Path(a.output).parent, "--output")
     lengths = step_lengths(a.steps, a.seed, a.low, a.high)
     if a.one:
-        multiple, blas = a.one.split(":")
-        print(json.dumps(measure(int(multiple), lengths, a.layers, blas)))
+        multiple, library = a.one.split(":")
+        print(json.dumps(measure(int(multiple), lengths, a.layers, library)))
         return
     import torch
     if not torch.cuda.is_available():
-        sys.exit("mm_shapes.py: needs a CUDA GPU (cuBLAS is what it measures)")
-    cases = [(m, "default") for m in multiples] + [(1, b) for b in a.blas.split(",") if b != "default"]
+        raise UsageError("mm_shapes.py needs a CUDA GPU: cuBLAS is what it measures")
+    cases = [(m, "default") for m in multiples] + [(1, b) for b in blas if b != "default"]
     rows = []
-    for multiple, blas in cases:  # each in a fresh process: cuBLAS keeps what it learnt of each shape
-        cmd = [sys.executable, __file__, "--one", f"{multiple}:{blas}", "--steps", str(a.steps), "--layers",
+    for multiple, library in cases:  # each in a fresh process: cuBLAS keeps what it learnt of each shape
+        cmd = [sys.executable, __file__, "--one", f"{multiple}:{library}", "--steps", str(a.steps), "--layers",
                str(a.layers), "--low", str(a.low), "--high", str(a.high), "--seed", str(a.seed)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
-            rows.append({"multiple": multiple, "blas": blas, "error": out.stderr.strip().splitlines()[-1:]})
+            rows.append({"multiple": multiple, "blas": library, "error": out.stderr.strip().splitlines()[-1:]})
         else:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
