@@ -26,7 +26,8 @@ def test_each_training_lever_changes_only_its_own_flags():
         "flat batches, CUDA graphs": {"--batch_layout", "--compile_layers", "--fused_nf4", "--cuda_graphs",
                                       "--flat_row_multiple", "--flat_cuda_graphs"},
         "flat rows padded to a multiple": {"--batch_layout", "--compile_layers", "--fused_nf4", "--cuda_graphs",
-                                           "--flat_row_multiple"}}
+                                           "--flat_row_multiple"},
+        "matrix products on cuBLASLt": {"--matmul_library"}}
     for lever in LEVERS:
         if lever.fast.config == lever.plain.config:
             assert lever.fast.evaluation != lever.plain.evaluation  # the same adapter, evaluated two ways

@@ -49,6 +49,8 @@ EXAMPLES_FLAT_COMPILED = _with(EXAMPLES_FLAT, compile_layers="true", fused_nf4="
 # Compiled flat rows padded to a multiple of 64 tokens by one loss-free example (--flat_row_multiple 64), so that
 # the matrix products meet a few dozen shapes.
 EXAMPLES_FLAT_ROW64 = _with(EXAMPLES_FLAT_COMPILED, flat_row_multiple="64")
+# The compiled default with its matrix products on cuBLASLt (--matmul_library cublaslt).
+EXAMPLES_FLAT_CUBLASLT = _with(EXAMPLES_FLAT_COMPILED, matmul_library="cublaslt")
 # Flat rows padded to buckets of lengths, each replayed as a CUDA graph (--flat_cuda_graphs).
 EXAMPLES_FLAT_GRAPHS = _with(EXAMPLES_FLAT_COMPILED, cuda_graphs="True", flat_cuda_graphs="True")
 # name -> (task, flags): one fine-tuning configuration.
@@ -72,6 +74,8 @@ CONFIGS = {
     "ng_examples_flat_compiled": ("newsgroups", EXAMPLES_FLAT_COMPILED),
     "examples_flat_row64": ("samsum", EXAMPLES_FLAT_ROW64),
     "ng_examples_flat_row64": ("newsgroups", EXAMPLES_FLAT_ROW64),
+    "examples_flat_cublaslt": ("samsum", EXAMPLES_FLAT_CUBLASLT),
+    "ng_examples_flat_cublaslt": ("newsgroups", EXAMPLES_FLAT_CUBLASLT),
     "examples_flat_graphs": ("samsum", EXAMPLES_FLAT_GRAPHS),
     "ng_examples_flat_graphs": ("newsgroups", EXAMPLES_FLAT_GRAPHS),
 }
@@ -108,6 +112,8 @@ LEVERS = [
     *_on_both_tasks("flat batches, compiled layers (vs padded, eager)", "examples_flat_compiled"),
     *_on_both_tasks("flat rows padded to a multiple of 64 tokens, compiled (vs padded, eager)", "examples_flat_row64"),
     *_on_both_tasks("flat batches, CUDA graphs over length buckets (vs padded, eager)", "examples_flat_graphs"),
+    *_on_both_tasks("matrix products on cuBLASLt (vs cuBLAS), flat batches, compiled", "examples_flat_cublaslt",
+                    "examples_flat_compiled"),
     Lever("packed rows with a block mask (vs TRL's padding-free packing)", Side("packed_eager"), Side("trl_packing")),
     Lever("compiled decoder layers (vs eager)", Side("packed_no_graphs"), Side("packed_eager")),
     Lever("CUDA graphs (vs compiled layers without)", Side("packed"), Side("packed_no_graphs")),

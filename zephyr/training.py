@@ -25,6 +25,7 @@ from zephyr.prompting import PromptBuilder
 from zephyr.rundir import (ADAPTER_DIR, DEFAULT_SAVE_STEPS, TRAIN_METRICS, latest_checkpoint, loss_sum,
                            prepare_run_dir, run_directory, run_lock, write_config)
 from zephyr.runinfo import peak_memory_gib
+from zephyr.speed.blas import use_matmul_library
 from zephyr.speed.compile import compile_summary
 from zephyr.speed.flat import FlatBatchCollator, add_neftune, use_flat_attention
 from zephyr.speed.memory import prepare_layers
@@ -115,10 +116,11 @@ def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_arg
                   train_args: TrainArguments, run_dir: Path, callbacks=()):
     """The suite's SFTTrainer for a PEFT model: lm_head adapter exposed, checkpointing planned, layers compiled.
 
-    Returns (trainer, restore, checkpointed_layers); ``restore()`` after training undoes the lm_head view and the
-    compilation, leaving an ordinary PEFT model to save and evaluate.
+    Returns (trainer, restore, checkpointed_layers); ``restore()`` after training undoes the lm_head view, the
+    compilation and the choice of matrix-product library, leaving an ordinary PEFT model to save and evaluate.
     """
     restore_lm_head = expose_lm_head_adapter(model)
+    restore_matmul_library = use_matmul_library(train_args.matmul_library)
     dtype = compute_dtype(model_args.dtype)
     trainer = _suite_trainer_class()(model=model, args=build_sft_config(train_args, data_args, run_dir, dtype),
                                      train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
@@ -143,6 +145,7 @@ def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_arg
         remove_neftune()
         restore_attention()
         restore_lm_head()
+        restore_matmul_library()
 
     return trainer, restore, checkpointed
 
