@@ -158,14 +158,13 @@ class TrainArguments:
     flat_row_multiple: int = field(
         default=0, metadata={"help": "Flat batches in compiled layers on a GPU: pad each row to a multiple of this "
                                      "many tokens (e.g. 64) with one more example that carries no loss, so that the "
-                                     "matrix products see a few dozen shapes, whose cuBLAS kernel choice is then "
-                                     "cached (0: each row its own length; no faster at 7B on an H100, "
-                                     "results/benchmark/flat/)"})
+                                     "matrix products see a few dozen shapes (0: each row its own length; not shown "
+                                     "to be faster at 7B on an H100: results/benchmark/flat/)"})
     matmul_library: str = field(
         default="default", metadata={"help": "Library for the CUDA matrix products while training: default "
-                                             "(PyTorch's choice: cuBLAS), cublas or cublaslt (4.2 percent less GPU time "
-                                             "a token for Mistral-7B's projections on an H100, measured outside "
-                                             "training; results agree to bf16 rounding)"})
+                                             "(PyTorch's choice: cuBLAS on NVIDIA GPUs), cublas or cublaslt (4.2 "
+                                             "percent less GPU time a token for Mistral-7B's projections on an H100 "
+                                             "in one measurement outside training; results agree to bf16 precision)"})
     neftune_alpha: Optional[float] = field(
         default=None, metadata={"help": "NEFTune noise alpha (the study used 5; default: off)"})
     loss: str = field(default="completion", metadata={"help": "completion (answer tokens + EOS) or full (whole text)"})

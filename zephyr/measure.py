@@ -131,8 +131,10 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
         trainer, restore, checkpointed = build_trainer(
             model, tokenizer, dataset, data_args, model_args, train_args, Path(scratch), callbacks=[timer])
         _reset_peak()
-        trainer.train()
-        restore()
+        try:
+            trainer.train()
+        finally:
+            restore()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tokens_per_s = timer.tokens_per_s()
     flops = training_flops_per_token(base_model.config, trainable, mean_example_tokens)

@@ -120,7 +120,6 @@ def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_arg
     compilation and the choice of matrix-product library, leaving an ordinary PEFT model to save and evaluate.
     """
     restore_lm_head = expose_lm_head_adapter(model)
-    restore_matmul_library = use_matmul_library(train_args.matmul_library)
     dtype = compute_dtype(model_args.dtype)
     trainer = _suite_trainer_class()(model=model, args=build_sft_config(train_args, data_args, run_dir, dtype),
                                      train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
@@ -139,6 +138,7 @@ def build_trainer(model, tokenizer, dataset, data_args: DataArguments, model_arg
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # a raw dict per log step; the progress line says it readably
+    restore_matmul_library = use_matmul_library(train_args.matmul_library)  # last: nothing after it can fail
 
     def restore():
         uncompile()
@@ -210,10 +210,12 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
             model, tokenizer, dataset, data_args, model_args, train_args, run_dir, callbacks=callbacks)
         trainer.loss_before_resume = loss_sum(resume_from) if resume_from else 0.0
         started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        finally:
+            restore()
         started = phase_done("training", started, f"{trainer.state.global_step} steps, "
                              f"{trainer.state.num_input_tokens_seen:,} tokens{compile_summary()}")
-        restore()
         if main:
             plotted = _save_finished_run(trainer, tokenizer, result, run_dir, resume_from, checkpointed)
             written = "adapter, loss.png and train_metrics.json" if plotted else "adapter and train_metrics.json"

@@ -1,9 +1,10 @@
 """Which library computes PyTorch's CUDA matrix products while a run trains (``--matmul_library``).
 
-PyTorch picks cuBLAS for a bf16 product by default. For Mistral-7B's projections (forward and input gradient,
-1,000-3,100 tokens a step) cuBLASLt took 4.2 % less GPU time a token on an H100
-(results/benchmark/flat/h100-mm_shapes.json, scripts/analysis/mm_shapes.py). Both compute the same products in
-bf16 with fp32 accumulation; they may choose other kernels, so results agree to bf16 rounding, not bit for bit.
+On NVIDIA GPUs PyTorch picks cuBLAS for a bf16 product by default. For Mistral-7B's projections (forward and
+input gradient, 1,000-3,100 tokens a step) cuBLASLt took 4.2 % less GPU time a token on an H100 in one
+measurement outside training (results/benchmark/flat/h100-mm_shapes.json, scripts/analysis/mm_shapes.py). Both
+compute the same bf16 products in kernels of their own choosing, so results agree to bf16 precision, not bit for
+bit.
 """
 from __future__ import annotations
 

@@ -15,9 +15,9 @@ export TORCH_LOGS=recompiles
 ORIG='"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "gradient_checkpointing": "true", "optim": "paged_adamw_32bit", "packing": true, "packed_rows": false, "compile_layers": "false"'
 case $NAME in
   default) SET="{\"original q,v\": {$ORIG}, \"suite q,v\": {\"compile_layers\": \"true\"}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head\": {\"compile_layers\": \"true\", \"preset\": \"all+lm_head\"}}" ;;
-  lt|lt_all) P=""; [ $NAME = lt_all ] && P=', "preset": "all+lm_head"'
+  lt|lt_all) P=""; B="original q,v"; [ $NAME = lt_all ] && P=', "preset": "all+lm_head"' && B="original all+lm_head"
       LT="\"compile_layers\": \"true\", \"matmul_library\": \"cublaslt\"$P"
-      SET="{\"original\": {$ORIG$P}, \"suite, cuBLASLt\": {$LT}, \"suite\": {\"compile_layers\": \"true\"$P}, \"suite, cuBLASLt again\": {$LT}}" ;;
+      SET="{\"$B\": {$ORIG$P}, \"suite, cuBLASLt\": {$LT}, \"suite\": {\"compile_layers\": \"true\"$P}, \"suite, cuBLASLt again\": {$LT}}" ;;
   rows) SET="{\"original q,v\": {$ORIG}, \"suite q,v, rows of 64\": {\"compile_layers\": \"true\", \"flat_row_multiple\": 64}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head, rows of 64\": {\"compile_layers\": \"true\", \"flat_row_multiple\": 64, \"preset\": \"all+lm_head\"}}" ;;
 esac
 timeout -k 5 ${LIMIT:-420} python scripts/benchmark.py --data_dir $S/data --tokenizer_dir $S/zephyr-tokenizer \
