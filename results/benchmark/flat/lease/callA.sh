@@ -1,9 +1,10 @@
 # The 7B training benchmark in one process: the original against the suite's default (SETTINGS=default), or the same
 # with the default's rows padded to a multiple of 64 (SETTINGS=rows: two processes alike but for that flag), each
 # LoRA preset, WARM warm-up and STEPS timed steps; the JSON is written after each setting, so a run stopped at
-# LIMIT seconds keeps what it measured. SETTINGS=lt (q,v) or lt_all (all + lm_head): the default with its matrix
-# products on cuBLASLt (--matmul_library cublaslt: 4.2 % less GPU time a real token in
-# scripts/analysis/mm_shapes.py), then on cuBLAS, then on cuBLASLt again, in one process beside the original.
+# LIMIT seconds keeps what it measured. SETTINGS=lt (q,v) or lt_all (all + lm_head): in one process beside the
+# original, the default on cuBLAS, on cuBLASLt (--matmul_library cublaslt: 4.2 % less GPU time a real token in
+# scripts/analysis/mm_shapes.py), then both again on the same steps, whose lengths the process has then seen (as
+# in a run's later epochs): the lever's effect cold and warm, and the first epoch's cost of new lengths.
 # Carry: site.txz data-ng.tgz tok.tgz run, or, when call B follows, data.tgz and gguf00 in place of data-ng.tgz.
 # About 330 s for SETTINGS=default on an H100.
 source .gpu-carry/run/setup.sh
@@ -17,7 +18,7 @@ case $NAME in
   default) SET="{\"original q,v\": {$ORIG}, \"suite q,v\": {\"compile_layers\": \"true\"}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head\": {\"compile_layers\": \"true\", \"preset\": \"all+lm_head\"}}" ;;
   lt|lt_all) P=""; B="original q,v"; [ $NAME = lt_all ] && P=', "preset": "all+lm_head"' && B="original all+lm_head"
       LT="\"compile_layers\": \"true\", \"matmul_library\": \"cublaslt\"$P"
-      SET="{\"$B\": {$ORIG$P}, \"suite, cuBLASLt\": {$LT}, \"suite\": {\"compile_layers\": \"true\"$P}, \"suite, cuBLASLt again\": {$LT}}" ;;
+      SET="{\"$B\": {$ORIG$P}, \"suite\": {\"compile_layers\": \"true\"$P}, \"suite, cuBLASLt\": {$LT}, \"suite again\": {\"compile_layers\": \"true\"$P}, \"suite, cuBLASLt again\": {$LT}}" ;;
   rows) SET="{\"original q,v\": {$ORIG}, \"suite q,v, rows of 64\": {\"compile_layers\": \"true\", \"flat_row_multiple\": 64}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head, rows of 64\": {\"compile_layers\": \"true\", \"flat_row_multiple\": 64, \"preset\": \"all+lm_head\"}}" ;;
 esac
 timeout -k 5 ${LIMIT:-420} python scripts/benchmark.py --data_dir $S/data --tokenizer_dir $S/zephyr-tokenizer \
