@@ -1,6 +1,7 @@
 # The quality levers of rows padded to a multiple of 64 (and eager flat rows on Newsgroups, whose cell was outside
 # the rule with its sides on two GPUs), 3 seeds, against padded eager batches, all on this GPU at once; then the
-# flat tests on the GPU. Machine warm after call A (which left gguf00 and the data there); carry: gguf01 gguf02 run.
+# flat and matrix-library tests on the GPU (-rs: a skipped GPU test says so). CONFIGS picks other levers.
+# Machine warm after call A (which left gguf00 and the data there); carry: gguf01 gguf02 run.
 source .gpu-carry/run/setup.sh
 T0=$(date +%s); B=/tmp/callB/B; mkdir -p $B
 G=$S/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -16,8 +17,8 @@ python scripts/quality.py --model_name_or_path $G --data_dir $S/data --output_ro
   --results_dir $B --summary_only True >> $B/quality.log 2>&1
 grep -E "done in|failed" $B/quality.log | tail -20
 if [ $(( $(date +%s) - T0 )) -lt ${TESTS_BY:-400} ]; then  # the tests took 130 s on an H100; the call ends by 530 s
-  PYTHONPATH=$PYTHONPATH:$S/stub timeout -k 5 $(( 520 - ($(date +%s) - T0) )) python -m pytest -q -p no:cacheprovider tests/speed/test_flat.py \
-    > $B/gpu-test_flat.txt 2>&1; tail -2 $B/gpu-test_flat.txt
+  PYTHONPATH=$PYTHONPATH:$S/stub timeout -k 5 $(( 520 - ($(date +%s) - T0) )) python -m pytest -rs -q -p no:cacheprovider tests/speed/test_flat.py \
+    tests/speed/test_blas.py > $B/gpu-tests.txt 2>&1; tail -2 $B/gpu-tests.txt
 fi
 tar czf $B/quality-runs.tgz --exclude='*.safetensors' --exclude='*.bin' --exclude='checkpoint-*' \
     --exclude=compile_cache --exclude='*.pt' --exclude=adapter -C /tmp/runs quality  # excludes first: GNU tar
