@@ -143,6 +143,8 @@ def test_the_benchmark_json_says_where_each_settings_time_went(tiny_model_dir, s
     for row in (original, suite):
         assert len(row["warmup_step_seconds"]) == 2 and len(row["step_seconds"]) == 3
         assert row["setup_s"] > 0
+        assert len(row["host_cpu_probe_ms"]) == 2 and min(row["host_cpu_probe_ms"]) > 0
+        assert row["settings"]["matmul_library"] == "default"
         assert row["wall_s"] >= row["setup_s"] + sum(row["warmup_step_seconds"]) + sum(row["step_seconds"])
     assert suite["speedup"] == round(suite["tokens_per_s"] / original["tokens_per_s"], 2)
     assert (original["batch_layout"], suite["batch_layout"]) == ("padded", "flat")

@@ -112,6 +112,19 @@ def write_profile(profiler, path: Path) -> None:
                     averages.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=80))
 
 
+def cpu_probe_ms(repeats: int = 5) -> float:
+    """Median milliseconds of a fixed single-threaded Python loop: how fast the host's CPU ran around a setting.
+    Compiled and flat steps wait on Python's kernel dispatch, and one H100 machine ran the same original's steps
+    25 % slower in one process than in the next (results/benchmark/flat/), so a setting's rate is read beside it."""
+    times = []
+    for _ in range(repeats):
+        started, total = time.perf_counter(), 0
+        for i in range(200_000):
+            total += i & 7
+        times.append((time.perf_counter() - started) * 1e3)
+    return round(sorted(times)[repeats // 2], 2)
+
+
 def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, model_args: ModelArguments,
                      train_args: TrainArguments, warmup: int, timed: int, mean_example_tokens: float, peak_tflops,
                      profile_path: Path | None = None):
@@ -122,7 +135,7 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
     from zephyr.modeling import build_lora_config
     from zephyr.training import build_trainer
 
-    started = time.perf_counter()
+    started, probe_before = time.perf_counter(), cpu_probe_ms()
     set_seed(train_args.seed)
     model = get_peft_model(base_model, build_lora_config(model_args))
     timer = _step_timer(warmup, timed, profile_path)
@@ -147,12 +160,13 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
         # (compilation and each new shape's first kernels), the whole setting
         "setup_s": round(timer.first_step_at - started, 1) if timer.first_step_at else None,
         "warmup_step_seconds": [round(seconds, 3) for seconds in timer.warmup_seconds],
+        "host_cpu_probe_ms": [probe_before, cpu_probe_ms()],  # before and after the steps: see cpu_probe_ms
         "tokens_per_step": [tokens for _, tokens in timer.steps],
         "checkpointed_layers": checkpointed, "trainable_parameters": trainable,
         "final_loss": next((r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r), None),
         "settings": {k: getattr(train_args, k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
                                                           "gradient_checkpointing", "optim", "packing",
-                                                          "packed_rows", "compile_layers")},
+                                                          "packed_rows", "compile_layers", "matmul_library")},
         "batch_layout": "packed" if train_args.packing else train_args.batch_layout,
         # flat rows padded to a multiple of this many tokens (None: each row its own length)
         "flat_row_bucket": getattr(trainer.data_collator, "bucket", None),

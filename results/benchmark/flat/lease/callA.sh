@@ -29,7 +29,7 @@ echo "$NAME rc=$? at $(( $(date +%s) - T0 )) s"
 python3 - $A/$NAME.json <<'PY'
 import json, sys
 for name, row in json.load(open(sys.argv[1]))["training"].items():
-    print(name, {k: row.get(k) for k in ("tokens_per_s", "speedup", "mfu_percent", "peak_gpu_memory_gib", "setup_s", "wall_s")})
+    print(name, {k: row.get(k) for k in ("tokens_per_s", "speedup", "mfu_percent", "peak_gpu_memory_gib", "setup_s", "wall_s", "host_cpu_probe_ms")})
 PY
 grep -E "Recompiling|Error" $A/$NAME.log | cut -c1-200 | head -5
 tar czf $OUT/A-$NAME.tgz -C /tmp/callA A; echo "done at $(( $(date +%s) - T0 )) s"
