@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from zephyr.cli import entry_point
+from zephyr.config import MATMUL_LIBRARIES
 from zephyr.errors import UsageError, raise_usage_errors
 from zephyr.preflight_checks import writable_dir
 
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> None:
     if min(multiples) < 1:
         raise UsageError(f"--multiples: {a.multiples}: expected positive integers separated by commas")
     blas = [b for b in a.blas.split(",") if b]
-    if unknown := sorted(set(blas) - {"default", "cublas", "cublaslt"}):
+    if unknown := sorted(set(blas) - set(MATMUL_LIBRARIES)):
         raise UsageError(f"--blas: {','.join(unknown)}: expected default, cublas or cublaslt")
     for flag in ("steps", "layers"):
         if getattr(a, flag) < 1:
