@@ -4,6 +4,7 @@
 # call); then `STEP=wait` calls of up to WAIT seconds each, one after the other within 30 s, report progress and,
 # once the tables are done, bring back their runs and tables. Budget: the tables must end within about 27 minutes of
 # the start call, or the session's 1,800 s of device time ends first (each wait call brings back the progress).
+# EXTRA_ARGS (flags for every fine-tune, e.g. "--flat_cuda_graphs True") passes through to run_study_tables.sh.
 source .gpu-carry/run/setup.sh
 D=/tmp/callD; mkdir -p $D; G=$S/SmolLM2-135M-Instruct.Q4_1.gguf
 case ${STEP:?load, start or wait} in
