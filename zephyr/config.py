@@ -241,7 +241,8 @@ class TrainArguments:
         check(not self.flat_cuda_graphs or self.cuda_graphs, "flat_cuda_graphs", "needs --cuda_graphs True")
         check(self.flat_row_multiple >= 0, "flat_row_multiple", f"must be 0 or more, got {self.flat_row_multiple}")
         check(self.matmul_library in MATMUL_LIBRARIES, "matmul_library",
-              f"unknown value {self.matmul_library!r} (choose default, cublas or cublaslt)")
+              f"unknown value {self.matmul_library!r} (choose {', '.join(MATMUL_LIBRARIES[:-1])} or "
+              f"{MATMUL_LIBRARIES[-1]})")
         check_finite(self.train_memory_gib, "train_memory_gib", 0, "must be positive")
 
 
