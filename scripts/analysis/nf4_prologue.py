@@ -8,7 +8,8 @@ from the eager plain path:
     python scripts/analysis/nf4_prologue.py --output nf4_prologue.json          # a CUDA GPU; a few minutes
     python scripts/analysis/nf4_prologue.py --modes default,prologue --lengths 1800
 
-Modes: ``default`` (training's path: a de-quantization kernel, then cuBLAS), ``cublaslt`` (the same on
+Modes: ``default`` (training's path: a de-quantization kernel, then cuBLAS), ``bf16`` (the weights de-quantized
+once: the products alone), ``cublaslt`` (the same on
 cuBLASLt), ``autotune`` (inductor's max-autotune GEMM, cuBLAS and Triton templates competing, no prologue),
 ``prologue`` (the same with the de-quantization marked as a quantization prologue, ``InvokeQuant``, so that
 inductor may fuse it into a template and keeps it only where its benchmark finds it faster), ``prologue_triton``
@@ -16,6 +17,7 @@ inductor may fuse it into a template and keeps it only where its benchmark finds
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -30,7 +32,7 @@ SHAPES = {"q": (4096, 4096), "k": (1024, 4096), "v": (1024, 4096), "o": (4096, 4
           "up": (14336, 4096), "down": (4096, 14336)}
 SMALL = {"q": (256, 256), "k": (64, 256), "v": (64, 256), "o": (256, 256), "gate": (512, 256), "up": (512, 256),
          "down": (256, 512)}
-MODES = ("default", "cublaslt", "autotune", "prologue", "prologue_triton")
+MODES = ("default", "bf16", "cublaslt", "autotune", "prologue", "prologue_triton")
 BLOCKSIZE = 64
 
 
@@ -79,19 +81,40 @@ def _linear_class(prologue: bool):
 
 
 def _layer(linear, weights, table):
+    """One layer's projections as a module whose 4-bit weights are frozen parameters, as PEFT's base weights are
+    (torch.compile keeps parameters' shapes static). ``linear`` None: the weights de-quantized once, bf16 F.linear
+    (the products alone, the floor that removing the de-quantization could reach)."""
+    import torch
     import torch.nn.functional as F
 
-    def lin(x, name):
-        packed, absmax, shape = weights[name]
-        return linear.apply(x, packed, table, absmax, shape)
+    from zephyr.speed.nf4 import dequantize_nf4
 
-    def layer(x):
-        q, k, v = lin(x, "q"), lin(x, "k"), lin(x, "v")
-        h = x + lin(q, "o")  # q stands in for attention's output: the projections are what is measured
-        y = h + lin(F.silu(lin(h, "gate")) * lin(h, "up"), "down")
-        return y, k, v
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shapes = {name: shape for name, (_, _, shape) in weights.items()}
+            for name, (packed, absmax, shape) in weights.items():
+                if linear is None:
+                    w = dequantize_nf4(packed, table, absmax, BLOCKSIZE, shape, torch.bfloat16)
+                    self.register_parameter(f"{name}_w", torch.nn.Parameter(w, requires_grad=False))
+                else:
+                    self.register_parameter(f"{name}_packed", torch.nn.Parameter(packed, requires_grad=False))
+                    self.register_parameter(f"{name}_absmax", torch.nn.Parameter(absmax, requires_grad=False))
+            self.register_buffer("table", table)
 
-    return layer
+        def lin(self, x, name):
+            if linear is None:
+                return F.linear(x, getattr(self, f"{name}_w"))
+            return linear.apply(x, getattr(self, f"{name}_packed"), self.table, getattr(self, f"{name}_absmax"),
+                                self.shapes[name])
+
+        def forward(self, x):
+            q, k, v = self.lin(x, "q"), self.lin(x, "k"), self.lin(x, "v")
+            h = x + self.lin(q, "o")  # q stands in for attention's output: the projections are what is measured
+            y = h + self.lin(F.silu(self.lin(h, "gate")) * self.lin(h, "up"), "down")
+            return y, k, v
+
+    return Layer()
 
 
 def measure(mode: str, lengths: list[int], small: bool, repeats: int) -> dict:
@@ -112,8 +135,8 @@ def measure(mode: str, lengths: list[int], small: bool, repeats: int) -> dict:
     inductor_config.emulate_precision_casts = True  # as compile_decoder_layers sets it
     prologue = mode.startswith("prologue")
     eager = _layer(_linear_class(False), weights, table)
-    compiled = torch.compile(_layer(_linear_class(prologue), weights, table), dynamic=True,
-                             backend=backend_without_cse("inductor"))
+    compiled = torch.compile(_layer(None if mode == "bf16" else _linear_class(prologue), weights, table),
+                             dynamic=True, backend=backend_without_cse("inductor"))
     g = torch.Generator(device="cpu").manual_seed(1)
 
     def inputs(n):
@@ -140,7 +163,7 @@ def measure(mode: str, lengths: list[int], small: bool, repeats: int) -> dict:
     row["kernels"] = {"modules": len(code), "extern_mm": text.count("extern_kernels.mm(") + text.count("aten.mm.default("), "triton_dot": text.count("tl.dot("),
                       "fused_prologue": sum("tl.dot(" in k and ">>" in k for k in text.split("async_compile.triton("))}
     y_ref, dx_ref = step(eager, x, grads)
-    rel = lambda a, b: float((a.float() - b.float()).norm() / b.float().norm())
+    rel = lambda a, b: float((a.detach().float() - b.detach().float()).norm() / b.detach().float().norm())
     row["rel_err_vs_eager"] = {"output": rel(y, y_ref), "input_grad": rel(dx, dx_ref)}
     timings = {}
     for n in lengths:
@@ -201,10 +224,14 @@ def main(argv: list[str]) -> None:
     for mode in modes:  # each in a fresh process: inductor's settings and caches, cuBLAS's choices are global
         cmd = [sys.executable, __file__, "--one", mode, "--lengths", a.lengths, "--repeats", str(a.repeats)]
         cmd += ["--small"] if a.small else []
+        env = {**os.environ, "TORCH_LOGS": "fusion"} if mode.startswith("prologue") else None
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, env=env)
             rows.append({"mode": mode, "error": out.stderr.strip().splitlines()[-3:]} if out.returncode
                         else json.loads(out.stdout.strip().splitlines()[-1]))
+            why = [line[line.find("]") + 1:].strip()[:200] for line in out.stderr.splitlines() if "__fusion" in line and "prologue" in line]
+            if why:  # inductor's reasons for fusing a prologue or not, each once
+                rows[-1]["prologue_fusion_log"] = sorted(set(why))[:20]
         except subprocess.TimeoutExpired:
             rows.append({"mode": mode, "error": f"over {a.timeout} s"})
         print(json.dumps(rows[-1]), flush=True)
