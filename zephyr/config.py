@@ -153,8 +153,9 @@ class TrainArguments:
     flat_cuda_graphs: bool = field(
         default=False, metadata={"help": "Flat batches, with --cuda_graphs: pad each row to a multiple of 256 tokens "
                                          "with one more example that carries no loss, so that compiled layers are "
-                                         "replayed as CUDA graphs, one per length (when the largest step fits "
-                                         "without checkpointing)"})
+                                         "replayed as CUDA graphs, one per length; a step longer than the longest "
+                                         "row that fits without checkpointing runs as consecutive rows of whole "
+                                         "examples whose gradients add up to the step's"})
     flat_row_multiple: int = field(
         default=0, metadata={"help": "Flat batches in compiled layers on a GPU: pad each row to a multiple of this "
                                      "many tokens (e.g. 64) with one more example that carries no loss, so that the "

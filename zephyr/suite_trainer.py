@@ -14,6 +14,7 @@ from trl import SFTTrainer
 
 from zephyr.io import atomic_write_json
 from zephyr.rundir import LOSS_SUM
+from zephyr.speed.flat import SPLIT_LABELS, SPLIT_PARTS
 from zephyr.trl_compat import NUM_TOKENS, PADDED_WIDTH, fused_forward
 
 
@@ -63,14 +64,26 @@ class SuiteSFTTrainer(SFTTrainer):
     neftune_width = None  # flat batches' NEFTune hook (zephyr/speed/flat.py), told each batch's padded width
     checkpoint_plan = None  # a per-step checkpointing plan (zephyr/speed/memory.py), sized by the batch's tokens
 
-    def training_step(self, model, inputs, *args, **kwargs):
+    def training_step(self, model, inputs, num_items_in_batch=None):
         self._batch_tokens = inputs.pop(NUM_TOKENS, None)
         width = inputs.pop(PADDED_WIDTH, None)
         if self.neftune_width is not None:
             self.neftune_width.width = width
+        parts = inputs.pop(SPLIT_PARTS, None)
+        labels = inputs.pop(SPLIT_LABELS, None)
+        if parts is None:
+            return self._one_row(model, inputs, num_items_in_batch)
+        # A micro-batch split into rows (zephyr/speed/flat.py): each part's loss is normalized by the answer tokens
+        # of the whole micro-batch (or of the accumulation window, as the Trainer counts them), so the parts'
+        # gradients add up to the whole row's; their losses add up to its loss. The whole row's tensors stay in
+        # ``inputs`` for the Trainer's counts.
+        items = labels if num_items_in_batch is None else num_items_in_batch
+        return sum(self._one_row(model, dict(part), items) for part in parts)
+
+    def _one_row(self, model, inputs, num_items_in_batch):
         if self.checkpoint_plan is not None:
             self.checkpoint_plan.apply(model, inputs["input_ids"].numel())
-        return super().training_step(model, inputs, *args, **kwargs)
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def _track_num_input_tokens(self, inputs):
         if self._batch_tokens is None:

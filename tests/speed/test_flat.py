@@ -11,9 +11,12 @@ from conftest import training_rows
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _one_step(model_dir, tokenizer, tmp_path, dtype: str, flat: bool, bucket: int | None = None):
+def _one_step(model_dir, tokenizer, tmp_path, dtype: str, flat: bool, bucket: int | None = None,
+              split_tokens: int | None = None, via_trainer: bool = False, count_items: bool = False):
     """Loss and LoRA gradients of one training step of the suite's trainer on 8 examples (4-bit, LoRA on every
-    projection and lm_head, no dropout so that both layouts draw nothing at random)."""
+    projection and lm_head, no dropout so that both layouts draw nothing at random). ``via_trainer``: through the
+    trainer's ``training_step`` (which runs a split batch's parts), given the step's answer tokens as the Trainer
+    counts them when ``count_items``."""
     from peft import get_peft_model
 
     from zephyr.config import DataArguments, ModelArguments, TrainArguments
@@ -44,9 +47,17 @@ def _one_step(model_dir, tokenizer, tmp_path, dtype: str, flat: bool, bucket: in
     rows = [trainer.train_dataset[i] for i in range(len(dataset))]
     if flat:
         use_flat_attention(model)
-        batch = FlatBatchCollator(tokenizer.pad_token_id, bucket, 96 if bucket else None)(rows)
+        batch = FlatBatchCollator(tokenizer.pad_token_id, bucket, 96 if bucket or split_tokens else None,
+                                  split_tokens)(rows)
     else:
         batch = trainer.data_collator(rows)
+    if via_trainer:
+        model.train()
+        items = int((batch["labels"][:, 1:] != -100).sum()) if count_items else None
+        trainer.current_gradient_accumulation_steps = 1  # set by the Trainer's loop for each optimizer step
+        loss = trainer.training_step(model, dict(batch), items)  # it takes its own keys out of the batch
+        grads = {n: p.grad.float().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return loss.item(), grads, batch
     batch.pop("num_tokens", None)
     batch.pop("padded_width", None)
     batch = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -92,6 +103,71 @@ def test_a_row_padded_to_its_bucket_trains_exactly_like_the_row(tiny_model_dir, 
     assert (bucket_batch["labels"][:, length:] == -100).all()
     assert bucket_loss == pytest.approx(loss, rel=1e-6)
     assert _relative(bucket_grads, grads) < 1e-5
+
+
+@pytest.mark.parametrize("bucket, count_items", [(None, False), (32, True)])
+def test_a_step_split_into_parts_trains_exactly_like_the_whole_row(tiny_model_dir, tokenizer, tmp_path, bucket,
+                                                                   count_items):
+    """A step whose row would be longer than ``split_tokens`` runs as consecutive rows of whole examples, each loss
+    normalized by the whole step's answer tokens: the loss and every LoRA gradient are the whole row's (fp32, the
+    bounds of the flat-against-padded test; the parts' gradients add up in another order)."""
+    from zephyr.speed.flat import SPLIT_PARTS
+
+    whole_loss, whole, whole_batch = _one_step(tiny_model_dir, tokenizer, tmp_path, "fp32", True, bucket,
+                                               via_trainer=True, count_items=count_items)
+    split_loss, split, split_batch = _one_step(tiny_model_dir, tokenizer, tmp_path, "fp32", True, bucket, 128,
+                                               via_trainer=True, count_items=count_items)
+    parts = split_batch[SPLIT_PARTS]
+    assert SPLIT_PARTS not in whole_batch and len(parts) >= 3
+    assert all(part["input_ids"].shape[1] <= 128 for part in parts)
+    assert split_loss == pytest.approx(whole_loss, rel=1e-6)
+    assert len(split) == len(whole) > 20
+    assert _relative(split, whole) < 1e-5
+
+
+def test_split_parts_hold_the_examples_in_order():
+    """Parts are consecutive runs of whole examples, each row within ``split_tokens`` (with its bucket's padding);
+    together they hold the whole row's tokens and answer labels; a row that fits is left whole."""
+    from zephyr.speed.flat import SPLIT_LABELS, SPLIT_PARTS, FlatBatchCollator
+
+    lengths = [5, 7, 3, 6, 9, 2]
+    rows = [{"input_ids": list(range(1, n + 1)), "labels": list(range(1, n + 1))} for n in lengths]
+    for bucket, split in ((None, 10), (4, 12)):
+        collator = FlatBatchCollator(0, bucket, 9, split)
+        batch = collator(rows)
+        parts = batch[SPLIT_PARTS]
+        assert collator.parts(lengths) == ([1, 2, 1, 1, 1] if bucket is None else [1, 2, 1, 2])
+        assert all(part["input_ids"].shape[1] <= split for part in parts)
+        real = [part["input_ids"][part["labels"] != -100] for part in parts]
+        assert torch.equal(torch.cat(real), batch["input_ids"][batch["labels"] != -100])
+        assert batch[SPLIT_LABELS] == int((batch["labels"] != -100).sum()) == sum(n - 1 for n in lengths)
+        assert batch["num_tokens"] == sum(lengths) == batch["input_ids"].shape[1]
+        assert SPLIT_PARTS not in FlatBatchCollator(0, bucket, 9, 64)(rows)
+    with pytest.raises(ValueError, match="split_tokens"):
+        FlatBatchCollator(0, 4, 9, 11)  # a row of one 9-token example and its padding needs 12
+
+
+def test_split_length_is_the_longest_row_that_fits_without_checkpointing():
+    """Two probes (rows of one and two examples of max_length) give memory's line in a row's tokens; the split is
+    the longest bucket multiple under the budget, no longer than the largest step, None when one example does not
+    fit."""
+    from zephyr.speed.flat import FlatBatchCollator
+    from zephyr.speed.memory import split_tokens_for
+
+    collator = FlatBatchCollator(0, bucket=256, max_length=512)
+    calls = []
+
+    def probe(rows, checkpointed):  # 10 GiB of weights and state, 2 MiB a token of the row
+        calls.append((rows, checkpointed))
+        return 10 * 2**30 + collator.bucket_length(rows * 512) * 2**21
+
+    assert split_tokens_for(probe, 15 * 2**30, 512, 8, collator) == 2560
+    assert calls == [(1, False), (2, False)]
+    assert split_tokens_for(probe, 15 * 2**30 - 1, 512, 8, collator) == 2304
+    assert split_tokens_for(probe, 100 * 2**30, 512, 8, collator) == 4352  # 8 x 512 tokens and a padding token
+    assert split_tokens_for(probe, 11 * 2**30, 512, 8, collator) is None  # 768 tokens: 11.5 GiB
+    plain = FlatBatchCollator(0, max_length=512)
+    assert split_tokens_for(lambda rows, _: 10 * 2**30 + rows * 512 * 2**21, 15 * 2**30, 512, 8, plain) == 2560
 
 
 def test_a_bucket_longer_than_max_length_is_refused():
@@ -216,4 +292,38 @@ def test_flat_rows_replayed_as_cuda_graphs_train_like_compiled_rows(tiny_model_d
         tokens[graphs] = [row["num_input_tokens_seen"] for row in rows if "loss" in row]
     assert len(losses[True]) == 6
     assert tokens[True] == tokens[False]  # real tokens only: the bucket's padding is not counted
+    assert losses[True] == pytest.approx(losses[False], rel=1e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_steps_too_long_to_replay_run_in_parts_as_cuda_graphs(tiny_model_dir, synthetic_data, tmp_path, caplog,
+                                                               monkeypatch):
+    """On a GPU, with --flat_cuda_graphs, when the largest step would need checkpointing (a budget nothing fits),
+    steps longer than the longest row that fits (here: one max_length example) run in parts, each replayed as a
+    CUDA graph; six steps log the losses of the same run compiled without graphs, whose plan checkpoints instead
+    (no dropout; bf16 rounds the sums of other shapes: within 1e-2)."""
+    import logging
+    from dataclasses import replace
+
+    import zephyr.speed.memory as memory
+    from conftest import run_args
+    from zephyr.training import train
+
+    monkeypatch.setattr(memory, "split_tokens_for",
+                        lambda probe, budget, max_length, rows, collator: collator.bucket_length(max_length))
+    losses, tokens = {}, {}
+    for graphs in (False, True):
+        data, model, train_args = run_args(tiny_model_dir, synthetic_data, tmp_path / str(graphs), max_steps=6,
+                                           compile_layers="true", cuda_graphs=graphs, flat_cuda_graphs=graphs,
+                                           gradient_checkpointing="auto", train_memory_gib=1e-4)
+        with caplog.at_level(logging.INFO, logger="zephyr.speed.memory"):
+            caplog.clear()
+            run = train(data, replace(model, lora_dropout=0.0), train_args)
+        assert ("run in parts" in caplog.text) == graphs
+        assert ("replayed as CUDA graphs" in caplog.text) == graphs
+        rows = [json.loads(row) for row in (run.run_dir / "train_log.jsonl").read_text().splitlines()]
+        losses[graphs] = [row["loss"] for row in rows if "loss" in row]
+        tokens[graphs] = [row["num_input_tokens_seen"] for row in rows if "loss" in row]
+    assert len(losses[True]) == 6
+    assert tokens[True] == tokens[False]
     assert losses[True] == pytest.approx(losses[False], rel=1e-2)

@@ -26,6 +26,10 @@ import torch.nn.functional as F
 from zephyr.trl_compat import NUM_TOKENS, PADDED_WIDTH
 
 ATTENTION = "zephyr_flat"
+# A micro-batch too long for one row (``FlatBatchCollator.split_tokens``): its rows, run one after the other, and the
+# answer tokens of all of them (a plain int), by which each part's loss is normalized.
+SPLIT_PARTS = "split_parts"
+SPLIT_LABELS = "split_labels"
 # Keys of TRL's padding-free batches that only a varlen attention kernel reads; removed before the forward pass.
 SEQUENCE_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
@@ -38,11 +42,20 @@ class FlatBatchCollator:
     padding tokens that carries no loss and attends only to itself, and fixes the longest-example bound of the
     attention kernel at ``max_length``: a row then has one of a few shapes, each of which a CUDA graph can replay.
     The real examples, their positions, labels and example boundaries are those of the row without the bucket.
+
+    ``split_tokens`` caps a row's length: a micro-batch whose row would be longer is laid into consecutive parts of
+    whole examples, in order, each at most that long (``SPLIT_PARTS``; ``SPLIT_LABELS``, the micro-batch's answer
+    tokens, normalizes each part's loss as the whole row's). The trainer runs the parts' forward and backward passes
+    one after the other before the optimizer step: the gradients add up to the whole row's, so a step of the
+    largest size needs the memory of a part, and the parts can be replayed as CUDA graphs where the whole row
+    would need checkpointing. The batch keeps the whole row's tensors as well, for the Trainer's token and FLOP
+    counts.
     """
 
     pad_token_id: int
     bucket: int | None = None
     max_length: int | None = None
+    split_tokens: int | None = None
 
     def __post_init__(self):
         from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -51,23 +64,53 @@ class FlatBatchCollator:
         if self.bucket is not None and not (self.max_length and 0 < self.bucket <= self.max_length):
             raise ValueError(f"bucket: {self.bucket} tokens must be positive and at most max_length "
                              f"({self.max_length}), the longest example the attention kernel is told of")
+        if self.split_tokens is not None and not (self.max_length and
+                                                  self.split_tokens >= self._row_length(self.max_length)):
+            raise ValueError(f"split_tokens: {self.split_tokens} tokens must hold a row of one example of "
+                             f"max_length ({self.max_length}) tokens")
 
     def bucket_length(self, tokens: int) -> int:
         """The row's length for ``tokens`` real tokens: the next multiple of ``bucket`` with room for at least one
         padding token, so that every row of a micro-batch size has the same number of examples."""
         return (tokens // self.bucket + 1) * self.bucket
 
-    def __call__(self, rows: list[dict]) -> dict:
-        lengths = [len(row["input_ids"]) for row in rows]
-        rows = [{k: row[k] for k in ("input_ids", "labels", "seq_lengths") if k in row} for row in rows]
+    def _row_length(self, tokens: int) -> int:
+        return self.bucket_length(tokens) if self.bucket is not None else tokens
+
+    def parts(self, lengths: list[int]) -> list[int]:
+        """How many consecutive examples each part of a micro-batch holds (one part when the row fits)."""
+        counts, tokens = [0], 0
+        for length in lengths:
+            if counts[-1] and self.split_tokens is not None and self._row_length(tokens + length) > self.split_tokens:
+                counts.append(0)
+                tokens = 0
+            counts[-1] += 1
+            tokens += length
+        return counts
+
+    def _row(self, rows: list[dict], lengths: list[int]) -> dict:
         if self.bucket is not None:
             padding = self.bucket_length(sum(lengths)) - sum(lengths)
-            rows.append({"input_ids": [self.pad_token_id] * padding, "labels": [-100] * padding,
-                         **({"seq_lengths": [padding]} if "seq_lengths" in rows[0] else {})})
+            rows = rows + [{"input_ids": [self.pad_token_id] * padding, "labels": [-100] * padding,
+                            **({"seq_lengths": [padding]} if "seq_lengths" in rows[0] else {})}]
         batch = self._collate(rows)
         batch.pop("seq_idx", None)  # for linear-attention layers' convolutions; no decoder here has one
         if self.bucket is not None:
             batch["max_length_q"] = batch["max_length_k"] = self.max_length
+        return batch
+
+    def __call__(self, rows: list[dict]) -> dict:
+        lengths = [len(row["input_ids"]) for row in rows]
+        rows = [{k: row[k] for k in ("input_ids", "labels", "seq_lengths") if k in row} for row in rows]
+        counts = self.parts(lengths)
+        if len(counts) == 1:
+            batch = self._row(rows, lengths)
+        else:
+            batch = self._collate(rows)  # the whole row, unpadded: what the Trainer counts tokens and FLOPs of
+            batch.pop("seq_idx", None)
+            starts = [sum(counts[:i]) for i in range(len(counts))]
+            batch[SPLIT_PARTS] = [self._row(rows[a:a + n], lengths[a:a + n]) for a, n in zip(starts, counts)]
+            batch[SPLIT_LABELS] = int((batch["labels"] != -100).sum())
         batch[NUM_TOKENS] = sum(lengths)
         batch[PADDED_WIDTH] = max(lengths)
         return batch

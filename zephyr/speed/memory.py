@@ -103,6 +103,26 @@ def spread_layers(n_layers: int, checkpointed: int) -> list[bool]:
     return [(i * checkpointed) // n_layers != ((i + 1) * checkpointed) // n_layers for i in range(n_layers)]
 
 
+def split_tokens_for(probe: Callable[[int, bool], float], budget: float, max_length: int, rows: int,
+                     collator: FlatBatchCollator) -> int | None:
+    """The longest flat row (a multiple of the collator's bucket) whose step fits ``budget`` with no layer
+    checkpointed, for steps split into parts (``FlatBatchCollator.split_tokens``); None when not even a row of one
+    ``max_length`` example fits.
+
+    Peak memory is linear in a row's tokens: two probes, rows of one and of two ``max_length`` examples as the
+    collator lays them, give the line. The probes run eager layers, which keep more activations than the compiled
+    ones that will train, so the length is on the safe side.
+    """
+    row = collator.bucket_length if collator.bucket else (lambda tokens: tokens)
+    one, two = probe(1, False), probe(2, False)
+    shortest, longest = row(max_length), row(rows * max_length)
+    if not one <= budget:
+        return None
+    tokens = longest if two <= one else shortest + (budget - one) * (row(2 * max_length) - shortest) / (two - one)
+    tokens = min(int(tokens) // (collator.bucket or 1) * (collator.bucket or 1), longest)
+    return tokens if tokens >= shortest else None
+
+
 def _checkpoint_only_callback(flags: list[bool]):
     from transformers import TrainerCallback
 
@@ -207,10 +227,11 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     are kept to plans without checkpointing, in one process, on batches of one shape (packed rows, or examples
     padded to --max_length).
 
-    Flat batches (zephyr/speed/flat.py) change size at every step. With ``--flat_cuda_graphs``, when the largest
-    possible step (every example ``max_length`` tokens long) fits, compiled layers are replayed as CUDA graphs, one
-    per bucket of row lengths (``FLAT_BUCKET``). Otherwise, checkpointing is planned step by step (``StepCheckpointing``), and
-    compiled layers take every length with one graph (no CUDA graphs).
+    Flat batches (zephyr/speed/flat.py) change size at every step. With ``--flat_cuda_graphs``, compiled layers
+    are replayed as CUDA graphs, one per bucket of row lengths (``FLAT_BUCKET``): when the largest possible step
+    (every example ``max_length`` tokens long) fits without checkpointing, as it is; otherwise the steps longer
+    than the longest row that fits run in parts (``split_tokens_for``). Without graphs, checkpointing is planned
+    step by step (``StepCheckpointing``), and compiled layers take every length with one graph.
     """
     model = trainer.model
     n_layers = len(decoder_layers(model)) or 1
@@ -227,6 +248,11 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
             checkpointed = min(int(train_args.gradient_checkpointing), n_layers)
         else:
             checkpointed = n_layers if train_args.gradient_checkpointing == "true" else 0
+        if checkpointed is None and flat and graphable:  # split the steps too long to replay, if a part fits
+            split = split_tokens_for(probe, budget, max_length, rows, trainer.data_collator)
+            if split is not None:
+                trainer.data_collator.split_tokens, checkpointed = split, 0
+                log.info("flat rows: steps longer than %d tokens run in parts, each replayed as a CUDA graph", split)
         # A graph is recorded for each batch shape: batches of one shape, or flat rows in buckets of lengths.
         cuda_graphs = bool(graphable and checkpointed == 0 and (fixed_shape or flat))
         if flat and graphable and not cuda_graphs:  # one dynamic graph for every length
