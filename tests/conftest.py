@@ -93,7 +93,8 @@ def run_args(tiny_model_dir, data_dir, out, **overrides):
                            lora_lm_head=overrides.pop("lora_lm_head", False))
     train_args = TrainArguments(output_root=str(out), num_train_epochs=1, max_steps=overrides.pop("max_steps", 6),
                                 per_device_train_batch_size=8, gradient_accumulation_steps=1, learning_rate=2e-3,
-                                gradient_checkpointing=False, optim="adamw_torch", logging_steps=1, **overrides)
+                                gradient_checkpointing=overrides.pop("gradient_checkpointing", False),
+                                optim="adamw_torch", logging_steps=1, **overrides)
     return data, model, train_args
 
 

@@ -149,6 +149,7 @@ def test_the_benchmark_json_says_where_each_settings_time_went(tiny_model_dir, s
     assert suite["speedup"] == round(suite["tokens_per_s"] / original["tokens_per_s"], 2)
     assert (original["batch_layout"], suite["batch_layout"]) == ("padded", "flat")
     assert suite["flat_row_bucket"] is None  # rows are padded to a multiple only for compiled layers on a GPU
+    assert suite["flat_split_tokens"] is None and suite["settings"]["flat_cuda_graphs"] is False
 
 
 def test_a_benchmark_stopped_after_one_setting_keeps_what_it_measured(tiny_model_dir, synthetic_data, tmp_path,

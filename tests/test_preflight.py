@@ -168,6 +168,10 @@ CASES = {
                                                                      "--max_length", "96"], {},
                                            "--batch_layout flat: this mistral model attends over a sliding window "
                                            "of 64 tokens, under --max_length 96; pass --batch_layout padded"),
+    "flat split shorter than one example": (train_cls, _base_train, ["--flat_cuda_graphs", "True", "--max_length", "512",
+                                                                     "--flat_split_tokens", "700"], {},
+                                            "--flat_split_tokens: 700 tokens cannot hold one example of --max_length "
+                                            "512 in its 256-token length bucket (at least 768)"),
     "learning rate NaN": (train_cls, _base_train, ["--learning_rate", "nan"], {},
                           "--learning_rate: must be positive and finite, got nan"),
     "learning rate infinite": (train_cls, _base_train, ["--learning_rate", "inf"], {},

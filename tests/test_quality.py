@@ -23,8 +23,11 @@ def test_each_training_lever_changes_only_its_own_flags():
         "flat batches (": {"--batch_layout"},
         "flat batches, compiled": {"--batch_layout", "--compile_layers", "--fused_nf4", "--cuda_graphs",
                                    "--flat_row_multiple"},
-        "flat batches, CUDA graphs": {"--batch_layout", "--compile_layers", "--fused_nf4", "--cuda_graphs",
-                                      "--flat_row_multiple", "--flat_cuda_graphs"},
+        "flat batches, CUDA graphs over": {"--batch_layout", "--compile_layers", "--fused_nf4", "--cuda_graphs",
+                                        "--flat_row_multiple", "--flat_cuda_graphs"},
+        "flat batches, CUDA graphs, steps split": {"--batch_layout", "--compile_layers", "--fused_nf4",
+                                                   "--cuda_graphs", "--flat_row_multiple", "--flat_cuda_graphs",
+                                                   "--flat_split_tokens"},
         "flat rows padded to a multiple": {"--batch_layout", "--compile_layers", "--fused_nf4", "--cuda_graphs",
                                            "--flat_row_multiple"},
         "matrix products on cuBLASLt": {"--matmul_library"}}

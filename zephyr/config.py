@@ -156,6 +156,11 @@ class TrainArguments:
                                          "replayed as CUDA graphs, one per length; a step longer than the longest "
                                          "row that fits without checkpointing runs as consecutive rows of whole "
                                          "examples whose gradients add up to the step's"})
+    flat_split_tokens: int = field(
+        default=0, metadata={"help": "With --flat_cuda_graphs: run each step whose row would be longer than this "
+                                     "many tokens as consecutive rows of whole examples (0: split only when the "
+                                     "largest step needs checkpointing, at the longest row that fits "
+                                     "--train_memory_gib without it)"})
     flat_row_multiple: int = field(
         default=0, metadata={"help": "Flat batches in compiled layers on a GPU: pad each row to a multiple of this "
                                      "many tokens (e.g. 64) with one more example that carries no loss, so that the "
@@ -163,9 +168,9 @@ class TrainArguments:
                                      "to be faster at 7B on an H100: results/benchmark/flat/)"})
     matmul_library: str = field(
         default="default", metadata={"help": "Library for the CUDA matrix products while training: default "
-                                             "(PyTorch's choice: cuBLAS on NVIDIA GPUs), cublas or cublaslt (4.2 "
-                                             "percent less GPU time a token for Mistral-7B's projections on an H100 "
-                                             "in one measurement outside training; results agree to bf16 precision)"})
+                                             "(PyTorch's choice: cuBLAS on NVIDIA GPUs), cublas or cublaslt (in 7B "
+                                             "training on an H100: the same GPU time as cuBLAS; results agree to bf16 "
+                                             "precision)"})
     neftune_alpha: Optional[float] = field(
         default=None, metadata={"help": "NEFTune noise alpha (the study used 5; default: off)"})
     loss: str = field(default="completion", metadata={"help": "completion (answer tokens + EOS) or full (whole text)"})
@@ -240,6 +245,9 @@ class TrainArguments:
         check(not self.flat_cuda_graphs or (self.batch_layout == "flat" and not self.packing), "flat_cuda_graphs",
               "is for flat batches of whole examples (--batch_layout flat, --packing False)")
         check(not self.flat_cuda_graphs or self.cuda_graphs, "flat_cuda_graphs", "needs --cuda_graphs True")
+        check(self.flat_split_tokens >= 0, "flat_split_tokens", f"must be 0 or more, got {self.flat_split_tokens}")
+        check(not self.flat_split_tokens or self.flat_cuda_graphs, "flat_split_tokens",
+              "splits the steps of --flat_cuda_graphs True")
         check(self.flat_row_multiple >= 0, "flat_row_multiple", f"must be 0 or more, got {self.flat_row_multiple}")
         check(self.matmul_library in MATMUL_LIBRARIES, "matmul_library",
               f"unknown value {self.matmul_library!r} (choose {', '.join(MATMUL_LIBRARIES[:-1])} or "

@@ -166,10 +166,13 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
         "final_loss": next((r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r), None),
         "settings": {k: getattr(train_args, k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
                                                           "gradient_checkpointing", "optim", "packing",
-                                                          "packed_rows", "compile_layers", "matmul_library")},
+                                                          "packed_rows", "compile_layers", "matmul_library",
+                                                          "flat_cuda_graphs")},
         "batch_layout": "packed" if train_args.packing else train_args.batch_layout,
         # flat rows padded to a multiple of this many tokens (None: each row its own length)
         "flat_row_bucket": getattr(trainer.data_collator, "bucket", None),
+        # flat steps whose row would be longer than this ran in parts (None: none was split)
+        "flat_split_tokens": getattr(trainer.data_collator, "split_tokens", None),
         # flat batches plan checkpointing per step: how many steps ran with how many checkpointed layers
         "checkpointed_layers_by_step": (dict(trainer.checkpoint_plan.steps_by_layers)
                                         if getattr(trainer, "checkpoint_plan", None) else None)}

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments, to_dict
 from zephyr.errors import UsageError
-from zephyr.preflight_checks import (adapter_fits, check_eval_method, flat_batches, is_hub_source, load_split,
-                                     lora_targets, model_config, model_runtime, prompt_budget, run_dir_inside,
-                                     test_rows, writable_dir)
+from zephyr.preflight_checks import (adapter_fits, check_eval_method, flat_batches, flat_split, is_hub_source,
+                                     load_split, lora_targets, model_config, model_runtime, prompt_budget,
+                                     run_dir_inside, test_rows, writable_dir)
 from zephyr.rundir import ADAPTER_DIR, CONFIG, finished_with_same_settings, prepare_run_dir, run_directory
 from zephyr.tasks import LoadedSplit, Task
 
@@ -58,6 +58,8 @@ def finetune(task: Task, data_args: DataArguments, model_args: ModelArguments, t
         prepare_run_dir(run_dir, arguments, train_args.overwrite, dry_run=True)
     from zephyr.modeling import check_model_path
 
+    if train_args.flat_split_tokens:
+        flat_split(train_args.flat_split_tokens, data_args.max_length)
     check_model_path(model_args.model_name_or_path)  # a mistyped path fails before the data is read
     if hub or not is_hub_source(task, "train", data_args):
         plan.train = load_split(task, "train", data_args)

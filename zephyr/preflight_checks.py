@@ -127,6 +127,17 @@ def flat_batches(config, max_length: int) -> None:
                          f"{window} tokens, under --max_length {max_length}; pass --batch_layout padded")
 
 
+def flat_split(split_tokens: int, max_length: int) -> None:
+    """A split row must hold one example of ``max_length`` tokens and the padding of its length bucket."""
+    from zephyr.speed.memory import flat_row_bucket
+
+    bucket = flat_row_bucket(max_length)
+    shortest = (max_length // bucket + 1) * bucket
+    if split_tokens < shortest:
+        raise UsageError(f"--flat_split_tokens: {split_tokens} tokens cannot hold one example of --max_length "
+                         f"{max_length} in its {bucket}-token length bucket (at least {shortest})")
+
+
 def lora_targets(config, model_args: ModelArguments) -> None:
     """Every LoRA target names layers of the model (peft matches a name or a dotted suffix)."""
     layers = _adaptable_layers(config.to_json_string(use_diff=False))

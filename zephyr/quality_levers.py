@@ -53,6 +53,9 @@ EXAMPLES_FLAT_ROW64 = _with(EXAMPLES_FLAT_COMPILED, flat_row_multiple="64")
 EXAMPLES_FLAT_CUBLASLT = _with(EXAMPLES_FLAT_COMPILED, matmul_library="cublaslt")
 # Flat rows padded to buckets of lengths, each replayed as a CUDA graph (--flat_cuda_graphs).
 EXAMPLES_FLAT_GRAPHS = _with(EXAMPLES_FLAT_COMPILED, cuda_graphs="True", flat_cuda_graphs="True")
+# The same, each step longer than 1,024 tokens run as consecutive rows of whole examples (--flat_split_tokens): how
+# --flat_cuda_graphs trains a 7B model, whose longest steps would need checkpointing.
+EXAMPLES_FLAT_GRAPHS_SPLIT = _with(EXAMPLES_FLAT_GRAPHS, flat_split_tokens="1024")
 # name -> (task, flags): one fine-tuning configuration.
 CONFIGS = {
     "examples": ("samsum", EXAMPLES),
@@ -78,6 +81,8 @@ CONFIGS = {
     "ng_examples_flat_cublaslt": ("newsgroups", EXAMPLES_FLAT_CUBLASLT),
     "examples_flat_graphs": ("samsum", EXAMPLES_FLAT_GRAPHS),
     "ng_examples_flat_graphs": ("newsgroups", EXAMPLES_FLAT_GRAPHS),
+    "examples_flat_graphs_split": ("samsum", EXAMPLES_FLAT_GRAPHS_SPLIT),
+    "ng_examples_flat_graphs_split": ("newsgroups", EXAMPLES_FLAT_GRAPHS_SPLIT),
 }
 # Re-evaluations of a finished adapter: name -> flags of the inference script.
 EVALS = {"4bit": ["--merge_adapter", "False"], "loglik": ["--eval_method", "loglik"]}
@@ -112,6 +117,8 @@ LEVERS = [
     *_on_both_tasks("flat batches, compiled layers (vs padded, eager)", "examples_flat_compiled"),
     *_on_both_tasks("flat rows padded to a multiple of 64 tokens, compiled (vs padded, eager)", "examples_flat_row64"),
     *_on_both_tasks("flat batches, CUDA graphs over length buckets (vs padded, eager)", "examples_flat_graphs"),
+    *_on_both_tasks("flat batches, CUDA graphs, steps split at 1,024 tokens (vs padded, eager)",
+                    "examples_flat_graphs_split"),
     *_on_both_tasks("matrix products on cuBLASLt (vs cuBLAS), flat batches, compiled", "examples_flat_cublaslt",
                     "examples_flat_compiled"),
     Lever("packed rows with a block mask (vs TRL's padding-free packing)", Side("packed_eager"), Side("trl_packing")),

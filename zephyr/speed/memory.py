@@ -65,6 +65,11 @@ def plan_checkpointing(probe: Callable[[int, bool], float], n_layers: int, rows:
 FLAT_BUCKET = 256
 
 
+def flat_row_bucket(max_length: int) -> int:
+    """The length bucket of flat rows replayed as CUDA graphs."""
+    return min(FLAT_BUCKET, max_length)
+
+
 @dataclass
 class StepCheckpointing:
     """Checkpointing planned step by step, for flat batches whose size changes at every step.
@@ -210,10 +215,11 @@ def _set_row_bucket(collator: FlatBatchCollator, train_args: TrainArguments, com
     ``--flat_row_multiple`` for compiled layers on a GPU, where every new row length costs cuBLAS a kernel choice
     for each of a step's several hundred matrix products (CPU time in a step the CPU already bounds); none
     otherwise."""
-    multiple = FLAT_BUCKET if graphs else (train_args.flat_row_multiple if compiled and torch.cuda.is_available()
-                                           else 0)
+    on_gpu = compiled and torch.cuda.is_available()
+    multiple = flat_row_bucket(max_length) if graphs else (train_args.flat_row_multiple if on_gpu else 0)
     collator.bucket = min(multiple, max_length) if multiple else None
     collator.max_length = max_length
+    collator.split_tokens = None  # set after the memory probe, whose rows are never split (prepare_layers)
 
 
 def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
@@ -248,8 +254,10 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
             checkpointed = min(int(train_args.gradient_checkpointing), n_layers)
         else:
             checkpointed = n_layers if train_args.gradient_checkpointing == "true" else 0
-        if checkpointed is None and flat and graphable:  # split the steps too long to replay, if a part fits
-            split = split_tokens_for(probe, budget, max_length, rows, trainer.data_collator)
+        if flat and graphable and checkpointed in (0, None) and (train_args.flat_split_tokens or checkpointed is None):
+            # the steps too long to replay without checkpointing run in parts, if a row of one example fits
+            split = train_args.flat_split_tokens or split_tokens_for(probe, budget, max_length, rows,
+                                                                     trainer.data_collator)
             if split is not None:
                 trainer.data_collator.split_tokens, checkpointed = split, 0
                 log.info("flat rows: steps longer than %d tokens run in parts, each replayed as a CUDA graph", split)

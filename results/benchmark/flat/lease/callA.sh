@@ -5,6 +5,8 @@
 # original, the default on cuBLAS, on cuBLASLt (--matmul_library cublaslt: 4.2 % less GPU time a real token in
 # scripts/analysis/mm_shapes.py), then both again on the same steps, whose lengths the process has then seen (as
 # in a run's later epochs): the lever's effect cold and warm, and the first epoch's cost of new lengths.
+# SETTINGS=graphs: the original, the default and the default with --flat_cuda_graphs (steps too long to replay
+# without checkpointing run in parts), each preset; WARM=40 lets each graph setting record its buckets first.
 # Carry: site.txz data-ng.tgz tok.tgz run, or, when call B follows, data.tgz and gguf00 in place of data-ng.tgz.
 # About 330 s for SETTINGS=default on an H100.
 source .gpu-carry/run/setup.sh
@@ -19,6 +21,8 @@ case $NAME in
   lt|lt_all) P=""; B="original q,v"; [ $NAME = lt_all ] && P=', "preset": "all+lm_head"' && B="original all+lm_head"
       LT="\"compile_layers\": \"true\", \"matmul_library\": \"cublaslt\"$P"
       SET="{\"$B\": {$ORIG$P}, \"suite\": {\"compile_layers\": \"true\"$P}, \"suite, cuBLASLt\": {$LT}, \"suite again\": {\"compile_layers\": \"true\"$P}, \"suite, cuBLASLt again\": {$LT}}" ;;
+  graphs) GR="\"compile_layers\": \"true\", \"flat_cuda_graphs\": true"  # steps too long for a graph run in parts
+      SET="{\"original q,v\": {$ORIG}, \"suite q,v\": {\"compile_layers\": \"true\"}, \"suite q,v, flat CUDA graphs\": {$GR}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head\": {\"compile_layers\": \"true\", \"preset\": \"all+lm_head\"}, \"suite all+lm_head, flat CUDA graphs\": {$GR, \"preset\": \"all+lm_head\"}}" ;;
   rows) SET="{\"original q,v\": {$ORIG}, \"suite q,v, rows of 64\": {\"compile_layers\": \"true\", \"flat_row_multiple\": 64}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head, rows of 64\": {\"compile_layers\": \"true\", \"flat_row_multiple\": 64, \"preset\": \"all+lm_head\"}}" ;;
 esac
 timeout -k 5 ${LIMIT:-420} python scripts/benchmark.py --data_dir $S/data --tokenizer_dir $S/zephyr-tokenizer \
