@@ -85,6 +85,8 @@ def test_unknown_flag_is_an_error_that_names_the_nearest_flag(tmp_path):
     (["--flat_cuda_graphs", "True", "--cuda_graphs", "False"], "--flat_cuda_graphs: needs --cuda_graphs True"),
     (["--flat_split_tokens", "-1"], "--flat_split_tokens: must be 0 or more, got -1"),
     (["--flat_split_tokens", "1024"], "--flat_split_tokens: splits the steps of --flat_cuda_graphs True"),
+    (["--flat_split_tokens", "1024", "--flat_cuda_graphs", "True", "--gradient_checkpointing", "true"],
+     "--flat_split_tokens: runs the parts as CUDA graphs, which a checkpointed layer cannot be"),
     (["--matmul_library", "mkl"], "--matmul_library: unknown value 'mkl' \\(choose default, cublas or cublaslt\\)"),
 ])
 def test_invalid_values_name_the_flag(argv, message):

@@ -248,6 +248,9 @@ class TrainArguments:
         check(self.flat_split_tokens >= 0, "flat_split_tokens", f"must be 0 or more, got {self.flat_split_tokens}")
         check(not self.flat_split_tokens or self.flat_cuda_graphs, "flat_split_tokens",
               "splits the steps of --flat_cuda_graphs True")
+        check(not self.flat_split_tokens or self.gradient_checkpointing in ("auto", "false", "0"), "flat_split_tokens",
+              "runs the parts as CUDA graphs, which a checkpointed layer cannot be (use --gradient_checkpointing "
+              "auto or false)")
         check(self.flat_row_multiple >= 0, "flat_row_multiple", f"must be 0 or more, got {self.flat_row_multiple}")
         check(self.matmul_library in MATMUL_LIBRARIES, "matmul_library",
               f"unknown value {self.matmul_library!r} (choose {', '.join(MATMUL_LIBRARIES[:-1])} or "

@@ -76,8 +76,13 @@ class SuiteSFTTrainer(SFTTrainer):
         # A micro-batch split into rows (zephyr/speed/flat.py): each part's loss is normalized by the answer tokens
         # of the whole micro-batch (or of the accumulation window, as the Trainer counts them), so the parts'
         # gradients add up to the whole row's; their losses add up to its loss. The whole row's tensors stay in
-        # ``inputs`` for the Trainer's counts.
-        items = labels if num_items_in_batch is None else num_items_in_batch
+        # ``inputs`` for the Trainer's counts. Without the Trainer's count, the unsplit row would be normalized by
+        # its own tokens and then divided by the accumulation steps, which the Trainer skips once given a count
+        # where the model takes loss arguments: the count given the parts carries that division.
+        items = num_items_in_batch
+        if items is None:
+            divides = not self.model_accepts_loss_kwargs or self.compute_loss_func is not None
+            items = labels * (1 if divides else self.current_gradient_accumulation_steps)
         return sum(self._one_row(model, dict(part), items) for part in parts)
 
     def _one_row(self, model, inputs, num_items_in_batch):

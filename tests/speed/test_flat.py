@@ -12,11 +12,12 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _one_step(model_dir, tokenizer, tmp_path, dtype: str, flat: bool, bucket: int | None = None,
-              split_tokens: int | None = None, via_trainer: bool = False, count_items: bool = False):
+              split_tokens: int | None = None, via_trainer: bool = False, count_items: bool = False,
+              accumulation: int = 1):
     """Loss and LoRA gradients of one training step of the suite's trainer on 8 examples (4-bit, LoRA on every
     projection and lm_head, no dropout so that both layouts draw nothing at random). ``via_trainer``: through the
     trainer's ``training_step`` (which runs a split batch's parts), given the step's answer tokens as the Trainer
-    counts them when ``count_items``."""
+    counts them when ``count_items``, as the micro-batch of a step of ``accumulation`` micro-batches."""
     from peft import get_peft_model
 
     from zephyr.config import DataArguments, ModelArguments, TrainArguments
@@ -54,7 +55,7 @@ def _one_step(model_dir, tokenizer, tmp_path, dtype: str, flat: bool, bucket: in
     if via_trainer:
         model.train()
         items = int((batch["labels"][:, 1:] != -100).sum()) if count_items else None
-        trainer.current_gradient_accumulation_steps = 1  # set by the Trainer's loop for each optimizer step
+        trainer.current_gradient_accumulation_steps = accumulation  # set by the Trainer's loop for each step
         loss = trainer.training_step(model, dict(batch), items)  # it takes its own keys out of the batch
         grads = {n: p.grad.float().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
         return loss.item(), grads, batch
@@ -105,18 +106,19 @@ def test_a_row_padded_to_its_bucket_trains_exactly_like_the_row(tiny_model_dir, 
     assert _relative(bucket_grads, grads) < 1e-5
 
 
-@pytest.mark.parametrize("bucket, count_items", [(None, False), (32, True)])
+@pytest.mark.parametrize("bucket, count_items, accumulation", [(None, False, 1), (32, True, 1), (None, False, 2)])
 def test_a_step_split_into_parts_trains_exactly_like_the_whole_row(tiny_model_dir, tokenizer, tmp_path, bucket,
-                                                                   count_items):
+                                                                   count_items, accumulation):
     """A step whose row would be longer than ``split_tokens`` runs as consecutive rows of whole examples, each loss
     normalized by the whole step's answer tokens: the loss and every LoRA gradient are the whole row's (fp32, the
-    bounds of the flat-against-padded test; the parts' gradients add up in another order)."""
+    bounds of the flat-against-padded test; the parts' gradients add up in another order), with the Trainer's
+    token count or without it, in a step of one micro-batch or of two."""
     from zephyr.speed.flat import SPLIT_PARTS
 
     whole_loss, whole, whole_batch = _one_step(tiny_model_dir, tokenizer, tmp_path, "fp32", True, bucket,
-                                               via_trainer=True, count_items=count_items)
+                                               via_trainer=True, count_items=count_items, accumulation=accumulation)
     split_loss, split, split_batch = _one_step(tiny_model_dir, tokenizer, tmp_path, "fp32", True, bucket, 128,
-                                               via_trainer=True, count_items=count_items)
+                                               via_trainer=True, count_items=count_items, accumulation=accumulation)
     parts = split_batch[SPLIT_PARTS]
     assert SPLIT_PARTS not in whole_batch and len(parts) >= 3
     assert all(part["input_ids"].shape[1] <= 128 for part in parts)
@@ -166,6 +168,7 @@ def test_split_length_is_the_longest_row_that_fits_without_checkpointing():
     assert split_tokens_for(probe, 15 * 2**30 - 1, 512, 8, collator) == 2304
     assert split_tokens_for(probe, 100 * 2**30, 512, 8, collator) == 4352  # 8 x 512 tokens and a padding token
     assert split_tokens_for(probe, 11 * 2**30, 512, 8, collator) is None  # 768 tokens: 11.5 GiB
+    assert split_tokens_for(lambda rows, _: 12 * 2**30, 15 * 2**30, 512, 8, collator) is None  # no line to draw
     plain = FlatBatchCollator(0, max_length=512)
     assert split_tokens_for(lambda rows, _: 10 * 2**30 + rows * 512 * 2**21, 15 * 2**30, 512, 8, plain) == 2560
 

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from zephyr.config import TrainArguments
+from zephyr.preflight_checks import flat_split
 from zephyr.speed.compile import compile_decoder_layers, decoder_layers, should_compile
 from zephyr.speed.flat import FlatBatchCollator
 from zephyr.speed.packing import PackedRowsCollator
@@ -121,9 +122,9 @@ def split_tokens_for(probe: Callable[[int, bool], float], budget: float, max_len
     row = collator.bucket_length if collator.bucket else (lambda tokens: tokens)
     one, two = probe(1, False), probe(2, False)
     shortest, longest = row(max_length), row(rows * max_length)
-    if not one <= budget:
+    if not one <= budget or two <= one:  # no line to draw: the largest step did not fit (prepare_layers)
         return None
-    tokens = longest if two <= one else shortest + (budget - one) * (row(2 * max_length) - shortest) / (two - one)
+    tokens = shortest + (budget - one) * (row(2 * max_length) - shortest) / (two - one)
     tokens = min(int(tokens) // (collator.bucket or 1) * (collator.bucket or 1), longest)
     return tokens if tokens >= shortest else None
 
@@ -259,12 +260,16 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
             split = train_args.flat_split_tokens or split_tokens_for(probe, budget, max_length, rows,
                                                                      trainer.data_collator)
             if split is not None:
+                flat_split(split, max_length)  # a length given by hand, checked as preflight checks the flag
                 trainer.data_collator.split_tokens, checkpointed = split, 0
                 log.info("flat rows: steps longer than %d tokens run in parts, each replayed as a CUDA graph", split)
         # A graph is recorded for each batch shape: batches of one shape, or flat rows in buckets of lengths.
         cuda_graphs = bool(graphable and checkpointed == 0 and (fixed_shape or flat))
         if flat and graphable and not cuda_graphs:  # one dynamic graph for every length
             _set_row_bucket(trainer.data_collator, train_args, compiled, False, max_length)
+        if train_args.flat_split_tokens and not cuda_graphs:
+            log.warning("--flat_split_tokens %d: not used, the decoder layers are not replayed as CUDA graphs "
+                        "(they need a GPU, compiled layers and no layer checkpointed)", train_args.flat_split_tokens)
         uncompile = (compile_decoder_layers(model, cuda_graphs=cuda_graphs, fused_nf4=train_args.fused_nf4)
                      if compiled else (lambda: None))
         if checkpointed is None and flat and decoder_layers(model):
