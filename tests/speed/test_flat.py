@@ -330,3 +330,41 @@ def test_steps_too_long_to_replay_run_in_parts_as_cuda_graphs(tiny_model_dir, sy
     assert len(losses[True]) == 6
     assert tokens[True] == tokens[False]
     assert losses[True] == pytest.approx(losses[False], rel=1e-2)
+
+
+def test_a_run_whose_steps_are_split_logs_the_losses_of_the_unsplit_run(tiny_model_dir, synthetic_data, tmp_path,
+                                                                         monkeypatch):
+    """Through the whole Trainer loop on the CPU (its token and FLOP counts, logging, the optimizer step): a run
+    whose steps are split into parts logs the losses and tokens of the same run unsplit (no dropout; the parts add
+    their gradients in another order: measured 1.3e-6 relative after four steps, bound 1e-5)."""
+    from dataclasses import replace
+
+    import zephyr.speed.memory as memory
+    from conftest import run_args
+    from zephyr.speed.flat import SPLIT_PARTS, FlatBatchCollator
+    from zephyr.training import train
+
+    set_row_bucket, collate, parts_seen = memory._set_row_bucket, FlatBatchCollator.__call__, []
+
+    def split_at_150(collator, *args):  # what prepare_layers sets on a GPU, here by hand
+        set_row_bucket(collator, *args)
+        collator.split_tokens = 150
+
+    def counting(collator, rows):
+        batch = collate(collator, rows)
+        parts_seen.append(len(batch.get(SPLIT_PARTS, [batch])))
+        return batch
+
+    monkeypatch.setattr(FlatBatchCollator, "__call__", counting)
+    losses, tokens = {}, {}
+    for split in (False, True):
+        if split:
+            monkeypatch.setattr(memory, "_set_row_bucket", split_at_150)
+        data, model, train_args = run_args(tiny_model_dir, synthetic_data, tmp_path / str(split), max_steps=4)
+        run = train(data, replace(model, lora_dropout=0.0), train_args)
+        rows = [json.loads(row) for row in (run.run_dir / "train_log.jsonl").read_text().splitlines()]
+        losses[split] = [row["loss"] for row in rows if "loss" in row]
+        tokens[split] = [row["num_input_tokens_seen"] for row in rows if "loss" in row]
+    assert len(losses[True]) == 4 and max(parts_seen) >= 2  # steps did run in parts
+    assert tokens[True] == tokens[False]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
