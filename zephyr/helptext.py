@@ -24,8 +24,9 @@ FLAG_GROUPS = {
                  "save_steps", "report_to"),
     "evaluation": ("eval_output_dir", "max_new_tokens", "max_prompt_tokens", "eval_dtype"),
     "speed and memory": ("gradient_checkpointing", "compile_layers", "fused_nf4", "sync_free_metrics", "cuda_graphs",
-                         "flat_cuda_graphs", "flat_split_tokens", "flat_row_multiple", "matmul_library", "packed_rows", "batch_layout",
-                         "pad_to_max_length", "eval_batch_size", "eval_batch_tokens", "merge_adapter"),
+                         "flat_cuda_graphs", "flat_split_tokens", "flat_row_multiple", "matmul_library",
+                         "packed_rows", "batch_layout", "pad_to_max_length", "eval_batch_size", "eval_batch_tokens",
+                         "merge_adapter"),
 }
 STATES_DEFAULT = re.compile(r"\bdefault:", re.IGNORECASE)
 METAVARS = {int: "N", float: "X"}

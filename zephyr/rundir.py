@@ -50,8 +50,9 @@ def default_save_steps(total_steps: int) -> int:
 # Arguments that may change between an interrupted run and its resumption without changing its result.
 _RESUMABLE_DIFFERENCES = {"overwrite", "do_eval", "logging_steps", "save_steps", "gradient_checkpointing",
                           "train_memory_gib", "compile_layers", "cuda_graphs", "flat_cuda_graphs", "flat_split_tokens",
-                          "flat_row_multiple", "matmul_library", "fused_nf4", "pad_to_max_length", "batch_layout", "sync_free_metrics",
-                          "merge_adapter", "eval_batch_size", "eval_batch_tokens", "eval_memory_gib", "report_to"}
+                          "flat_row_multiple", "matmul_library", "fused_nf4", "pad_to_max_length", "batch_layout",
+                          "sync_free_metrics", "merge_adapter", "eval_batch_size", "eval_batch_tokens",
+                          "eval_memory_gib", "report_to"}
 
 
 @contextlib.contextmanager
