@@ -5,8 +5,10 @@
 # original, the default on cuBLAS, on cuBLASLt (--matmul_library cublaslt: 4.2 % less GPU time a real token in
 # scripts/analysis/mm_shapes.py), then both again on the same steps, whose lengths the process has then seen (as
 # in a run's later epochs): the lever's effect cold and warm, and the first epoch's cost of new lengths.
-# SETTINGS=graphs: the original, the default and the default with --flat_cuda_graphs (steps too long to replay
-# without checkpointing run in parts), each preset; WARM=40 lets each graph setting record its buckets first.
+# SETTINGS=graphs: the original and the default with --flat_cuda_graphs (steps too long to replay without
+# checkpointing run in parts) for each preset, then the default for each (last: a run cut at LIMIT loses these
+# first); WARM=30 lets each graph setting record its buckets before its timed steps.
+# TESTS="cuda_graphs": then those tests of tests/speed/test_flat.py, if the call is under TESTS_BY seconds.
 # Carry: site.txz data-ng.tgz tok.tgz run, or, when call B follows, data.tgz and gguf00 in place of data-ng.tgz.
 # About 330 s for SETTINGS=default on an H100.
 source .gpu-carry/run/setup.sh
@@ -22,7 +24,7 @@ case $NAME in
       LT="\"compile_layers\": \"true\", \"matmul_library\": \"cublaslt\"$P"
       SET="{\"$B\": {$ORIG$P}, \"suite\": {\"compile_layers\": \"true\"$P}, \"suite, cuBLASLt\": {$LT}, \"suite again\": {\"compile_layers\": \"true\"$P}, \"suite, cuBLASLt again\": {$LT}}" ;;
   graphs) GR="\"compile_layers\": \"true\", \"flat_cuda_graphs\": true"  # steps too long for a graph run in parts
-      SET="{\"original q,v\": {$ORIG}, \"suite q,v\": {\"compile_layers\": \"true\"}, \"suite q,v, flat CUDA graphs\": {$GR}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head\": {\"compile_layers\": \"true\", \"preset\": \"all+lm_head\"}, \"suite all+lm_head, flat CUDA graphs\": {$GR, \"preset\": \"all+lm_head\"}}" ;;
+      SET="{\"original q,v\": {$ORIG}, \"suite q,v, flat CUDA graphs\": {$GR}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head, flat CUDA graphs\": {$GR, \"preset\": \"all+lm_head\"}, \"suite q,v\": {\"compile_layers\": \"true\"}, \"suite all+lm_head\": {\"compile_layers\": \"true\", \"preset\": \"all+lm_head\"}}" ;;
   rows) SET="{\"original q,v\": {$ORIG}, \"suite q,v, rows of 64\": {\"compile_layers\": \"true\", \"flat_row_multiple\": 64}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head, rows of 64\": {\"compile_layers\": \"true\", \"flat_row_multiple\": 64, \"preset\": \"all+lm_head\"}}" ;;
 esac
 timeout -k 5 ${LIMIT:-420} python scripts/benchmark.py --data_dir $S/data --tokenizer_dir $S/zephyr-tokenizer \
@@ -36,4 +38,9 @@ for name, row in json.load(open(sys.argv[1]))["training"].items():
     print(name, {k: row.get(k) for k in ("tokens_per_s", "speedup", "mfu_percent", "peak_gpu_memory_gib", "setup_s", "wall_s", "host_cpu_probe_ms")})
 PY
 grep -E "Recompiling|Error" $A/$NAME.log | cut -c1-200 | head -5
+grep -h "run in parts\|decoder layers:" $A/$NAME.log | sort | uniq -c
+if [ -n "$TESTS" ] && [ $(( $(date +%s) - T0 )) -lt ${TESTS_BY:-430} ]; then  # the flat CUDA-graph GPU tests, 100 s
+  PYTHONPATH=$PYTHONPATH:$S/stub timeout -k 5 $(( 530 - ($(date +%s) - T0) )) python -m pytest -rs -q \
+    -p no:cacheprovider tests/speed/test_flat.py -k "$TESTS" > $A/gpu-tests.txt 2>&1; tail -2 $A/gpu-tests.txt
+fi
 tar czf $OUT/A-$NAME.tgz -C /tmp/callA A; echo "done at $(( $(date +%s) - T0 )) s"
