@@ -129,10 +129,11 @@ def flat_batches(config, max_length: int) -> None:
 
 def flat_split(split_tokens: int, max_length: int) -> None:
     """A split row must hold one example of ``max_length`` tokens and the padding of its length bucket."""
+    from zephyr.speed.flat import bucket_length
     from zephyr.speed.memory import flat_row_bucket
 
     bucket = flat_row_bucket(max_length)
-    shortest = (max_length // bucket + 1) * bucket
+    shortest = bucket_length(max_length, bucket)
     if split_tokens < shortest:
         raise UsageError(f"--flat_split_tokens: {split_tokens} tokens cannot hold one example of --max_length "
                          f"{max_length} in its {bucket}-token length bucket (at least {shortest})")

@@ -34,6 +34,12 @@ SPLIT_LABELS = "split_labels"
 SEQUENCE_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
 
+def bucket_length(tokens: int, bucket: int) -> int:
+    """A row's length for ``tokens`` real tokens in buckets of ``bucket``: the next multiple with room for at least
+    one padding token, so that every row of a micro-batch size has the same number of examples."""
+    return (tokens // bucket + 1) * bucket
+
+
 @dataclass
 class FlatBatchCollator:
     """TRL's padding-free collator plus the batch's real token count and its padded width.
@@ -65,23 +71,22 @@ class FlatBatchCollator:
             raise ValueError(f"bucket: {self.bucket} tokens must be positive and at most max_length "
                              f"({self.max_length}), the longest example the attention kernel is told of")
         if self.split_tokens is not None and not (self.max_length and
-                                                  self.split_tokens >= self._row_length(self.max_length)):
+                                                  self.split_tokens >= self.row_length(self.max_length)):
             raise ValueError(f"split_tokens: {self.split_tokens} tokens must hold a row of one example of "
                              f"max_length ({self.max_length}) tokens")
 
     def bucket_length(self, tokens: int) -> int:
-        """The row's length for ``tokens`` real tokens: the next multiple of ``bucket`` with room for at least one
-        padding token, so that every row of a micro-batch size has the same number of examples."""
-        return (tokens // self.bucket + 1) * self.bucket
+        return bucket_length(tokens, self.bucket)
 
-    def _row_length(self, tokens: int) -> int:
+    def row_length(self, tokens: int) -> int:
+        """The length of the row that holds ``tokens`` real tokens (its bucket's, when rows are bucketed)."""
         return self.bucket_length(tokens) if self.bucket is not None else tokens
 
     def parts(self, lengths: list[int]) -> list[int]:
         """How many consecutive examples each part of a micro-batch holds (one part when the row fits)."""
         counts, tokens = [0], 0
         for length in lengths:
-            if counts[-1] and self.split_tokens is not None and self._row_length(tokens + length) > self.split_tokens:
+            if counts[-1] and self.split_tokens is not None and self.row_length(tokens + length) > self.split_tokens:
                 counts.append(0)
                 tokens = 0
             counts[-1] += 1

@@ -119,7 +119,7 @@ def split_tokens_for(probe: Callable[[int, bool], float], budget: float, max_len
     collator lays them, give the line. The probes run eager layers, which keep more activations than the compiled
     ones that will train, so the length is on the safe side.
     """
-    row = collator.bucket_length if collator.bucket else (lambda tokens: tokens)
+    row = collator.row_length
     one, two = probe(1, False), probe(2, False)
     shortest, longest = row(max_length), row(rows * max_length)
     if not one <= budget or two <= one:  # no line to draw: the largest step did not fit (prepare_layers)
