@@ -63,6 +63,7 @@ class SuiteSFTTrainer(SFTTrainer):
 
     neftune_width = None  # flat batches' NEFTune hook (zephyr/speed/flat.py), told each batch's padded width
     checkpoint_plan = None  # a per-step checkpointing plan (zephyr/speed/memory.py), sized by the batch's tokens
+    cuda_graphs = False  # the decoder layers replay as CUDA graphs (zephyr/speed/memory.py, prepare_layers)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._batch_tokens = inputs.pop(NUM_TOKENS, None)
@@ -71,6 +72,8 @@ class SuiteSFTTrainer(SFTTrainer):
             self.neftune_width.width = width
         parts = inputs.pop(SPLIT_PARTS, None)
         labels = inputs.pop(SPLIT_LABELS, None)
+        if self.cuda_graphs and (parts is not None or self.current_gradient_accumulation_steps > 1):
+            allocate_gradients(model)  # several backward replays before the optimizer reads the gradients
         if parts is None:
             return self._one_row(model, inputs, num_items_in_batch)
         # A micro-batch split into rows (zephyr/speed/flat.py): each part's loss is normalized by the answer tokens
@@ -124,3 +127,16 @@ class SuiteSFTTrainer(SFTTrainer):
             self._metrics["train"]["mean_token_accuracy"].append(correct / valid if valid else 0.0)
             self._metrics["train"]["num_tokens"] = [self.state.num_input_tokens_seen]
         super().log(logs, start_time)
+
+
+def allocate_gradients(model) -> None:
+    """Zeroed gradients for the trainable parameters that have none, allocated outside the CUDA graphs' memory.
+
+    A replayed backward graph writes each parameter's gradient into the graphs' memory pool, and autograd installs
+    that very tensor as the parameter's ``.grad`` when it has none; the next replay, before the optimizer reads it,
+    writes over it (pytorch/pytorch#169545: torch raises, older versions summed wrong). With a gradient already
+    there, autograd adds each replay's gradient to it in place: parts of a step and accumulated micro-batches add
+    up as they do without graphs (0 + g is exact in any precision)."""
+    for param in model.parameters():
+        if param.requires_grad and param.grad is None:
+            param.grad = torch.zeros_like(param)

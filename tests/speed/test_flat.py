@@ -127,6 +127,30 @@ def test_a_step_split_into_parts_trains_exactly_like_the_whole_row(tiny_model_di
     assert _relative(split, whole) < 1e-5
 
 
+@pytest.mark.parametrize("split_tokens, accumulation", [(128, 1), (None, 2)])
+def test_replayed_steps_add_their_gradients_to_gradients_allocated_before(tiny_model_dir, tokenizer, tmp_path,
+                                                                          monkeypatch, split_tokens, accumulation):
+    """A replayed CUDA graph's backward writes the gradients into the graphs' memory, which autograd would install
+    as ``.grad`` and the next replay overwrite (pytorch/pytorch#169545). With graphs, a step that runs several
+    backward passes (its parts, or accumulated micro-batches) finds every LoRA gradient allocated before its
+    first, and each pass adds to those same tensors."""
+    from zephyr.suite_trainer import SuiteSFTTrainer
+
+    one_row, seen = SuiteSFTTrainer._one_row, []
+
+    def recording(self, model, inputs, items):
+        seen.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+        return one_row(self, model, inputs, items)
+
+    monkeypatch.setattr(SuiteSFTTrainer, "_one_row", recording)
+    monkeypatch.setattr(SuiteSFTTrainer, "cuda_graphs", True)
+    _, grads, _ = _one_step(tiny_model_dir, tokenizer, tmp_path, "fp32", True, None, split_tokens, via_trainer=True,
+                            accumulation=accumulation)
+    assert len(seen) >= (3 if split_tokens else 1) and len(seen[0]) == len(grads) > 20
+    for before in seen:
+        assert all(grad is not None and grad.data_ptr() == seen[0][name].data_ptr() for name, grad in before.items())
+
+
 def test_split_parts_hold_the_examples_in_order():
     """Parts are consecutive runs of whole examples, each row within ``split_tokens`` (with its bucket's padding);
     together they hold the whole row's tokens and answer labels; a row that fits is left whole."""

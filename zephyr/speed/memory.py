@@ -280,6 +280,7 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     if probing:
         model.get_base_model().gradient_checkpointing_disable()
         torch.cuda.empty_cache()
+    trainer.cuda_graphs = cuda_graphs
     if step_plan is not None:
         trainer.args.gradient_checkpointing = True  # the Trainer enables it on every layer; each step trims
         trainer.checkpoint_plan = step_plan
