@@ -172,3 +172,43 @@ def test_a_benchmark_stopped_after_one_setting_keeps_what_it_measured(tiny_model
     result = json.loads(out.read_text())
     assert result["complete"] is False and list(result["training"]) == ["original q,v"]
     assert result["training"]["original q,v"]["tokens_per_s"] > 0 and result["git_commit"]
+
+
+def test_a_setting_that_fails_is_recorded_and_the_next_still_runs(tiny_model_dir, synthetic_data, tmp_path,
+                                                                   monkeypatch, capsys):
+    """A setting that fails (out of memory, a compiler's error) leaves its error and peak memory in the JSON and
+    gives the base model back without its adapter; the next setting is measured; the command exits with 1."""
+    import zephyr.benchmark as benchmark
+    from zephyr.commands import bench
+    from zephyr.suite_trainer import SuiteSFTTrainer
+
+    train, measured, bases = SuiteSFTTrainer.train, benchmark.measure_training, []
+
+    def fails_first(self, *args, **kwargs):
+        if not bases:
+            raise RuntimeError("Error: accessing tensor output of CUDAGraphs\nthat has been overwritten")
+        return train(self, *args, **kwargs)
+
+    def recording(*args, **kwargs):
+        result, base = measured(*args, **kwargs)
+        bases.append([name for name, _ in base.named_modules() if "lora" in name])  # the adapter it was given
+        return result, base
+
+    monkeypatch.setattr(SuiteSFTTrainer, "train", fails_first)
+    monkeypatch.setattr(benchmark, "measure_training", recording)
+    args = _tiny_benchmark(tiny_model_dir, synthetic_data, tmp_path / "bench.json")
+    with pytest.raises(SystemExit) as exit_:
+        bench(["--model_name_or_path", args.model_name_or_path, "--data_dir", args.data_dir, "--output", args.output,
+               "--train", "False", "--evaluate", "False", "--warmup_steps", "2", "--train_steps", "3",
+               "--extra_settings", args.extra_settings])
+    assert exit_.value.code == 1
+    result = json.loads((tmp_path / "bench.json").read_text())
+    failed, suite = result["training"]["original q,v"], result["training"]["suite q,v"]
+    assert result["complete"] is True
+    assert failed["error"] == "RuntimeError: Error: accessing tensor output of CUDAGraphs"
+    assert failed["tokens_per_s"] is None and "speedup" not in suite
+    assert suite["tokens_per_s"] > 0 and len(suite["step_seconds"]) == 3
+    assert bases == [[], []]
+    captured = capsys.readouterr()
+    assert "failed: RuntimeError" in captured.out
+    assert "benchmark: setting failed, original q,v: RuntimeError" in captured.err

@@ -269,13 +269,22 @@ def summary_table(result: dict) -> str:
             if suite is original or suite["preset"] != preset:
                 continue
             path = name.removesuffix(f" {preset}")
-            lines.append(f"| training tokens/s, LoRA {preset} ({path}) | {original['tokens_per_s']} | "
-                         f"{suite['tokens_per_s']} | {suite.get('speedup', '—')}x | {suite['peak_gpu_memory_gib']} |")
+            lines.append(f"| training tokens/s, LoRA {preset} ({path}) | {_rate(original)} | {_rate(suite)} | "
+                         f"{suite.get('speedup', '—')}x | {suite['peak_gpu_memory_gib']} |")
     for name, row in result["evaluation"].items():
         if isinstance(row, dict) and "speedup" in row:
             lines.append(f"| {name} examples/s | {row['original_examples_per_s']} | {row['examples_per_s']} | "
                          f"{row['speedup']}x | {row['peak_gpu_memory_gib']} |")
     return "\n".join(lines)
+
+
+def _rate(row: dict) -> str:
+    return f"failed: {row['error']}" if row.get("error") else str(row["tokens_per_s"])
+
+
+def failed_settings(result: dict) -> list[str]:
+    """One line per training setting that failed (the benchmark ran the others)."""
+    return [f"{name}: {row['error']}" for name, row in result["training"].items() if row.get("error")]
 
 
 def mfu_line(result: dict) -> str:

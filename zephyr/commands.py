@@ -99,12 +99,16 @@ def tables(argv=None):
 
 @entry_point
 def bench(argv=None):
-    from zephyr.benchmark import BenchmarkArguments, mfu_line, run_benchmark, summary_table
+    from zephyr.benchmark import BenchmarkArguments, failed_settings, mfu_line, run_benchmark, summary_table
 
     (arguments,) = parse_args((BenchmarkArguments,), argv)
     result = run_benchmark(arguments)
     print(summary_table(result))
     print(mfu_line(result))
+    for line in failed_settings(result):  # the JSON holds every setting; the exit status says one failed
+        print(f"benchmark: setting failed, {line}", file=sys.stderr)
+    if failed_settings(result):
+        raise SystemExit(1)
 
 
 @entry_point

@@ -4,6 +4,7 @@ of a decoding loop, each measured the same way for every path compared."""
 from __future__ import annotations
 
 import gc
+import logging
 import tempfile
 import time
 from dataclasses import replace
@@ -12,6 +13,8 @@ from pathlib import Path
 import torch
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
+
+log = logging.getLogger(__name__)
 
 # Dense bf16 matrix rate (TFLOP/s) by GPU name, from the vendors' datasheets, for MFU.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
@@ -128,7 +131,9 @@ def cpu_probe_ms(repeats: int = 5) -> float:
 def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, model_args: ModelArguments,
                      train_args: TrainArguments, warmup: int, timed: int, mean_example_tokens: float, peak_tflops,
                      profile_path: Path | None = None):
-    """Tokens/s, peak memory and MFU of the suite's trainer for one setting; returns (result, base model)."""
+    """Tokens/s, peak memory and MFU of the suite's trainer for one setting; returns (result, base model). A
+    setting that fails is recorded as ``error`` (its exception's first line) with its peak memory, and the base
+    model comes back without its adapter, so that the settings after it still run."""
     from peft import get_peft_model
     from transformers import set_seed
 
@@ -140,17 +145,38 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
     model = get_peft_model(base_model, build_lora_config(model_args))
     timer = _step_timer(warmup, timed, profile_path)
     train_args = replace(train_args, max_steps=warmup + timed + (1 if profile_path else 0))
-    with tempfile.TemporaryDirectory() as scratch:
-        trainer, restore, checkpointed = build_trainer(
-            model, tokenizer, dataset, data_args, model_args, train_args, Path(scratch), callbacks=[timer])
-        _reset_peak()
-        try:
-            trainer.train()
-        finally:
-            restore()
+    trainer = None
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            trainer, restore, checkpointed = build_trainer(
+                model, tokenizer, dataset, data_args, model_args, train_args, Path(scratch), callbacks=[timer])
+            _reset_peak()
+            try:
+                trainer.train()
+            finally:
+                restore()
+        result = _training_result(model, trainer, timer, train_args, checkpointed, base_model.config,
+                                  mean_example_tokens, peak_tflops, probe_before, started)
+    except Exception as error:  # out of memory, a compiler's error: the next settings still run on the base model
+        log.exception("training setting failed")
+        result = {"error": f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}" if str(error).strip()
+                  else type(error).__name__, "tokens_per_s": None, "peak_gpu_memory_gib": _peak_gib(),
+                  "step_seconds": [round(seconds, 3) for seconds, _ in timer.steps]}
+    del trainer
+    base_model = model.unload()
+    base_model.gradient_checkpointing_disable()
+    base_model.disable_input_require_grads()
+    del model
+    free_memory()
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    return result, base_model
+
+
+def _training_result(model, trainer, timer, train_args: TrainArguments, checkpointed, config,
+                     mean_example_tokens: float, peak_tflops, probe_before: float, started: float) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tokens_per_s = timer.tokens_per_s()
-    flops = training_flops_per_token(base_model.config, trainable, mean_example_tokens)
+    flops = training_flops_per_token(config, trainable, mean_example_tokens)
     result = {
         "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None, "peak_gpu_memory_gib": _peak_gib(),
         "mfu_percent": round(100 * tokens_per_s * flops / (peak_tflops * 1e12), 2) if peak_tflops and tokens_per_s
@@ -176,14 +202,7 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
         # flat batches plan checkpointing per step: how many steps ran with how many checkpointed layers
         "checkpointed_layers_by_step": (dict(trainer.checkpoint_plan.steps_by_layers)
                                         if getattr(trainer, "checkpoint_plan", None) else None)}
-    del trainer
-    base_model = model.unload()
-    base_model.gradient_checkpointing_disable()
-    base_model.disable_input_require_grads()
-    del model
-    free_memory()
-    result["wall_s"] = round(time.perf_counter() - started, 1)
-    return result, base_model
+    return result
 
 
 # -- evaluation -------------------------------------------------------------------------------------
