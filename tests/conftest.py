@@ -92,7 +92,8 @@ def run_args(tiny_model_dir, data_dir, out, **overrides):
                            lora_r=8, lora_targets=overrides.pop("lora_targets", "all"),
                            lora_lm_head=overrides.pop("lora_lm_head", False))
     train_args = TrainArguments(output_root=str(out), num_train_epochs=1, max_steps=overrides.pop("max_steps", 6),
-                                per_device_train_batch_size=8, gradient_accumulation_steps=1, learning_rate=2e-3,
+                                per_device_train_batch_size=8, learning_rate=2e-3,
+                                gradient_accumulation_steps=overrides.pop("gradient_accumulation_steps", 1),
                                 gradient_checkpointing=overrides.pop("gradient_checkpointing", False),
                                 optim="adamw_torch", logging_steps=1, **overrides)
     return data, model, train_args

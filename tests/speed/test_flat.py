@@ -296,10 +296,13 @@ def test_compiled_layers_take_flat_batches_of_every_length_with_one_graph(tiny_m
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-def test_flat_rows_replayed_as_cuda_graphs_train_like_compiled_rows(tiny_model_dir, synthetic_data, tmp_path, caplog):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_flat_rows_replayed_as_cuda_graphs_train_like_compiled_rows(tiny_model_dir, synthetic_data, tmp_path, caplog,
+                                                                    accumulation):
     """On a GPU, with --flat_cuda_graphs, flat rows whose largest step fits without checkpointing are padded to
-    buckets and the compiled layers replayed as CUDA graphs; six steps then log the losses of the same run without graphs (no dropout, so
-    that nothing is drawn at random; bf16 rounds the sums of other shapes: within 1e-2)."""
+    buckets and the compiled layers replayed as CUDA graphs; six steps then log the losses of the same run without
+    graphs (no dropout, so that nothing is drawn at random; bf16 rounds the sums of other shapes: within 1e-2), also
+    with two micro-batches a step, whose second backward replay must not write over the first one's gradients."""
     import logging
     from dataclasses import replace
 
@@ -309,7 +312,8 @@ def test_flat_rows_replayed_as_cuda_graphs_train_like_compiled_rows(tiny_model_d
     losses, tokens = {}, {}
     for graphs in (False, True):
         data, model, train_args = run_args(tiny_model_dir, synthetic_data, tmp_path / str(graphs), max_steps=6,
-                                           compile_layers="true", cuda_graphs=graphs, flat_cuda_graphs=graphs)
+                                           compile_layers="true", cuda_graphs=graphs, flat_cuda_graphs=graphs,
+                                           gradient_accumulation_steps=accumulation)
         with caplog.at_level(logging.INFO, logger="zephyr.speed.memory"):
             caplog.clear()
             run = train(data, replace(model, lora_dropout=0.0), train_args)
