@@ -9,7 +9,9 @@ r"""Throughput at 7B scale: the study's original settings against the suite's de
     # try your own training settings beside the defaults
     python scripts/benchmark.py --extra_settings '{"bs8": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1}}'
 
-Prints one JSON line per training setting, then a Markdown table of the ratios; writes everything to --output.
+Prints one JSON line per training setting, then a Markdown table of the ratios; writes everything to --output,
+after each setting. A setting that fails (out of memory, a compiler's error) is recorded with its error and peak
+memory, the next settings still run, and the command exits with 1.
 """
 
 from zephyr.commands import bench as main
