@@ -145,6 +145,7 @@ def test_the_benchmark_json_says_where_each_settings_time_went(tiny_model_dir, s
         assert row["setup_s"] > 0
         assert len(row["host_cpu_probe_ms"]) == 2 and min(row["host_cpu_probe_ms"]) > 0
         assert row["settings"]["matmul_library"] == "default"
+        assert (row["peak_gpu_reserved_gib"] is None) == (row["peak_gpu_memory_gib"] is None)  # None: no GPU
         assert row["wall_s"] >= row["setup_s"] + sum(row["warmup_step_seconds"]) + sum(row["step_seconds"])
     assert suite["speedup"] == round(suite["tokens_per_s"] / original["tokens_per_s"], 2)
     assert (original["batch_layout"], suite["batch_layout"]) == ("padded", "flat")

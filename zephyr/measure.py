@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from zephyr.config import DataArguments, EvalArguments, ModelArguments, TrainArguments
+from zephyr.runinfo import peak_memory_gib
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,12 @@ def _sync() -> None:
 
 def _peak_gib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def _peak_reserved_gib() -> float | None:
+    """What the allocator held at most (tensors, cached blocks, the CUDA graphs' private pool): the memory a card
+    needs for the setting, above the tensors' peak when blocks fragment."""
+    return peak_memory_gib().get("peak_gpu_reserved_gib")
 
 
 def _reset_peak() -> None:
@@ -161,6 +168,7 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
         log.exception("training setting failed")
         result = {"error": f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}" if str(error).strip()
                   else type(error).__name__, "tokens_per_s": None, "peak_gpu_memory_gib": _peak_gib(),
+                  "peak_gpu_reserved_gib": _peak_reserved_gib(),
                   "step_seconds": [round(seconds, 3) for seconds, _ in timer.steps]}
     del trainer
     base_model = model.unload()
@@ -179,6 +187,7 @@ def _training_result(model, trainer, timer, train_args: TrainArguments, checkpoi
     flops = training_flops_per_token(config, trainable, mean_example_tokens)
     result = {
         "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None, "peak_gpu_memory_gib": _peak_gib(),
+        "peak_gpu_reserved_gib": _peak_reserved_gib(),
         "mfu_percent": round(100 * tokens_per_s * flops / (peak_tflops * 1e12), 2) if peak_tflops and tokens_per_s
         else None,
         "step_seconds": [round(seconds, 3) for seconds, _ in timer.steps],
