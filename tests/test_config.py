@@ -46,7 +46,7 @@ def test_unknown_config_key_names_the_file_and_key(tmp_path):
 def test_wrong_type_in_config_is_an_error(tmp_path):
     config = tmp_path / "run.json"
     config.write_text('{"lora_r": "eight"}')
-    with pytest.raises(UsageError, match=f"argument --lora_r/--lora-r: invalid int value: 'eight' .*{config}"):
+    with pytest.raises(UsageError, match=f"^--lora_r: invalid int value: 'eight' .*{config}"):
         parse_args(ALL, ["--config", str(config)])
 
 

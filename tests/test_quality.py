@@ -158,7 +158,7 @@ def test_dropout_masks_of_compiled_layers_are_measured_against_independence():
     ("scripts/analysis/fast_check.py", ["{tmp}"], "{tmp}: no fast-check/ folder"),
     ("scripts/analysis/fast_check.py", ["{tmp}", "extra"], "unknown argument(s): extra"),
     ("scripts/analysis/dropout_masks.py", ["--steps", "1"], "--steps: 1: must be at least 2"),
-    ("scripts/analysis/dropout_masks.py", ["--device", "gpu"], "argument --device: invalid choice"),
+    ("scripts/analysis/dropout_masks.py", ["--device", "gpu"], "--device: invalid choice"),
     ("scripts/analysis/dropout_masks.py", ["--tokns", "8"], "unrecognized arguments: --tokns"),
     ("scripts/analysis/first_rows.py", ["x", "{tmp}"], "ROWS: x: must be a whole number"),
     ("scripts/analysis/first_rows.py", ["200", "{tmp}"], "{tmp}: no predictions.jsonl"),

@@ -23,7 +23,7 @@ from zephyr.io import read_json
 from zephyr.modeling import DTYPES, load_model, load_tokenizer, resolve_model_path
 from zephyr.preflight_checks import adapter_fits, model_config, writable_dir
 from zephyr.progress import phase_done
-from zephyr.rundir import ADAPTER_DIR, CONFIG
+from zephyr.rundir import CONFIG, finished_adapter
 from zephyr.speed.dense import dense_weight, merged_for_export
 
 
@@ -90,9 +90,7 @@ def export_run(args: ExportArguments) -> tuple[Path, dict]:
     from peft import PeftModel
 
     run_dir = Path(args.run_dir)
-    adapter = run_dir / ADAPTER_DIR
-    if not (adapter / "adapter_config.json").is_file():
-        raise UsageError(f"--run_dir: {run_dir}: no adapter ({ADAPTER_DIR}/adapter_config.json); did training finish?")
+    adapter = finished_adapter(run_dir)
     out = Path(args.output_dir or run_dir / "merged")
     if (out / "config.json").is_file() and not args.overwrite:
         raise UsageError(f"--output_dir: {out}: an exported model is already there; pass --overwrite True")

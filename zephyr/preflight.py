@@ -21,7 +21,7 @@ from zephyr.errors import UsageError
 from zephyr.preflight_checks import (adapter_fits, check_eval_method, flat_batches, flat_split, is_hub_source,
                                      load_split, lora_targets, model_config, model_runtime, prompt_budget,
                                      run_dir_inside, test_rows, writable_dir)
-from zephyr.rundir import ADAPTER_DIR, CONFIG, finished_with_same_settings, prepare_run_dir, run_directory
+from zephyr.rundir import CONFIG, finished_adapter, finished_with_same_settings, prepare_run_dir, run_directory
 from zephyr.tasks import LoadedSplit, Task
 
 log = logging.getLogger(__name__)
@@ -203,10 +203,7 @@ def inference(data_args: DataArguments, eval_args: EvalArguments, task_name: str
     if not eval_args.run_dir:
         raise UsageError("--run_dir: required (a directory written by a fine-tuning script)")
     run_dir = Path(eval_args.run_dir)
-    adapter = run_dir / ADAPTER_DIR
-    if not (adapter / "adapter_config.json").is_file():
-        raise UsageError(f"--run_dir: {run_dir}: no adapter ({ADAPTER_DIR}/adapter_config.json); "
-                         "did training finish?")
+    adapter = finished_adapter(run_dir)
     config = read_json(run_dir / CONFIG)
     trained_data = _arguments_from(config, DataArguments, run_dir / CONFIG)
     if task_name and trained_data.task != task_name:

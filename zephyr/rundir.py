@@ -43,6 +43,16 @@ LOSS_SUM = "loss_sum.json"  # in a checkpoint: the training loss summed over its
 DEFAULT_SAVE_STEPS = 200
 
 
+def finished_adapter(run_dir: Path) -> Path:
+    """The adapter a finished run wrote; a usage error naming ``--run_dir`` when there is none."""
+    if not run_dir.is_dir():
+        raise UsageError(f"--run_dir: {run_dir}: no such directory")
+    adapter = run_dir / ADAPTER_DIR
+    if not (adapter / "adapter_config.json").is_file():
+        raise UsageError(f"--run_dir: {run_dir}: no adapter ({ADAPTER_DIR}/adapter_config.json); did training finish?")
+    return adapter
+
+
 def default_save_steps(total_steps: int) -> int:
     """Every 200 steps, or a tenth of the run if that is shorter: a killed run of any length can resume."""
     return max(1, min(DEFAULT_SAVE_STEPS, math.ceil(total_steps / 10)))
