@@ -166,8 +166,9 @@ def measure_training(base_model, tokenizer, dataset, data_args: DataArguments, m
                                   mean_example_tokens, peak_tflops, probe_before, started)
     except Exception as error:  # out of memory, a compiler's error: the next settings still run on the base model
         log.exception("training setting failed")
-        result = {"error": f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}" if str(error).strip()
-                  else type(error).__name__, "tokens_per_s": None, "peak_gpu_memory_gib": _peak_gib(),
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]
+        result = {"error": f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__,
+                  "tokens_per_s": None, "peak_gpu_memory_gib": _peak_gib(),
                   "peak_gpu_reserved_gib": _peak_reserved_gib(),
                   "step_seconds": [round(seconds, 3) for seconds, _ in timer.steps]}
     del trainer
