@@ -171,7 +171,12 @@ CASES = {
     "flat split shorter than one example": (train_cls, _base_train, ["--flat_cuda_graphs", "True", "--max_length", "512",
                                                                      "--flat_split_tokens", "700"], {},
                                             "--flat_split_tokens: 700 tokens cannot hold one example of --max_length "
-                                            "512 in its 256-token length bucket (at least 768)"),
+                                            "512 in its 256-token length bucket, with a padding token for each "
+                                            "example of --per_device_train_batch_size 8 (at least 768)"),
+    "flat split without room for the padding segments": (
+        train_cls, _base_train, ["--flat_cuda_graphs", "True", "--max_length", "762", "--flat_split_tokens", "768"],
+        {}, "--flat_split_tokens: 768 tokens cannot hold one example of --max_length 762 in its 256-token length "
+            "bucket, with a padding token for each example of --per_device_train_batch_size 8 (at least 1024)"),
     "learning rate NaN": (train_cls, _base_train, ["--learning_rate", "nan"], {},
                           "--learning_rate: must be positive and finite, got nan"),
     "learning rate infinite": (train_cls, _base_train, ["--learning_rate", "inf"], {},

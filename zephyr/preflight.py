@@ -59,7 +59,7 @@ def finetune(task: Task, data_args: DataArguments, model_args: ModelArguments, t
     from zephyr.modeling import check_model_path
 
     if train_args.flat_split_tokens:
-        flat_split(train_args.flat_split_tokens, data_args.max_length)
+        flat_split(train_args.flat_split_tokens, data_args.max_length, train_args.per_device_train_batch_size)
     check_model_path(model_args.model_name_or_path)  # a mistyped path fails before the data is read
     if hub or not is_hub_source(task, "train", data_args):
         plan.train = load_split(task, "train", data_args)

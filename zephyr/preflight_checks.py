@@ -127,16 +127,19 @@ def flat_batches(config, max_length: int) -> None:
                          f"{window} tokens, under --max_length {max_length}; pass --batch_layout padded")
 
 
-def flat_split(split_tokens: int, max_length: int) -> None:
-    """A split row must hold one example of ``max_length`` tokens and the padding of its length bucket."""
+def flat_split(split_tokens: int, max_length: int, examples: int) -> None:
+    """A split row must hold one example of ``max_length`` tokens and the padding of its length bucket: a
+    one-token segment for each other example of the micro-batch of ``examples`` and one more
+    (zephyr/speed/flat.py, ``FlatBatchCollator.segments``)."""
     from zephyr.speed.flat import bucket_length
     from zephyr.speed.memory import flat_row_bucket
 
     bucket = flat_row_bucket(max_length)
-    shortest = bucket_length(max_length, bucket)
+    shortest = bucket_length(max_length, bucket, examples)
     if split_tokens < shortest:
         raise UsageError(f"--flat_split_tokens: {split_tokens} tokens cannot hold one example of --max_length "
-                         f"{max_length} in its {bucket}-token length bucket (at least {shortest})")
+                         f"{max_length} in its {bucket}-token length bucket, with a padding token for each example "
+                         f"of --per_device_train_batch_size {examples} (at least {shortest})")
 
 
 def lora_targets(config, model_args: ModelArguments) -> None:

@@ -13,7 +13,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 def _one_step(model_dir, tokenizer, tmp_path, dtype: str, flat: bool, bucket: int | None = None,
               split_tokens: int | None = None, via_trainer: bool = False, count_items: bool = False,
-              accumulation: int = 1):
+              accumulation: int = 1, segments: int | None = None):
     """Loss and LoRA gradients of one training step of the suite's trainer on 8 examples (4-bit, LoRA on every
     projection and lm_head, no dropout so that both layouts draw nothing at random). ``via_trainer``: through the
     trainer's ``training_step`` (which runs a split batch's parts), given the step's answer tokens as the Trainer
@@ -49,7 +49,7 @@ def _one_step(model_dir, tokenizer, tmp_path, dtype: str, flat: bool, bucket: in
     if flat:
         use_flat_attention(model)
         batch = FlatBatchCollator(tokenizer.pad_token_id, bucket, 96 if bucket or split_tokens else None,
-                                  split_tokens)(rows)
+                                  split_tokens, segments)(rows)
     else:
         batch = trainer.data_collator(rows)
     if via_trainer:
@@ -106,22 +106,28 @@ def test_a_row_padded_to_its_bucket_trains_exactly_like_the_row(tiny_model_dir, 
     assert _relative(bucket_grads, grads) < 1e-5
 
 
-@pytest.mark.parametrize("bucket, count_items, accumulation", [(None, False, 1), (32, True, 1), (None, False, 2)])
+@pytest.mark.parametrize("bucket, segments, count_items, accumulation",
+                         [(None, None, False, 1), (32, None, True, 1), (32, 9, True, 1), (None, None, False, 2)])
 def test_a_step_split_into_parts_trains_exactly_like_the_whole_row(tiny_model_dir, tokenizer, tmp_path, bucket,
-                                                                   count_items, accumulation):
+                                                                   segments, count_items, accumulation):
     """A step whose row would be longer than ``split_tokens`` runs as consecutive rows of whole examples, each loss
     normalized by the whole step's answer tokens: the loss and every LoRA gradient are the whole row's (fp32, the
     bounds of the flat-against-padded test; the parts' gradients add up in another order), with the Trainer's
-    token count or without it, in a step of one micro-batch or of two."""
+    token count or without it, in a step of one micro-batch or of two, and with each part's padding laid as
+    one-token segments up to the whole micro-batch's number of segments (as CUDA graphs take them)."""
     from zephyr.speed.flat import SPLIT_PARTS
 
     whole_loss, whole, whole_batch = _one_step(tiny_model_dir, tokenizer, tmp_path, "fp32", True, bucket,
-                                               via_trainer=True, count_items=count_items, accumulation=accumulation)
+                                               via_trainer=True, count_items=count_items, accumulation=accumulation,
+                                               segments=segments)
     split_loss, split, split_batch = _one_step(tiny_model_dir, tokenizer, tmp_path, "fp32", True, bucket, 128,
-                                               via_trainer=True, count_items=count_items, accumulation=accumulation)
+                                               via_trainer=True, count_items=count_items, accumulation=accumulation,
+                                               segments=segments)
     parts = split_batch[SPLIT_PARTS]
     assert SPLIT_PARTS not in whole_batch and len(parts) >= 3
     assert all(part["input_ids"].shape[1] <= 128 for part in parts)
+    if segments:  # 8 examples and a padding segment, in the whole row and in every part
+        assert {len(part["cu_seq_lens_q"]) for part in parts + [whole_batch]} == {segments + 1}
     assert split_loss == pytest.approx(whole_loss, rel=1e-6)
     assert len(split) == len(whole) > 20
     assert _relative(split, whole) < 1e-5
@@ -173,6 +179,31 @@ def test_split_parts_hold_the_examples_in_order():
         FlatBatchCollator(0, 4, 9, 11)  # a row of one 9-token example and its padding needs 12
 
 
+def test_every_bucketed_row_holds_as_many_segments_as_a_whole_micro_batch():
+    """With ``segments``, a part of fewer examples lays its padding as one-token segments and one of the rest: every
+    row, whole or part, has the same number of example boundaries (an input whose size a CUDA graph fixes), its
+    length a multiple of the bucket; the real tokens, their boundaries and answer labels are the row's own."""
+    from zephyr.speed.flat import SPLIT_PARTS, FlatBatchCollator
+
+    lengths = [5, 7, 3, 6, 9, 2]
+    rows = [{"input_ids": list(range(1, n + 1)), "labels": list(range(1, n + 1))} for n in lengths]
+    collator = FlatBatchCollator(0, 8, 9, 24, segments=7)
+    assert collator.parts(lengths) == [4, 2]  # 21 tokens and 3 padding segments fill 24; 9 + 2 and 5 fill 16
+    parts = collator(rows)[SPLIT_PARTS]
+    whole = FlatBatchCollator(0, 8, 9, None, segments=7)(rows)
+    assert [part["input_ids"].shape[1] for part in parts] == [24, 16] and whole["input_ids"].shape[1] == 40
+    for row, examples in zip(parts + [whole], ([5, 7, 3, 6], [9, 2], lengths)):
+        bounds = row["cu_seq_lens_q"].tolist()
+        assert len(bounds) == 8 and bounds[-1] == row["input_ids"].shape[1]
+        real = sum(examples)
+        assert bounds[:len(examples) + 1] == [sum(examples[:i]) for i in range(len(examples) + 1)]
+        assert bounds[len(examples):-1] == list(range(real, real + 7 - len(examples)))  # one-token segments
+        assert (row["labels"][0, real:] == -100).all() and (row["position_ids"][0, real:bounds[-2] + 1] == 0).all()
+    assert FlatBatchCollator(0, 8, 9, None)(rows[:2])["cu_seq_lens_q"].tolist() == [0, 5, 12, 16]  # no segments
+    with pytest.raises(ValueError, match="split_tokens"):
+        FlatBatchCollator(0, 8, 9, 15, segments=7)  # one 9-token example and 6 padding segments need 16
+
+
 def test_split_length_is_the_longest_row_that_fits_without_checkpointing():
     """Two probes (rows of one and two examples of max_length) give memory's line in a row's tokens; the split is
     the longest bucket multiple under the budget, no longer than the largest step, None when one example does not
@@ -185,7 +216,7 @@ def test_split_length_is_the_longest_row_that_fits_without_checkpointing():
 
     def probe(rows, checkpointed):  # 10 GiB of weights and state, 2 MiB a token of the row
         calls.append((rows, checkpointed))
-        return 10 * 2**30 + collator.bucket_length(rows * 512) * 2**21
+        return 10 * 2**30 + collator.row_length(rows * 512, rows) * 2**21
 
     assert split_tokens_for(probe, 15 * 2**30, 512, 8, collator) == 2560
     assert calls == [(1, False), (2, False)]
@@ -341,7 +372,7 @@ def test_steps_too_long_to_replay_run_in_parts_as_cuda_graphs(tiny_model_dir, sy
     from zephyr.training import train
 
     monkeypatch.setattr(memory, "split_tokens_for",
-                        lambda probe, budget, max_length, rows, collator: collator.bucket_length(max_length))
+                        lambda probe, budget, max_length, rows, collator: collator.row_length(max_length, 1))
     losses, tokens = {}, {}
     for graphs in (False, True):
         data, model, train_args = run_args(tiny_model_dir, synthetic_data, tmp_path / str(graphs), max_steps=6,

@@ -121,10 +121,10 @@ def split_tokens_for(probe: Callable[[int, bool], float], budget: float, max_len
     """
     row = collator.row_length
     one, two = probe(1, False), probe(2, False)
-    shortest, longest = row(max_length), row(rows * max_length)
+    shortest, longest = row(max_length, 1), row(rows * max_length, rows)
     if not one <= budget or two <= one:  # no line to draw: the largest step did not fit (prepare_layers)
         return None
-    tokens = shortest + (budget - one) * (row(2 * max_length) - shortest) / (two - one)
+    tokens = shortest + (budget - one) * (row(2 * max_length, 2) - shortest) / (two - one)
     tokens = min(int(tokens) // (collator.bucket or 1) * (collator.bucket or 1), longest)
     return tokens if tokens >= shortest else None
 
@@ -220,6 +220,8 @@ def _set_row_bucket(collator: FlatBatchCollator, train_args: TrainArguments, com
     multiple = flat_row_bucket(max_length) if graphs else (train_args.flat_row_multiple if on_gpu else 0)
     collator.bucket = min(multiple, max_length) if multiple else None
     collator.max_length = max_length
+    # a graph fixes the number of examples' boundaries too: a micro-batch's examples and a padding segment
+    collator.segments = train_args.per_device_train_batch_size + 1 if graphs else None
     collator.split_tokens = None  # set after the memory probe, whose rows are never split (prepare_layers)
 
 
@@ -260,7 +262,7 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
             split = train_args.flat_split_tokens or split_tokens_for(probe, budget, max_length, rows,
                                                                      trainer.data_collator)
             if split is not None:
-                flat_split(split, max_length)  # a length given by hand, checked as preflight checks the flag
+                flat_split(split, max_length, rows)  # a length given by hand, checked as preflight checks the flag
                 trainer.data_collator.split_tokens, checkpointed = split, 0
                 log.info("flat rows: steps longer than %d tokens run in parts, each replayed as a CUDA graph", split)
         # A graph is recorded for each batch shape: batches of one shape, or flat rows in buckets of lengths.
