@@ -143,7 +143,13 @@ def setting_arguments(defaults: TrainArguments, overrides: dict) -> TrainArgumen
 
 
 # -- the whole benchmark ----------------------------------------------------------------------------
-def _training_data(tokenizer, data_dir: str, rows: int):
+def benchmark_rows(steps: int) -> int:
+    """The Newsgroups training rows the benchmark loads for ``steps`` warm-up and timed steps: generous, since
+    packing merges short examples; the Trainer draws its steps from them in a seeded random order."""
+    return steps * 16 * 8
+
+
+def training_data(tokenizer, data_dir: str, rows: int):
     from zephyr.prompting import PromptBuilder
     from zephyr.tasks import get_task
     from zephyr.training import build_training_dataset
@@ -227,8 +233,8 @@ def run_benchmark(bench: BenchmarkArguments) -> dict:
     load_start = time.perf_counter()
     base = load_model(model_args, model_path)
     load_seconds = time.perf_counter() - load_start
-    rows_needed = (bench.warmup_steps + bench.train_steps) * 16 * 8  # generous: packing merges short examples
-    dataset, labels, mean_tokens = _training_data(tokenizer, data_dir, rows_needed)
+    rows_needed = benchmark_rows(bench.warmup_steps + bench.train_steps)
+    dataset, labels, mean_tokens = training_data(tokenizer, data_dir, rows_needed)
     peak_tflops = gpu_peak_tflops(bench.peak_tflops)
     data_args = DataArguments(task="newsgroups", data_dir=data_dir)
     head = {
