@@ -152,7 +152,8 @@ class TrainArguments:
                                         "launching kernels"})
     flat_cuda_graphs: bool = field(
         default=False, metadata={"help": "Flat batches, with --cuda_graphs: pad each row to a multiple of 256 tokens "
-                                         "with one more example that carries no loss, so that compiled layers are "
+                                         "with padding that carries no loss, in as many segments as make a row "
+                                         "hold a micro-batch's examples and one more, so that compiled layers are "
                                          "replayed as CUDA graphs, one per length; a step longer than the longest "
                                          "row that fits without checkpointing runs as consecutive rows of whole "
                                          "examples whose gradients add up to the step's"})

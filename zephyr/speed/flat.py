@@ -51,8 +51,8 @@ class FlatBatchCollator:
     ``segments`` (with ``bucket``) fixes how many segments, examples and padding, every row holds: the padding is
     laid as one-token segments and one of the rest. The example boundaries (``cu_seq_lens_q``) are an input of
     every layer whose size a CUDA graph fixes too, so without it each split part's number of examples would be
-    one more shape to record (24 distinct shapes in Newsgroups' first 40 steps split at 1,536 tokens, against the
-    6 row lengths).
+    one more shape to record (scripts/analysis/flat_graph_shapes.py: 21 shapes in Newsgroups' first 40 steps
+    split at 1,536 tokens, against 6 row lengths).
 
     ``split_tokens`` caps a row's length: a micro-batch whose row would be longer is laid into consecutive parts of
     whole examples, in order, each at most that long (``SPLIT_PARTS``; ``SPLIT_LABELS``, the micro-batch's answer
