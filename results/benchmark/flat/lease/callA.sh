@@ -35,7 +35,7 @@ echo "$NAME rc=$? at $(( $(date +%s) - T0 )) s"
 python3 - $A/$NAME.json <<'PY'
 import json, sys
 for name, row in json.load(open(sys.argv[1]))["training"].items():
-    print(name, {k: row.get(k) for k in ("tokens_per_s", "speedup", "mfu_percent", "peak_gpu_memory_gib", "peak_gpu_reserved_gib", "error", "setup_s", "wall_s", "host_cpu_probe_ms")})
+    print(name, {k: row.get(k) for k in ("tokens_per_s", "speedup", "mfu_percent", "peak_gpu_memory_gib", "peak_gpu_reserved_gib", "error", "setup_s", "wall_s", "host_cpu_probe_ms", "step_seconds")})
 PY
 grep -E "Recompiling|Error" $A/$NAME.log | cut -c1-200 | head -5
 grep -h "run in parts\|decoder layers:" $A/$NAME.log | sort | uniq -c
