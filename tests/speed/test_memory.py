@@ -103,10 +103,12 @@ def test_flat_rows_are_padded_only_where_compiled_layers_on_a_gpu_gain(monkeypat
     from zephyr.speed.flat import FlatBatchCollator
     from zephyr.speed.memory import _set_row_bucket
 
+    collator = FlatBatchCollator(pad_token_id=2)  # imports TRL, which must not see the pretended GPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: on_gpu)
-    collator = FlatBatchCollator(pad_token_id=2)
-    _set_row_bucket(collator, TrainArguments(flat_row_multiple=multiple), compiled, graphs, max_length)
+    _set_row_bucket(collator, TrainArguments(flat_row_multiple=multiple, per_device_train_batch_size=6), compiled,
+                    graphs, max_length)
     assert (collator.bucket, collator.max_length) == (bucket, max_length)
+    assert collator.segments == (7 if graphs else None)  # graph rows: 6 examples and a padding segment
     rows = [{"input_ids": [5] * 70, "labels": [5] * 70}, {"input_ids": [6] * 30, "labels": [6] * 30}]
     width = collator(rows)["input_ids"].shape[1]
     assert width == (100 if bucket is None else (100 // bucket + 1) * bucket)
