@@ -36,7 +36,7 @@ SEQUENCE_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k
 
 def bucket_length(tokens: int, bucket: int, padding: int = 1) -> int:
     """A row's length for ``tokens`` real tokens in buckets of ``bucket``: the next multiple with room for at least
-    ``padding`` padding tokens (one a padding segment, so that a row always ends in padding)."""
+    ``padding`` padding tokens (at least one, so that every row ends in padding)."""
     return ((tokens + padding - 1) // bucket + 1) * bucket
 
 
