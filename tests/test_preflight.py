@@ -324,6 +324,73 @@ def test_bad_input_stops_in_preflight_with_one_line(case, space, capsys, monkeyp
     assert tree(space["root"]) == before, "bad input must not create or change anything"
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """No name resolves and no connection opens, as on a machine without a network; offline mode not set."""
+    import socket
+
+    from huggingface_hub import constants
+
+    def no_name(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    def no_connection(*args, **kwargs):
+        raise AssertionError("a connection was attempted")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_name)
+    monkeypatch.setattr(socket.socket, "connect", no_connection)
+
+
+def test_a_hub_model_without_a_network_fails_at_once(space, capsys, monkeypatch, no_network):
+    """Offline, a hub id not in the Hugging Face cache stops in preflight with one line, the cache alone read:
+    huggingface_hub itself would retry the name lookup for 23 s before giving up."""
+    import time
+
+    from transformers import AutoConfig
+
+    reads = []
+    read_config = AutoConfig.from_pretrained.__func__
+
+    def recorded(cls, name, **kwargs):
+        reads.append(kwargs)
+        return read_config(cls, name, **kwargs)
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", classmethod(recorded))
+    argv = [str(a) for a in _base_train(space)] + ["--model_name_or_path", "zephyr-suite-tests/absent-model"]
+    started = time.perf_counter()
+    with pytest.raises(SystemExit):
+        train_cls(argv)
+    assert time.perf_counter() - started < 20  # the hub's own retries alone take 23 s
+    assert reads == [{"local_files_only": True}]
+    assert capsys.readouterr().err == (
+        "error: --model_name_or_path: zephyr-suite-tests/absent-model: not in the Hugging Face cache, and the hub "
+        "cannot be reached (huggingface.co does not resolve: Name or service not known); give a local checkpoint "
+        "directory or .gguf file\n")
+
+
+def test_a_hub_dataset_without_a_network_fails_at_once(space, capsys, monkeypatch, tmp_path, no_network):
+    """Offline, the default hub dataset (no --data_dir) is read from the datasets cache alone; not there, the run
+    stops with one line, and the offline setting is put back."""
+    import time
+
+    import datasets.config
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    argv = ["--model_name_or_path", str(space["model"]), "--output_root", str(space["out"]), "--max_steps", "1"]
+    started = time.perf_counter()
+    with pytest.raises(SystemExit):
+        train_cls(argv)
+    assert time.perf_counter() - started < 20
+    assert capsys.readouterr().err == (
+        "error: cannot load hub dataset rungalileo/20_Newsgroups_Fixed: not in the datasets cache, and the hub cannot "
+        "be reached (huggingface.co does not resolve: Name or service not known); use --data_dir or "
+        "--train_file/--test_file for local files\n")
+    assert constants.HF_HUB_OFFLINE is False and datasets.config.HF_HUB_OFFLINE is False
+
+
 def test_at_least_25_preflight_cases():
     assert len(CASES) >= 25
 

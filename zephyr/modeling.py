@@ -228,12 +228,19 @@ def device_map():
 
 
 def causal_config(path: str, flag: str = FLAG):
-    """The config of a checkpoint directory or hub id, which must be a causal language model's."""
+    """The config of a checkpoint directory or hub id, which must be a causal language model's. A hub id is read
+    from the Hugging Face cache alone when the hub cannot be reached, so that an offline run fails at once."""
     from transformers import AutoConfig
 
+    from zephyr.hub import hub_unreachable
+
+    offline = None if Path(path).exists() else hub_unreachable()
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, local_files_only=offline is not None)
     except (OSError, ValueError) as err:
+        if offline:
+            raise UsageError(f"{flag}: {path}: not in the Hugging Face cache, and the hub cannot be reached "
+                             f"({offline}); give a local checkpoint directory or .gguf file") from None
         raise UsageError(f"{flag}: {path}: cannot load a model config ({str(err).splitlines()[0][:200]})") from None
     check_causal(config, path, flag)
     return config

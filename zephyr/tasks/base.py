@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,13 +73,19 @@ class Task:
         if not source.startswith("hub:"):
             return read_rows(source)
         _, hub_id, split = source.split(":", 2)
+        from zephyr.hub import cache_only, hub_unreachable
+
+        offline = hub_unreachable()
         try:
             from datasets import load_dataset
 
-            return list(load_dataset(hub_id, split=split))
+            with cache_only() if offline else contextlib.nullcontext():
+                return list(load_dataset(hub_id, split=split))
         except Exception as err:
-            raise UsageError(f"cannot load hub dataset {hub_id} ({type(err).__name__}: {str(err)[:200]}); "
-                             "use --data_dir or --train_file/--test_file for local files") from None
+            why = (f": not in the datasets cache, and the hub cannot be reached ({offline})" if offline
+                   else f" ({type(err).__name__}: {str(err)[:200]})")
+            raise UsageError(f"cannot load hub dataset {hub_id}{why}; use --data_dir or --train_file/--test_file "
+                             "for local files") from None
 
     def load_split(self, split: str, data_dir: str | None = None, explicit_file: str | None = None) -> LoadedSplit:
         source = self.source(split, data_dir, explicit_file)
