@@ -338,8 +338,19 @@ def no_network(monkeypatch):
         raise AssertionError("a connection was attempted")
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
     monkeypatch.setattr(socket, "getaddrinfo", no_name)
     monkeypatch.setattr(socket.socket, "connect", no_connection)
+
+
+def test_behind_a_proxy_the_hub_is_not_judged_by_its_name(monkeypatch, no_network):
+    """The proxy resolves the hub's name, not this machine: an unresolvable name there says nothing."""
+    from zephyr.hub import hub_unreachable
+
+    assert hub_unreachable() == "huggingface.co does not resolve: Name or service not known"
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert hub_unreachable() is None
 
 
 def test_a_hub_model_without_a_network_fails_at_once(space, capsys, monkeypatch, no_network):

@@ -8,14 +8,18 @@ import contextlib
 
 def hub_unreachable() -> str | None:
     """Why the hub cannot be reached from here (offline mode, or its host name does not resolve); None when it may
-    be reached."""
+    be reached. Behind a proxy the name is the proxy's to resolve, so nothing is decided here."""
     import socket
     from urllib.parse import urlparse
+    from urllib.request import getproxies
 
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
+    proxies = getproxies()
+    if proxies.get("https") or proxies.get("all"):
+        return None
     host = urlparse(constants.ENDPOINT).hostname
     try:
         socket.getaddrinfo(host, 443)
