@@ -6,8 +6,8 @@ collator into steps of 8 examples in 256-token buckets and split at ``--split_to
 
     python scripts/analysis/flat_graph_shapes.py --data_dir ../shared/data --tokenizer_dir zephyr-tokenizer \\
         --split_tokens 1536                         # each row holds the micro-batch's number of segments
-    python scripts/analysis/flat_graph_shapes.py ... --split_tokens 1536 --fixed_segments False   # parts as laid
-                                                                                                   # before 57dab4a
+    python scripts/analysis/flat_graph_shapes.py ... --split_tokens 1536 --fixed_segments False   # each part
+                                                                                    # its own number of examples
 """
 import argparse
 from collections import Counter
