@@ -1,7 +1,9 @@
 """What the 7B benchmark measures, decided without a GPU."""
 
+import gzip
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -127,19 +129,27 @@ def test_named_settings_are_each_compared_with_the_original_of_their_preset():
     assert "all+lm_head" not in table  # no original of that preset was timed: nothing to compare with
 
 
-def _tiny_benchmark(tiny_model_dir, synthetic_data, out: Path) -> BenchmarkArguments:
+def _tiny_benchmark(tiny_model_dir, synthetic_data, out: Path, profile_dir: Path | None = None) -> BenchmarkArguments:
     settings = {"original q,v": {"batch_layout": "padded"}, "suite q,v": {}}
     return BenchmarkArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(synthetic_data), output=str(out),
                               train=False, evaluate=False, warmup_steps=2, train_steps=3,
-                              extra_settings=json.dumps(settings))
+                              extra_settings=json.dumps(settings), profile_dir=profile_dir and str(profile_dir))
 
 
 def test_the_benchmark_json_says_where_each_settings_time_went(tiny_model_dir, synthetic_data, tmp_path):
     from zephyr.benchmark import run_benchmark
 
-    result = run_benchmark(_tiny_benchmark(tiny_model_dir, synthetic_data, tmp_path / "bench.json"))
+    profiles = tmp_path / "profiles"
+    result = run_benchmark(_tiny_benchmark(tiny_model_dir, synthetic_data, tmp_path / "bench.json", profiles))
     assert result["complete"] is True and json.loads((tmp_path / "bench.json").read_text()) == result
     original, suite = result["training"]["original q,v"], result["training"]["suite q,v"]
+    # one more step under the profiler: its tables headed by its wall and GPU busy time, and its trace
+    step = suite["profiled_step"]
+    assert step["tokens"] > 0 and step["wall_ms"] > 0 and step["gpu_busy_ms"] == 0  # no GPU here
+    table = (profiles / "train-suite_qv.txt").read_text()
+    assert table.startswith(f"One training step of {step['tokens']} real tokens: wall {step['wall_ms']} ms")
+    with gzip.open(profiles / "train-suite_qv.trace.json.gz") as trace:
+        assert json.load(trace)["traceEvents"]
     for row in (original, suite):
         assert len(row["warmup_step_seconds"]) == 2 and len(row["step_seconds"]) == 3
         assert row["setup_s"] > 0
@@ -213,3 +223,18 @@ def test_a_setting_that_fails_is_recorded_and_the_next_still_runs(tiny_model_dir
     captured = capsys.readouterr()
     assert "failed: RuntimeError" in captured.out
     assert "benchmark: setting failed, original q,v: RuntimeError" in captured.err
+
+
+def test_gpu_busy_time_counts_overlapping_kernels_once_and_ignores_the_cpu():
+    import torch
+
+    from zephyr.measure import gpu_busy_ms
+
+    def event(device, start, end):
+        return SimpleNamespace(device_type=device, time_range=SimpleNamespace(start=start, end=end))
+
+    gpu, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [event(cpu, 0, 10_000), event(gpu, 1_000, 2_000), event(gpu, 1_500, 2_500),  # overlap: 1.5 ms busy
+              event(gpu, 2_200, 2_300), event(gpu, 4_000, 5_000), event(gpu, 6_000, 6_000)]  # inside; 1 ms; empty
+    assert gpu_busy_ms(events) == (2.5, 4.0)  # busy 2.5 ms between the first kernel's start and the last's end
+    assert gpu_busy_ms([event(cpu, 0, 10)]) == (0.0, 0.0)

@@ -4,7 +4,9 @@ of a decoding loop, each measured the same way for every path compared."""
 from __future__ import annotations
 
 import gc
+import gzip
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -76,6 +78,7 @@ def _step_timer(warmup: int, timed: int, profile_path: Path | None = None):
         def __init__(self):
             self.steps, self.warmup_seconds, self.profiler = [], [], None
             self.first_step_at = None
+            self.profiled_step = None  # the profiled step's wall time, GPU busy time and tokens
 
         def on_step_begin(self, args, state, control, **kwargs):
             _sync()
@@ -93,8 +96,14 @@ def _step_timer(warmup: int, timed: int, profile_path: Path | None = None):
             elif state.global_step <= warmup + timed:
                 self.steps.append((time.perf_counter() - self.begin, state.num_input_tokens_seen - self.tokens_at_begin))
             if self.profiler is not None:
+                wall_ms = (time.perf_counter() - self.begin) * 1e3
                 self.profiler.__exit__(None, None, None)
-                write_profile(self.profiler, profile_path)
+                busy_ms, span_ms = gpu_busy_ms(self.profiler.events())
+                self.profiled_step = {"tokens": state.num_input_tokens_seen - self.tokens_at_begin,
+                                      "wall_ms": round(wall_ms, 1), "gpu_busy_ms": round(busy_ms, 1),
+                                      "gpu_span_ms": round(span_ms, 1),
+                                      "gpu_busy_percent": round(100 * busy_ms / wall_ms, 1) if wall_ms else None}
+                write_profile(self.profiler, profile_path, self.profiled_step)
                 self.profiler = None
 
         def tokens_per_s(self) -> float | None:
@@ -114,12 +123,39 @@ def profiler_activities():
     return activities
 
 
-def write_profile(profiler, path: Path) -> None:
+def gpu_busy_ms(events) -> tuple[float, float]:
+    """(GPU busy, first to last GPU activity) in milliseconds, from a profiler's events: the union of the intervals
+    of every device event (kernels, also those replayed inside CUDA graphs, copies, memsets), so that kernels that
+    overlap on several streams count once. Wall time less busy time is what the GPU spent waiting (for the CPU to
+    launch work, for a synchronization, for data)."""
+    intervals = sorted((e.time_range.start, e.time_range.end) for e in events
+                       if e.device_type != torch.autograd.DeviceType.CPU and e.time_range.end > e.time_range.start)
+    busy, end = 0.0, float("-inf")
+    for start, stop in intervals:
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    return busy / 1e3, (end - intervals[0][0]) / 1e3 if intervals else 0.0
+
+
+def write_profile(profiler, path: Path, step: dict | None = None) -> None:
+    """The profile's tables (GPU time, then CPU time), headed by the step's wall and GPU busy time, and its Chrome
+    trace, gzipped beside it (open in chrome://tracing or ui.perfetto.dev)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     averages = profiler.key_averages()
     sort_key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
-    path.write_text(averages.table(sort_by=sort_key, row_limit=40, max_name_column_width=80) + "\n" +
+    head = ""
+    if step:
+        head = (f"One training step of {step['tokens']} real tokens: wall {step['wall_ms']} ms (profiled), GPU busy "
+                f"{step['gpu_busy_ms']} ms = {step['gpu_busy_percent']} % (first to last GPU activity "
+                f"{step['gpu_span_ms']} ms)\n\n")
+    path.write_text(head + averages.table(sort_by=sort_key, row_limit=40, max_name_column_width=80) + "\n" +
                     averages.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=80))
+    trace = path.with_suffix(".trace.json")
+    profiler.export_chrome_trace(str(trace))
+    with open(trace, "rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
+        shutil.copyfileobj(raw, packed)
+    trace.unlink()
 
 
 def cpu_probe_ms(repeats: int = 5) -> float:
@@ -198,6 +234,7 @@ def _training_result(model, trainer, timer, train_args: TrainArguments, checkpoi
         "warmup_step_seconds": [round(seconds, 3) for seconds in timer.warmup_seconds],
         "host_cpu_probe_ms": [probe_before, cpu_probe_ms()],  # before and after the steps: see cpu_probe_ms
         "tokens_per_step": [tokens for _, tokens in timer.steps],
+        "profiled_step": timer.profiled_step,  # one more step under torch.profiler (--profile_dir): GPU busy time
         "checkpointed_layers": checkpointed, "trainable_parameters": trainable,
         "final_loss": next((r["loss"] for r in reversed(trainer.state.log_history) if "loss" in r), None),
         "settings": {k: getattr(train_args, k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps",

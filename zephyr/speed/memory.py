@@ -125,6 +125,8 @@ def split_tokens_for(probe: Callable[[int, bool], float], budget: float, max_len
     if not one <= budget or two <= one:  # no line to draw: the largest step did not fit (prepare_layers)
         return None
     tokens = shortest + (budget - one) * (row(2 * max_length, 2) - shortest) / (two - one)
+    log.info("flat rows: one row of %d tokens peaked at %.2f GiB, two at %.2f GiB without checkpointing: %d tokens "
+             "fit %.2f GiB", shortest, one / 2**30, two / 2**30, tokens, budget / 2**30)
     tokens = min(int(tokens) // (collator.bucket or 1) * (collator.bucket or 1), longest)
     return tokens if tokens >= shortest else None
 
