@@ -77,11 +77,19 @@ def test_more_seeds_train_only_the_configurations_of_their_lever(tmp_path):
     plan = Plan("model.gguf", "data", tmp_path / "runs", seeds=[1, 2, 3])
     nf4 = next(lever for lever in LEVERS if lever.name.startswith("NF4"))
     assert plan._seeds(nf4) == [1, 2, 3, 4, 5]
+    split = next(lever for lever in LEVERS if lever.fast.config == "ng_examples_flat_graphs_split")
+    assert plan._seeds(split) == [1, 2, 3, 4, 5, 6]
     trained = {job.run_dir.name for job in plan.training_jobs()}
     assert {"packed_no_graphs_seed5", "bnb_nf4_seed5", "packed_no_graphs_seed4", "bnb_nf4_seed4"} <= trained
-    assert not {name for name in trained if name.endswith(("seed4", "seed5"))} - {
-        f"{config}_seed{seed}" for config in (nf4.fast.config, nf4.plain.config) for seed in (4, 5)}
+    further = {f"{config}_seed{seed}" for config in (nf4.fast.config, nf4.plain.config) for seed in (4, 5)} | {
+        f"{config}_seed{seed}" for config in (split.fast.config, split.plain.config) for seed in (4, 5, 6)}
+    assert {name for name in trained if name.endswith(("seed4", "seed5", "seed6"))} == further
     assert Plan("model.gguf", "data", tmp_path, seeds=[1, 2, 3, 4, 5, 6])._seeds(nf4) == [1, 2, 3, 4, 5, 6]
+    # a lever's further seeds run only with both its sides: its plain side alone keeps the benchmark's seeds
+    alone = Plan("model.gguf", "data", tmp_path, seeds=[1, 2, 3], configs=["ng_examples"])
+    assert {job.run_dir.name for job in alone.training_jobs()} == {f"ng_examples_seed{s}" for s in (1, 2, 3)}
+    both = Plan("model.gguf", "data", tmp_path, seeds=[1, 2, 3], configs=["ng_examples", split.fast.config])
+    assert len(both.training_jobs()) == 12
 
 
 def _load_script(path: str):

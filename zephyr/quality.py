@@ -95,9 +95,12 @@ class Plan:
         return list(self.seeds) + [max(self.seeds) + n for n in range(1, extra + 1)]
 
     def _config_seeds(self) -> dict[str, list[int]]:
-        """Every configuration on the benchmark's seeds, and on the further seeds of the levers that use it."""
+        """Every configuration on the benchmark's seeds, and on the further seeds of the levers that use it when
+        both of their sides run."""
         seeds = {config: set(self.seeds) for config in CONFIGS}
         for lever in LEVERS:
+            if self.configs is not None and not {lever.fast.config, lever.plain.config} <= set(self.configs):
+                continue
             for side in (lever.fast, lever.plain):
                 seeds[side.config].update(self._seeds(lever))
         return {config: sorted(values) for config, values in seeds.items()

@@ -117,8 +117,13 @@ LEVERS = [
     *_on_both_tasks("flat batches, compiled layers (vs padded, eager)", "examples_flat_compiled"),
     *_on_both_tasks("flat rows padded to a multiple of 64 tokens, compiled (vs padded, eager)", "examples_flat_row64"),
     *_on_both_tasks("flat batches, CUDA graphs over length buckets (vs padded, eager)", "examples_flat_graphs"),
-    *_on_both_tasks("flat batches, CUDA graphs, steps split at 1,024 tokens (vs padded, eager)",
-                    "examples_flat_graphs_split"),
+    Lever("flat batches, CUDA graphs, steps split at 1,024 tokens (vs padded, eager)",
+          Side("examples_flat_graphs_split"), Side("examples")),
+    # Six seeds: on three, +0.39 ± 0.19 accuracy (the rule's bound 0.38), one seed's plain run 0.4-0.5 below three
+    # earlier runs of the same configuration and seed, and the training losses alike to 0.001
+    # (results/quality/flat-split-45b04fe).
+    Lever("flat batches, CUDA graphs, steps split at 1,024 tokens (vs padded, eager)",
+          Side("ng_examples_flat_graphs_split"), Side("ng_examples"), min_seeds=6),
     *_on_both_tasks("matrix products on cuBLASLt (vs cuBLAS), flat batches, compiled", "examples_flat_cublaslt",
                     "examples_flat_compiled"),
     Lever("packed rows with a block mask (vs TRL's padding-free packing)", Side("packed_eager"), Side("trl_packing")),

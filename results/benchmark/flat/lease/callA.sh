@@ -8,6 +8,8 @@
 # SETTINGS=graphs: the original and the default with --flat_cuda_graphs (steps too long to replay without
 # checkpointing run in parts) for each preset, then the default for each (last: a run cut at LIMIT loses these
 # first); WARM=30 lets each graph setting record its buckets before its timed steps.
+# SETTINGS=split: all + lm_head's steps split at 2,048 and 1,792 tokens by hand, then at the planner's length (its
+# probes in the log), and its original; then q,v's graph setting and original: peaks, ratios and busy times.
 # TESTS="cuda_graphs": then those tests of tests/speed/test_flat.py, if the call is under TESTS_BY seconds.
 # Carry: site.txz data-ng.tgz tok.tgz run, or, when call B follows, data.tgz and gguf00 in place of data-ng.tgz.
 # About 330 s for SETTINGS=default on an H100.
@@ -25,6 +27,9 @@ case $NAME in
       SET="{\"$B\": {$ORIG$P}, \"suite\": {\"compile_layers\": \"true\"$P}, \"suite, cuBLASLt\": {$LT}, \"suite again\": {\"compile_layers\": \"true\"$P}, \"suite, cuBLASLt again\": {$LT}}" ;;
   graphs) GR="\"compile_layers\": \"true\", \"flat_cuda_graphs\": true"  # steps too long for a graph run in parts
       SET="{\"original q,v\": {$ORIG}, \"suite q,v, flat CUDA graphs\": {$GR}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head, flat CUDA graphs\": {$GR, \"preset\": \"all+lm_head\"}, \"suite q,v\": {\"compile_layers\": \"true\"}, \"suite all+lm_head\": {\"compile_layers\": \"true\", \"preset\": \"all+lm_head\"}}" ;;
+  split) GR="\"compile_layers\": \"true\", \"flat_cuda_graphs\": true"  # all + lm_head's split length, then the ratios
+      A="\"preset\": \"all+lm_head\""
+      SET="{\"suite all+lm_head, flat CUDA graphs, split 2048\": {$GR, \"flat_split_tokens\": 2048, $A}, \"suite all+lm_head, flat CUDA graphs, split 1792\": {$GR, \"flat_split_tokens\": 1792, $A}, \"suite all+lm_head, flat CUDA graphs\": {$GR, $A}, \"original all+lm_head\": {$ORIG, $A}, \"suite q,v, flat CUDA graphs\": {$GR}, \"original q,v\": {$ORIG}}" ;;
   rows) SET="{\"original q,v\": {$ORIG}, \"suite q,v, rows of 64\": {\"compile_layers\": \"true\", \"flat_row_multiple\": 64}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head, rows of 64\": {\"compile_layers\": \"true\", \"flat_row_multiple\": 64, \"preset\": \"all+lm_head\"}}" ;;
 esac
 timeout -k 5 ${LIMIT:-420} python scripts/benchmark.py --data_dir $S/data --tokenizer_dir $S/zephyr-tokenizer \

@@ -1,7 +1,8 @@
 # The quality levers of rows padded to a multiple of 64 (and eager flat rows on Newsgroups, whose cell was outside
 # the rule with its sides on two GPUs), 3 seeds, against padded eager batches, all on this GPU at once; then the
 # flat and matrix-library tests on the GPU (-rs: a skipped GPU test says so). CONFIGS picks other levers.
-# Machine warm after call A (which left gguf00 and the data there); carry: gguf01 gguf02 run.
+# Machine warm after call A (which left gguf00 and the data there); carry: gguf01 gguf02 run (and prior-runs.tgz
+# with PRIOR=1).
 source .gpu-carry/run/setup.sh
 T0=$(date +%s); B=/tmp/callB/B; mkdir -p $B
 G=$S/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -9,6 +10,8 @@ G=$S/SmolLM2-135M-Instruct.Q4_1.gguf
 sha256sum $G | tee $B/gguf.sha256 | grep -q b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 \
   && echo "gguf sha256 ok" || { echo "GGUF SHA MISMATCH"; rm -f $G; exit 1; }
 (nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > $B/smi.csv 2>&1 &)
+# PRIOR=1 (carry prior-runs.tgz): earlier sessions' finished runs, which the sweep takes as done (same settings)
+[ -n "$PRIOR" ] && mkdir -p /tmp/runs && tar xzf .gpu-carry/prior-runs.tgz -C /tmp/runs
 timeout -k 5 ${LIMIT:-470} python scripts/quality.py --model_name_or_path $G --data_dir $S/data \
   --output_root /tmp/runs/quality --results_dir $B --runs_per_gpu 15 \
   --configs ${CONFIGS:-examples,ng_examples,examples_flat_row64,ng_examples_flat_row64,ng_examples_flat} > $B/quality.log 2>&1

@@ -20,6 +20,12 @@ mc=$(python -c "import mistral_common, os; print(os.path.dirname(mistral_common.
 mkdir -p $tmp/tok/stub/mistral_common/data && cp $mc/data/tokenizer.model.v1 $tmp/tok/stub/mistral_common/data/
 echo '__version__ = "0.0.0"' > $tmp/tok/stub/mistral_common/__init__.py
 tar czf $carry/tok.tgz -C $tmp/tok zephyr-tokenizer stub
+# Finished quality runs that a call B takes up (PRIOR=1): their records, so that only the further seeds train
+prior=results/quality/flat-split-45b04fe/runs
+mkdir -p $tmp/prior/quality && for run in $prior/ng_*_seed*; do
+  mkdir -p $tmp/prior/quality/${run##*/} && cp $run/{config,metrics,train_metrics}.json $tmp/prior/quality/${run##*/}/
+done
+tar czf $carry/prior-runs.tgz -C $tmp/prior quality
 rm -f $carry/gguf0*
 split -b 36000000 -d $shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf $carry/gguf
 cp "$(dirname "$0")"/*.sh $carry/run/ && rm $carry/run/prepare.sh && cp results/smollm2/run_study_tables.sh $carry/run/
