@@ -391,6 +391,39 @@ def test_steps_too_long_to_replay_run_in_parts_as_cuda_graphs(tiny_model_dir, sy
     assert losses[True] == pytest.approx(losses[False], rel=1e-2)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_the_split_length_comes_from_probes_through_the_cuda_graphs(tiny_model_dir, synthetic_data, tmp_path,
+                                                                   caplog, monkeypatch):
+    """On a GPU, the split length's two probes run through the layers compiled and replayed as CUDA graphs: the
+    longer row peaks higher, a budget between the two peaks gives a length between the two rows, and the run
+    trains in parts. (The real probes; only the budget is set between them, as a tiny model's memory is.)"""
+    import logging
+
+    import torch._inductor.config as inductor_config
+
+    import zephyr.speed.memory as memory
+    from conftest import run_args
+    from zephyr.training import train
+
+    planned, seen = memory.split_tokens_for, {}
+
+    def between_the_probes(probe, budget, max_length, rows, collator):
+        seen.update(graphs=inductor_config.triton.cudagraphs, one=probe(1, False), two=probe(2, False))
+        seen["split"] = planned(probe, (seen["one"] + seen["two"]) / 2, max_length, rows, collator)
+        seen["rows"] = collator.row_length(max_length, 1), collator.row_length(2 * max_length, 2)
+        return seen["split"]
+
+    monkeypatch.setattr(memory, "split_tokens_for", between_the_probes)
+    data, model, train_args = run_args(tiny_model_dir, synthetic_data, tmp_path, max_steps=4, compile_layers="true",
+                                       cuda_graphs=True, flat_cuda_graphs=True, gradient_checkpointing="auto",
+                                       train_memory_gib=1e-4)
+    with caplog.at_level(logging.INFO, logger="zephyr.speed.memory"):
+        train(data, model, train_args)
+    assert seen["graphs"] is True and seen["two"] > seen["one"]
+    assert seen["rows"][0] <= seen["split"] < seen["rows"][1]
+    assert f"steps longer than {seen['split']} tokens run in parts" in caplog.text
+
+
 def test_a_run_whose_steps_are_split_logs_the_losses_of_the_unsplit_run(tiny_model_dir, synthetic_data, tmp_path,
                                                                          monkeypatch):
     """Through the whole Trainer loop on the CPU (its token and FLOP counts, logging, the optimizer step): a run

@@ -112,3 +112,66 @@ def test_flat_rows_are_padded_only_where_compiled_layers_on_a_gpu_gain(monkeypat
     rows = [{"input_ids": [5] * 70, "labels": [5] * 70}, {"input_ids": [6] * 30, "labels": [6] * 30}]
     width = collator(rows)["input_ids"].shape[1]
     assert width == (100 if bucket is None else (100 // bucket + 1) * bucket)
+
+
+@pytest.mark.parametrize("budget_gib, given, split, compiled", [
+    (3.0, None, 768, [True]),                  # probed through the graphs: a 768-token row 2.5 GiB, 1,280 4.5
+    (2.0, None, None, [True, False]),           # not even one example's row fits: graphs off, checkpointing planned
+    (3.0, 1280, 1280, [True]),                 # --flat_split_tokens: no probe, graphs compiled once
+])
+def test_the_split_length_is_probed_on_the_layers_replayed_as_cuda_graphs(monkeypatch, budget_gib, given, split,
+                                                                         compiled):
+    """On a GPU, when the largest flat step needs checkpointing, the layers are compiled as CUDA graphs before the
+    two probes that size the split, so that the probes measure what will train (the graphs' memory pool
+    included); with no length that fits, the graphs are undone and the layers compiled without them. The GPU is
+    pretended: probes and compilation are recorded, not run."""
+    import contextlib
+
+    import torch
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    import zephyr.speed.memory as memory
+    from zephyr.config import TrainArguments
+    from zephyr.embedded import TINY_MISTRAL
+    from zephyr.speed.flat import FlatBatchCollator
+
+    gib, state, probed, compiles = 2**30, {"graphs": None}, [], []
+    collator = FlatBatchCollator(pad_token_id=2)  # imports TRL, which must not see the pretended GPU
+    model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL))
+    model.get_base_model = lambda: model
+    trainer = type("Trainer", (), {"model": model, "data_collator": collator, "args": TrainArguments(),
+                                   "add_callback": lambda self, callback: None})()
+
+    def probe(rows, checkpointed):  # the peak of a row of `rows` examples of 512 tokens: 0.5 GiB + 2 GiB a row
+        probed.append((rows, checkpointed, state["graphs"]))
+        return 0.5 * gib + 2 * gib * rows / (1 if state["graphs"] else 0.8)  # eager layers keep a quarter more
+
+    def compile_layers(model, cuda_graphs, fused_nf4):
+        compiles.append(cuda_graphs)
+        state["graphs"] = cuda_graphs
+
+        def uncompile():
+            state["graphs"] = None
+        return uncompile
+
+    def compilation(trainer, train_args, max_length):
+        memory._set_row_bucket(trainer.data_collator, train_args, True, True, max_length)
+        return False, True, True, True  # flat rows, compiled, replayable as CUDA graphs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.random, "fork_rng", lambda devices: contextlib.nullcontext())
+    monkeypatch.setattr(memory, "_compilation", compilation)
+    monkeypatch.setattr(memory, "_memory_probe", lambda trainer, length, vocab_size: probe)
+    monkeypatch.setattr(memory, "compile_decoder_layers", compile_layers)
+    args = TrainArguments(gradient_checkpointing="auto", train_memory_gib=budget_gib / 0.9, flat_cuda_graphs=True,
+                          per_device_train_batch_size=8, flat_split_tokens=given or 0)
+    checkpointed, _ = memory.prepare_layers(trainer, args, 512)
+    assert collator.split_tokens == split and compiles == compiled
+    assert probed[0] == (8, False, None)  # the largest step, eager: it does not fit
+    if given is None:  # the rows of one and two examples (768 and 1,280 tokens), through the graphs
+        assert probed[1:3] == [(1, False, True), (2, False, True)]
+    assert trainer.cuda_graphs == (split is not None) and (checkpointed == 0) == (split is not None)
+    if split is None:
+        assert trainer.checkpoint_plan is not None and state["graphs"] is False

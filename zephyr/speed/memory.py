@@ -116,8 +116,10 @@ def split_tokens_for(probe: Callable[[int, bool], float], budget: float, max_len
     ``max_length`` example fits.
 
     Peak memory is linear in a row's tokens: two probes, rows of one and of two ``max_length`` examples as the
-    collator lays them, give the line. The probes run eager layers, which keep more activations than the compiled
-    ones that will train, so the length is on the safe side.
+    collator lays them, give the line. prepare_layers probes the layers as they will train, compiled and replayed
+    as CUDA graphs, so that the line includes the graphs' memory pool: eager layers keep more activations (at 7B,
+    all-module LoRA, a length planned from eager probes peaked at 15.4 GiB of an 18 GiB budget), and compiled
+    layers without graphs hold no pool. Both probe rows are lengths the run replays anyway.
     """
     row = collator.row_length
     one, two = probe(1, False), probe(2, False)
@@ -125,8 +127,8 @@ def split_tokens_for(probe: Callable[[int, bool], float], budget: float, max_len
     if not one <= budget or two <= one:  # no line to draw: the largest step did not fit (prepare_layers)
         return None
     tokens = shortest + (budget - one) * (row(2 * max_length, 2) - shortest) / (two - one)
-    log.info("flat rows: one row of %d tokens peaked at %.2f GiB, two at %.2f GiB without checkpointing: %d tokens "
-             "fit %.2f GiB", shortest, one / 2**30, two / 2**30, tokens, budget / 2**30)
+    log.info("flat rows: a row of %d tokens peaked at %.2f GiB, one of %d at %.2f GiB: rows of %d tokens fit %.2f GiB",
+             shortest, one / 2**30, row(2 * max_length, 2), two / 2**30, tokens, budget / 2**30)
     tokens = min(int(tokens) // (collator.bucket or 1) * (collator.bucket or 1), longest)
     return tokens if tokens >= shortest else None
 
@@ -163,7 +165,9 @@ def _memory_probe(trainer, length: int, vocab_size: int):
         model.train()  # as in training: dropout on, and the compiled layers' graphs are those of training
         peaks = []
         try:
-            for _ in range(2):  # the first pass may compile the layers, whose autotuning allocates memory of its own
+            # the first pass may compile the layers, whose autotuning allocates memory of its own; layers replayed as
+            # CUDA graphs run a new length eagerly the first time and record it the second
+            for _ in range(2):
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 with trainer.accelerator.autocast():  # as in training: its compiled layers are the ones probed
@@ -241,8 +245,9 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
     Flat batches (zephyr/speed/flat.py) change size at every step. With ``--flat_cuda_graphs``, compiled layers
     are replayed as CUDA graphs, one per bucket of row lengths (``FLAT_BUCKET``): when the largest possible step
     (every example ``max_length`` tokens long) fits without checkpointing, as it is; otherwise the steps longer
-    than the longest row that fits run in parts (``split_tokens_for``). Without graphs, checkpointing is planned
-    step by step (``StepCheckpointing``), and compiled layers take every length with one graph.
+    than the longest row that fits run in parts (``split_tokens_for``, probed through the graphs themselves).
+    Without graphs, checkpointing is planned step by step (``StepCheckpointing``), and compiled layers take every
+    length with one graph.
     """
     model = trainer.model
     n_layers = len(decoder_layers(model)) or 1
@@ -259,10 +264,16 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
             checkpointed = min(int(train_args.gradient_checkpointing), n_layers)
         else:
             checkpointed = n_layers if train_args.gradient_checkpointing == "true" else 0
+        uncompile = None
         if flat and graphable and checkpointed in (0, None) and (train_args.flat_split_tokens or checkpointed is None):
             # the steps too long to replay without checkpointing run in parts, if a row of one example fits
-            split = train_args.flat_split_tokens or split_tokens_for(probe, budget, max_length, rows,
-                                                                     trainer.data_collator)
+            split = train_args.flat_split_tokens
+            if not split:  # probed on the layers as they will train: compiled, replayed as CUDA graphs
+                uncompile = compile_decoder_layers(model, cuda_graphs=True, fused_nf4=train_args.fused_nf4)
+                split = split_tokens_for(probe, budget, max_length, rows, trainer.data_collator)
+                if split is None:
+                    uncompile()
+                    uncompile = None
             if split is not None:
                 flat_split(split, max_length, rows)  # a length given by hand, checked as preflight checks the flag
                 trainer.data_collator.split_tokens, checkpointed = split, 0
@@ -274,8 +285,9 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
         if train_args.flat_split_tokens and not cuda_graphs:
             log.warning("--flat_split_tokens %d: not used, the decoder layers are not replayed as CUDA graphs "
                         "(they need a GPU, compiled layers and no layer checkpointed)", train_args.flat_split_tokens)
-        uncompile = (compile_decoder_layers(model, cuda_graphs=cuda_graphs, fused_nf4=train_args.fused_nf4)
-                     if compiled else (lambda: None))
+        if uncompile is None:
+            uncompile = (compile_decoder_layers(model, cuda_graphs=cuda_graphs, fused_nf4=train_args.fused_nf4)
+                         if compiled else (lambda: None))
         if checkpointed is None and flat and decoder_layers(model):
             step_plan = StepCheckpointing(fit_memory_model(probe, n_layers), budget, max_length)
             checkpointed = step_plan.layers_for_tokens(rows * max_length)  # the largest step's

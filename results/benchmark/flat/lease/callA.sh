@@ -9,7 +9,7 @@
 # checkpointing run in parts) for each preset, then the default for each (last: a run cut at LIMIT loses these
 # first); WARM=30 lets each graph setting record its buckets before its timed steps.
 # SETTINGS=split: all + lm_head's steps split at 2,048 and 1,792 tokens by hand, then at the planner's length (its
-# probes in the log), and its original; then q,v's graph setting and original: peaks, ratios and busy times.
+# two probes, through the layers replayed as CUDA graphs, in the log), and its original; then q,v's graph setting and original: peaks, ratios and busy times.
 # TESTS="cuda_graphs": then those tests of tests/speed/test_flat.py, if the call is under TESTS_BY seconds.
 # Carry: site.txz data-ng.tgz tok.tgz run, or, when call B follows, data.tgz and gguf00 in place of data-ng.tgz.
 # About 330 s for SETTINGS=default on an H100.
