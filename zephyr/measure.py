@@ -4,9 +4,7 @@ of a decoding loop, each measured the same way for every path compared."""
 from __future__ import annotations
 
 import gc
-import gzip
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -88,6 +86,7 @@ def _step_timer(warmup: int, timed: int, profile_path: Path | None = None):
             if profile_path and state.global_step == warmup + timed:
                 self.profiler = torch.profiler.profile(activities=profiler_activities())
                 self.profiler.__enter__()
+                self.begin = time.perf_counter()  # the profiled step's wall time leaves the profiler's start out
 
         def on_step_end(self, args, state, control, **kwargs):
             _sync()
@@ -126,10 +125,12 @@ def profiler_activities():
 def gpu_busy_ms(events) -> tuple[float, float]:
     """(GPU busy, first to last GPU activity) in milliseconds, from a profiler's events: the union of the intervals
     of every device event (kernels, also those replayed inside CUDA graphs, copies, memsets), so that kernels that
-    overlap on several streams count once. Wall time less busy time is what the GPU spent waiting (for the CPU to
-    launch work, for a synchronization, for data)."""
+    overlap on several streams count once. A ``record_function`` range (the optimizer's step, for one) also has a
+    device-side span, from its first kernel to its last, gaps included: not counted. Wall time less busy time is
+    what the GPU spent waiting (for the CPU to launch work, for a synchronization, for data)."""
     intervals = sorted((e.time_range.start, e.time_range.end) for e in events
-                       if e.device_type != torch.autograd.DeviceType.CPU and e.time_range.end > e.time_range.start)
+                       if e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False)
+                       and e.time_range.end > e.time_range.start)
     busy, end = 0.0, float("-inf")
     for start, stop in intervals:
         if stop > end:
@@ -151,11 +152,7 @@ def write_profile(profiler, path: Path, step: dict | None = None) -> None:
                 f"{step['gpu_span_ms']} ms)\n\n")
     path.write_text(head + averages.table(sort_by=sort_key, row_limit=40, max_name_column_width=80) + "\n" +
                     averages.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=80))
-    trace = path.with_suffix(".trace.json")
-    profiler.export_chrome_trace(str(trace))
-    with open(trace, "rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
-        shutil.copyfileobj(raw, packed)
-    trace.unlink()
+    profiler.export_chrome_trace(str(path.with_suffix(".trace.json.gz")))  # gzipped by its name
 
 
 def cpu_probe_ms(repeats: int = 5) -> float:

@@ -94,15 +94,18 @@ class Plan:
         extra = max(0, lever.min_seeds - len(self.seeds))
         return list(self.seeds) + [max(self.seeds) + n for n in range(1, extra + 1)]
 
+    def _planned_seeds(self, lever: Lever) -> list[int]:
+        """The seeds this plan runs ``lever``'s sides on: its further seeds only when both its sides run."""
+        both = self.configs is None or {lever.fast.config, lever.plain.config} <= set(self.configs)
+        return self._seeds(lever) if both else list(self.seeds)
+
     def _config_seeds(self) -> dict[str, list[int]]:
         """Every configuration on the benchmark's seeds, and on the further seeds of the levers that use it when
         both of their sides run."""
         seeds = {config: set(self.seeds) for config in CONFIGS}
         for lever in LEVERS:
-            if self.configs is not None and not {lever.fast.config, lever.plain.config} <= set(self.configs):
-                continue
             for side in (lever.fast, lever.plain):
-                seeds[side.config].update(self._seeds(lever))
+                seeds[side.config].update(self._planned_seeds(lever))
         return {config: sorted(values) for config, values in seeds.items()
                 if self.configs is None or config in self.configs}
 
@@ -122,7 +125,7 @@ class Plan:
 
     def evaluation_jobs(self) -> list[Job]:
         wanted = {(side, seed) for lever in LEVERS for side in (lever.fast, lever.plain) if side.evaluation
-                  and (self.configs is None or side.config in self.configs) for seed in self._seeds(lever)}
+                  and (self.configs is None or side.config in self.configs) for seed in self._planned_seeds(lever)}
         jobs = []
         for side, seed in sorted(wanted, key=lambda item: (item[1], item[0].config, item[0].evaluation)):
             task = CONFIGS[side.config][0]

@@ -115,16 +115,16 @@ def test_flat_rows_are_padded_only_where_compiled_layers_on_a_gpu_gain(monkeypat
 
 
 @pytest.mark.parametrize("budget_gib, given, split, compiled", [
-    (3.0, None, 768, [True]),                  # probed through the graphs: a 768-token row 2.5 GiB, 1,280 4.5
+    (3.0, None, 768, [True, True]),            # probed through the graphs: a 768-token row 2.5 GiB, 1,280 4.5
     (2.0, None, None, [True, False]),           # not even one example's row fits: graphs off, checkpointing planned
     (3.0, 1280, 1280, [True]),                 # --flat_split_tokens: no probe, graphs compiled once
 ])
 def test_the_split_length_is_probed_on_the_layers_replayed_as_cuda_graphs(monkeypatch, budget_gib, given, split,
                                                                          compiled):
-    """On a GPU, when the largest flat step needs checkpointing, the layers are compiled as CUDA graphs before the
-    two probes that size the split, so that the probes measure what will train (the graphs' memory pool
-    included); with no length that fits, the graphs are undone and the layers compiled without them. The GPU is
-    pretended: probes and compilation are recorded, not run."""
+    """On a GPU, when the largest flat step needs checkpointing, the layers are compiled as CUDA graphs for the two
+    probes that size the split, so that the probes measure what will train (the graphs' memory pool included),
+    then undone and compiled again for training: with graphs at the probed length, without them (and a
+    checkpointing plan) when no length fits. The GPU is pretended: probes and compilation are recorded, not run."""
     import contextlib
 
     import torch
@@ -147,6 +147,7 @@ def test_the_split_length_is_probed_on_the_layers_replayed_as_cuda_graphs(monkey
         return 0.5 * gib + 2 * gib * rows / (1 if state["graphs"] else 0.8)  # eager layers keep a quarter more
 
     def compile_layers(model, cuda_graphs, fused_nf4):
+        assert state["graphs"] is None, "compiled twice without undoing the first"
         compiles.append(cuda_graphs)
         state["graphs"] = cuda_graphs
 
@@ -173,5 +174,40 @@ def test_the_split_length_is_probed_on_the_layers_replayed_as_cuda_graphs(monkey
     if given is None:  # the rows of one and two examples (768 and 1,280 tokens), through the graphs
         assert probed[1:3] == [(1, False, True), (2, False, True)]
     assert trainer.cuda_graphs == (split is not None) and (checkpointed == 0) == (split is not None)
+    assert state["graphs"] == (split is not None)  # the layers as they train
     if split is None:
-        assert trainer.checkpoint_plan is not None and state["graphs"] is False
+        assert trainer.checkpoint_plan is not None
+
+
+def test_a_plan_that_fails_after_compiling_leaves_the_layers_eager(monkeypatch):
+    """The benchmark runs its next setting on the same base model after one fails: a planning error after the
+    layers were compiled undoes the compilation before it propagates."""
+    import contextlib
+
+    import torch
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    import zephyr.speed.memory as memory
+    from zephyr.config import TrainArguments
+    from zephyr.embedded import TINY_MISTRAL
+    from zephyr.speed.flat import FlatBatchCollator
+
+    collator, undone = FlatBatchCollator(pad_token_id=2), []
+    model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL))
+    model.get_base_model = lambda: model
+    trainer = type("Trainer", (), {"model": model, "data_collator": collator, "args": TrainArguments()})()
+
+    def probe(rows, checkpointed):
+        if checkpointed:
+            raise RuntimeError("a probe failed")
+        return float("inf")  # the largest step does not fit: the plan needs the probes with checkpointing
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.random, "fork_rng", lambda devices: contextlib.nullcontext())
+    monkeypatch.setattr(memory, "_compilation", lambda trainer, args, max_length: (False, True, True, False))
+    monkeypatch.setattr(memory, "_memory_probe", lambda trainer, length, vocab_size: probe)
+    monkeypatch.setattr(memory, "compile_decoder_layers", lambda model, cuda_graphs, fused_nf4: lambda: undone.append(1))
+    with pytest.raises(RuntimeError, match="a probe failed"):
+        memory.prepare_layers(trainer, TrainArguments(gradient_checkpointing="auto"), 512)
+    assert undone == [1]

@@ -117,9 +117,9 @@ def split_tokens_for(probe: Callable[[int, bool], float], budget: float, max_len
 
     Peak memory is linear in a row's tokens: two probes, rows of one and of two ``max_length`` examples as the
     collator lays them, give the line. prepare_layers probes the layers as they will train, compiled and replayed
-    as CUDA graphs, so that the line includes the graphs' memory pool: eager layers keep more activations (at 7B,
-    all-module LoRA, a length planned from eager probes peaked at 15.4 GiB of an 18 GiB budget), and compiled
-    layers without graphs hold no pool. Both probe rows are lengths the run replays anyway.
+    as CUDA graphs (``_split_probed_as_graphs``), so that the line includes the graphs' memory pool: eager layers
+    keep more activations (at 7B, all-module LoRA, a length planned from eager probes peaked at 15.4 GiB of an
+    18 GiB budget), and compiled layers without graphs hold no pool.
     """
     row = collator.row_length
     one, two = probe(1, False), probe(2, False)
@@ -127,10 +127,25 @@ def split_tokens_for(probe: Callable[[int, bool], float], budget: float, max_len
     if not one <= budget or two <= one:  # no line to draw: the largest step did not fit (prepare_layers)
         return None
     tokens = shortest + (budget - one) * (row(2 * max_length, 2) - shortest) / (two - one)
-    log.info("flat rows: a row of %d tokens peaked at %.2f GiB, one of %d at %.2f GiB: rows of %d tokens fit %.2f GiB",
-             shortest, one / 2**30, row(2 * max_length, 2), two / 2**30, tokens, budget / 2**30)
-    tokens = min(int(tokens) // (collator.bucket or 1) * (collator.bucket or 1), longest)
-    return tokens if tokens >= shortest else None
+    split = min(int(tokens) // (collator.bucket or 1) * (collator.bucket or 1), longest)
+    log.info("flat rows: a row of %d tokens peaked at %.2f GiB, one of %d at %.2f GiB: %d tokens fit %.2f GiB, "
+             "split at %s", shortest, one / 2**30, row(2 * max_length, 2), two / 2**30, tokens, budget / 2**30,
+             split if split >= shortest else "none")
+    return split if split >= shortest else None
+
+
+def _split_probed_as_graphs(trainer, train_args: TrainArguments, probe, budget: float, max_length: int) -> int | None:
+    """``split_tokens_for``, its two probes run through the decoder layers compiled and replayed as CUDA graphs,
+    as they will train: the line then includes the graphs' memory pool. The probes' compilation is undone after
+    (``torch._dynamo.reset`` drops their graphs and pool, a graph left half-recorded by an out-of-memory probe
+    included), and the layers are compiled again for training, from inductor's cache."""
+    torch.cuda.empty_cache()  # the eager probe's cached blocks, which a graph's pool cannot use
+    undo = compile_decoder_layers(trainer.model, cuda_graphs=True, fused_nf4=train_args.fused_nf4)
+    try:
+        return split_tokens_for(probe, budget, max_length, train_args.per_device_train_batch_size,
+                                trainer.data_collator)
+    finally:
+        undo()
 
 
 def _checkpoint_only_callback(flags: list[bool]):
@@ -264,16 +279,10 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
             checkpointed = min(int(train_args.gradient_checkpointing), n_layers)
         else:
             checkpointed = n_layers if train_args.gradient_checkpointing == "true" else 0
-        uncompile = None
         if flat and graphable and checkpointed in (0, None) and (train_args.flat_split_tokens or checkpointed is None):
             # the steps too long to replay without checkpointing run in parts, if a row of one example fits
-            split = train_args.flat_split_tokens
-            if not split:  # probed on the layers as they will train: compiled, replayed as CUDA graphs
-                uncompile = compile_decoder_layers(model, cuda_graphs=True, fused_nf4=train_args.fused_nf4)
-                split = split_tokens_for(probe, budget, max_length, rows, trainer.data_collator)
-                if split is None:
-                    uncompile()
-                    uncompile = None
+            split = train_args.flat_split_tokens or _split_probed_as_graphs(trainer, train_args, probe, budget,
+                                                                             max_length)
             if split is not None:
                 flat_split(split, max_length, rows)  # a length given by hand, checked as preflight checks the flag
                 trainer.data_collator.split_tokens, checkpointed = split, 0
@@ -285,14 +294,17 @@ def prepare_layers(trainer, train_args: TrainArguments, max_length: int):
         if train_args.flat_split_tokens and not cuda_graphs:
             log.warning("--flat_split_tokens %d: not used, the decoder layers are not replayed as CUDA graphs "
                         "(they need a GPU, compiled layers and no layer checkpointed)", train_args.flat_split_tokens)
-        if uncompile is None:
-            uncompile = (compile_decoder_layers(model, cuda_graphs=cuda_graphs, fused_nf4=train_args.fused_nf4)
-                         if compiled else (lambda: None))
-        if checkpointed is None and flat and decoder_layers(model):
-            step_plan = StepCheckpointing(fit_memory_model(probe, n_layers), budget, max_length)
-            checkpointed = step_plan.layers_for_tokens(rows * max_length)  # the largest step's
-        elif checkpointed is None:
-            checkpointed = plan_checkpointing(probe, n_layers, rows, budget)
+        uncompile = (compile_decoder_layers(model, cuda_graphs=cuda_graphs, fused_nf4=train_args.fused_nf4)
+                     if compiled else (lambda: None))
+        try:
+            if checkpointed is None and flat and decoder_layers(model):
+                step_plan = StepCheckpointing(fit_memory_model(probe, n_layers), budget, max_length)
+                checkpointed = step_plan.layers_for_tokens(rows * max_length)  # the largest step's
+            elif checkpointed is None:
+                checkpointed = plan_checkpointing(probe, n_layers, rows, budget)
+        except BaseException:  # the base model goes back eager (the benchmark's next setting runs on it)
+            uncompile()
+            raise
     if probing:
         model.get_base_model().gradient_checkpointing_disable()
         torch.cuda.empty_cache()

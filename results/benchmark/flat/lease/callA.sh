@@ -28,8 +28,8 @@ case $NAME in
   graphs) GR="\"compile_layers\": \"true\", \"flat_cuda_graphs\": true"  # steps too long for a graph run in parts
       SET="{\"original q,v\": {$ORIG}, \"suite q,v, flat CUDA graphs\": {$GR}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head, flat CUDA graphs\": {$GR, \"preset\": \"all+lm_head\"}, \"suite q,v\": {\"compile_layers\": \"true\"}, \"suite all+lm_head\": {\"compile_layers\": \"true\", \"preset\": \"all+lm_head\"}}" ;;
   split) GR="\"compile_layers\": \"true\", \"flat_cuda_graphs\": true"  # all + lm_head's split length, then the ratios
-      A="\"preset\": \"all+lm_head\""
-      SET="{\"suite all+lm_head, flat CUDA graphs, split 2048\": {$GR, \"flat_split_tokens\": 2048, $A}, \"suite all+lm_head, flat CUDA graphs, split 1792\": {$GR, \"flat_split_tokens\": 1792, $A}, \"suite all+lm_head, flat CUDA graphs\": {$GR, $A}, \"original all+lm_head\": {$ORIG, $A}, \"suite q,v, flat CUDA graphs\": {$GR}, \"original q,v\": {$ORIG}}" ;;
+      PA="\"preset\": \"all+lm_head\""
+      SET="{\"suite all+lm_head, flat CUDA graphs, split 2048\": {$GR, \"flat_split_tokens\": 2048, $PA}, \"suite all+lm_head, flat CUDA graphs, split 1792\": {$GR, \"flat_split_tokens\": 1792, $PA}, \"suite all+lm_head, flat CUDA graphs\": {$GR, $PA}, \"original all+lm_head\": {$ORIG, $PA}, \"suite q,v, flat CUDA graphs\": {$GR}, \"original q,v\": {$ORIG}}" ;;
   rows) SET="{\"original q,v\": {$ORIG}, \"suite q,v, rows of 64\": {\"compile_layers\": \"true\", \"flat_row_multiple\": 64}, \"original all+lm_head\": {$ORIG, \"preset\": \"all+lm_head\"}, \"suite all+lm_head, rows of 64\": {\"compile_layers\": \"true\", \"flat_row_multiple\": 64, \"preset\": \"all+lm_head\"}}" ;;
 esac
 timeout -k 5 ${LIMIT:-420} python scripts/benchmark.py --data_dir $S/data --tokenizer_dir $S/zephyr-tokenizer \
@@ -40,10 +40,10 @@ echo "$NAME rc=$? at $(( $(date +%s) - T0 )) s"
 python3 - $A/$NAME.json <<'PY'
 import json, sys
 for name, row in json.load(open(sys.argv[1]))["training"].items():
-    print(name, {k: row.get(k) for k in ("tokens_per_s", "speedup", "mfu_percent", "peak_gpu_memory_gib", "peak_gpu_reserved_gib", "error", "setup_s", "wall_s", "host_cpu_probe_ms", "step_seconds")})
+    print(name, {k: row.get(k) for k in ("tokens_per_s", "speedup", "mfu_percent", "peak_gpu_memory_gib", "peak_gpu_reserved_gib", "error", "setup_s", "wall_s", "host_cpu_probe_ms", "step_seconds", "profiled_step")})
 PY
 grep -E "Recompiling|Error" $A/$NAME.log | cut -c1-200 | head -5
-grep -h "run in parts\|decoder layers:" $A/$NAME.log | sort | uniq -c
+grep -h "flat rows\|decoder layers:" $A/$NAME.log | cut -c1-200 | sort | uniq -c
 if [ -n "$TESTS" ] && [ $(( $(date +%s) - T0 )) -lt ${TESTS_BY:-430} ]; then  # the flat CUDA-graph GPU tests, 100 s
   PYTHONPATH=$PYTHONPATH:$S/stub timeout -k 5 $(( 530 - ($(date +%s) - T0) )) python -m pytest -rs -q \
     -p no:cacheprovider tests/speed/test_flat.py -k "$TESTS" > $A/gpu-tests.txt 2>&1; tail -2 $A/gpu-tests.txt

@@ -10,7 +10,8 @@ G=$S/SmolLM2-135M-Instruct.Q4_1.gguf
 sha256sum $G | tee $B/gguf.sha256 | grep -q b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 \
   && echo "gguf sha256 ok" || { echo "GGUF SHA MISMATCH"; rm -f $G; exit 1; }
 (nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > $B/smi.csv 2>&1 &)
-# PRIOR=1 (carry prior-runs.tgz): earlier sessions' finished runs, which the sweep takes as done (same settings)
+# PRIOR=1 (carry prior-runs.tgz): earlier sessions' finished runs, which the sweep takes as done (same settings);
+# with CONFIGS naming both sides of the lever that needs more seeds (ng_examples,ng_examples_flat_graphs_split)
 [ -n "$PRIOR" ] && mkdir -p /tmp/runs && tar xzf .gpu-carry/prior-runs.tgz -C /tmp/runs
 timeout -k 5 ${LIMIT:-470} python scripts/quality.py --model_name_or_path $G --data_dir $S/data \
   --output_root /tmp/runs/quality --results_dir $B --runs_per_gpu 15 \
