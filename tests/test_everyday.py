@@ -209,7 +209,7 @@ def test_help_lists_only_used_flags_each_with_a_help_text_and_its_real_default(n
         assert not re.search(rf"{flag}\b", text), f"{name} --help lists {flag}, which it ignores"
     if name == "summarization":  # the task's defaults, not the dataclass's
         assert re.search(r"--lora_r N\s+LoRA rank \(default: 64\)", text)
-        assert re.search(r"1\s+for\s+SAMSum\)\s+\(default:\s+1\.0\)", text)
+        assert re.search(r"1\s+on\s+SAMSum\)\s+\(default:\s+1\.0\)", text)
 
 
 def test_a_flag_the_script_ignores_is_an_error_and_log_level_is_checked(capsys):

@@ -402,6 +402,28 @@ def test_a_hub_dataset_without_a_network_fails_at_once(space, capsys, monkeypatc
     assert constants.HF_HUB_OFFLINE is False and datasets.config.HF_HUB_OFFLINE is False
 
 
+def test_a_sweep_without_a_network_stops_before_its_first_run_when_the_hub_model_is_not_cached(space, capsys,
+                                                                                                no_network):
+    """Offline, a sweep whose runs name a hub model not in the cache stops in its pre-flight, before the first run
+    starts (each would fail after its imports, one after another); a dry run still prints its commands, and a sweep
+    on a local model is not held up."""
+    from zephyr.errors import UsageError
+    from zephyr.sweep import Job, run_sweep
+
+    def job(model):
+        argv = [str(a) for a in _base_train(space)] + ["--model_name_or_path", model, "--run_name", "r"]
+        return Job(space["out"] / "r", [sys.executable, str(REPO / "scripts" / "zephyr_classification.py"), *argv])
+
+    before = tree(space["root"])
+    with pytest.raises(UsageError, match="r: --model_name_or_path: zephyr-suite-tests/absent-model: not in the "
+                                         "Hugging Face cache, and the hub cannot be reached"):
+        run_sweep([job("zephyr-suite-tests/absent-model")], [], space["out"] / "sweep.csv")
+    assert tree(space["root"]) == before
+    assert run_sweep([job("zephyr-suite-tests/absent-model")], [], space["out"] / "sweep.csv", dry_run=True) == 0
+    assert "--model_name_or_path zephyr-suite-tests/absent-model" in capsys.readouterr().out
+    assert run_sweep([job(str(space["model"]))], [], space["out"] / "sweep.csv", dry_run=True) == 0
+
+
 def test_at_least_25_preflight_cases():
     assert len(CASES) >= 25
 

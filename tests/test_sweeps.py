@@ -164,6 +164,9 @@ def test_runs_share_out_gpus_one_at_a_time_and_failures_are_recorded(tmp_path, c
     assert code == 1
     assert "sweep: 4 ran, 0 skipped, 1 failed" in output
     assert f"FAILED {jobs[3].run_dir} (exit code 1" in output and "Traceback: something broke" in output
+    # the progress line of the failed run says why, as it happens
+    assert any(line.startswith("[") and " FAILED in " in line and line.endswith(": Traceback: something broke")
+               for line in output.splitlines())
     log = (jobs[3].run_dir / "sweep.log").read_text()
     assert log.startswith("$ CUDA_VISIBLE_DEVICES=") and "working on" in log
     seen = events(tmp_path)

@@ -60,14 +60,18 @@ def positive_count(text: str, flag: str) -> int:
     return int(text)
 
 
-def check_jobs(jobs: list[Run]) -> None:
+def check_jobs(jobs: list[Run], hub_cache: bool = False) -> None:
     """Every job's pre-flight, before the first one starts (and in a dry run): a bad grid value or combination
-    fails in seconds, not after the good runs. Hub models and datasets are left to each run's own pre-flight."""
+    fails in seconds, not after the good runs. Hub models and datasets are left to each run's own pre-flight, but
+    with ``hub_cache`` (runs about to start on this machine) and the hub out of reach they are looked up in the
+    local cache: without them every run would fail, one after another."""
     from zephyr.cli import preflight_command
+    from zephyr.hub import hub_unreachable
 
+    hub = bool(hub_cache and jobs and hub_unreachable())  # offline, a hub check reads the cache alone
     for job in jobs:
         try:
-            preflight_command(job.command)
+            preflight_command(job.command, hub=hub)
         except UsageError as err:
             raise UsageError(f"{job.run_dir.name}: {err}") from None
 
@@ -185,8 +189,8 @@ class Progress:
                 self.failures.append(failure)
             left = eta(time.perf_counter() - self.started, self.finished, self.total)
             print(f"[{number}/{self.total}] {job.name} {'FAILED' if failure else 'done'} in "
-                  f"{format_duration(seconds)}{where}" + (f", ETA {format_duration(left)}" if left else ""),
-                  file=self.out, flush=True)
+                  f"{format_duration(seconds)}{where}" + (f", ETA {format_duration(left)}" if left else "")
+                  + (f": {last_line(job.run_dir / SWEEP_LOG)}" if failure else ""), file=self.out, flush=True)
 
 
 def run_sweep(jobs: list[Run], gpus: list[str], csv_path: Path, dry_run: bool = False, out=None,
@@ -196,7 +200,7 @@ def run_sweep(jobs: list[Run], gpus: list[str], csv_path: Path, dry_run: bool = 
     backend = choose_backend(backend)
     done = [job.done() for job in jobs]  # a finished run of other settings stops the sweep here
     pending = [job for job, finished in zip(jobs, done) if not finished]
-    check_jobs(pending)
+    check_jobs(pending, hub_cache=not dry_run and backend == "local")  # Ray's runs start on other machines
     for job, finished in zip(jobs, done):
         if finished:
             print(f"skip (complete) {job.run_dir}", file=out)
