@@ -54,6 +54,21 @@ def test_bad_input_is_one_line_naming_the_flag(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_ctrl_c_is_one_line_saying_how_to_go_on(capsys):
+    """An interrupt (Ctrl-C) ends a script with one line, not a traceback, and the shell's status 130."""
+    from zephyr.cli import entry_point
+
+    @entry_point
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        interrupted([])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == ("interrupted: the same command again resumes a training run from its last "
+                                       "saved checkpoint, and a sweep from its unfinished runs\n")
+
+
 @requires_shared
 def test_smollm2_gguf_summarizes_two_samsum_dialogues(smollm2_conversion, tmp_path):
     gguf, (_, cache) = shared_dir() / SMOLLM2_GGUF, smollm2_conversion  # converted once for the session

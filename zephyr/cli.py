@@ -33,7 +33,8 @@ BASELINE_UNUSED = frozenset({"train_fraction", "prompt_format", "max_length", "l
 
 
 def entry_point(main):
-    """Run ``main``; bad input becomes one ``error:`` line on stderr and exit status 2."""
+    """Run ``main``; bad input becomes one ``error:`` line on stderr and exit status 2, Ctrl-C one line saying how
+    to go on and exit status 130 (a shell's for an interrupt)."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
@@ -45,6 +46,10 @@ def entry_point(main):
         except UsageError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted: the same command again resumes a training run from its last saved checkpoint, and "
+                  "a sweep from its unfinished runs", file=sys.stderr)
+            raise SystemExit(130) from None
 
     return wrapper
 
