@@ -114,6 +114,34 @@ def test_flat_rows_are_padded_only_where_compiled_layers_on_a_gpu_gain(monkeypat
     assert width == (100 if bucket is None else (100 // bucket + 1) * bucket)
 
 
+def _pretended_gpu_planning(monkeypatch, probe, compile_layers, compilation):
+    """A trainer over a tiny model and a flat collator, and prepare_layers on a pretended GPU: its probes,
+    compilation and batch decisions are the given functions, recorded rather than run."""
+    import contextlib
+
+    import torch
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    import zephyr.speed.memory as memory
+    from zephyr.config import TrainArguments
+    from zephyr.embedded import TINY_MISTRAL
+    from zephyr.speed.flat import FlatBatchCollator
+
+    collator = FlatBatchCollator(pad_token_id=2)  # imports TRL, which must not see the pretended GPU
+    model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL))
+    model.get_base_model = lambda: model
+    trainer = type("Trainer", (), {"model": model, "data_collator": collator, "args": TrainArguments(),
+                                   "add_callback": lambda self, callback: None})()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.random, "fork_rng", lambda devices: contextlib.nullcontext())
+    monkeypatch.setattr(memory, "_compilation", compilation)
+    monkeypatch.setattr(memory, "_memory_probe", lambda trainer, length, vocab_size: probe)
+    monkeypatch.setattr(memory, "compile_decoder_layers", compile_layers)
+    return trainer
+
+
 @pytest.mark.parametrize("budget_gib, given, split, compiled", [
     (3.0, None, 768, [True, True]),            # probed through the graphs: a 768-token row 2.5 GiB, 1,280 4.5
     (2.0, None, None, [True, False]),           # not even one example's row fits: graphs off, checkpointing planned
@@ -125,22 +153,10 @@ def test_the_split_length_is_probed_on_the_layers_replayed_as_cuda_graphs(monkey
     probes that size the split, so that the probes measure what will train (the graphs' memory pool included),
     then undone and compiled again for training: with graphs at the probed length, without them (and a
     checkpointing plan) when no length fits. The GPU is pretended: probes and compilation are recorded, not run."""
-    import contextlib
-
-    import torch
-    from transformers import AutoModelForCausalLM, MistralConfig
-
     import zephyr.speed.memory as memory
     from zephyr.config import TrainArguments
-    from zephyr.embedded import TINY_MISTRAL
-    from zephyr.speed.flat import FlatBatchCollator
 
     gib, state, probed, compiles = 2**30, {"graphs": None}, [], []
-    collator = FlatBatchCollator(pad_token_id=2)  # imports TRL, which must not see the pretended GPU
-    model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL))
-    model.get_base_model = lambda: model
-    trainer = type("Trainer", (), {"model": model, "data_collator": collator, "args": TrainArguments(),
-                                   "add_callback": lambda self, callback: None})()
 
     def probe(rows, checkpointed):  # the peak of a row of `rows` examples of 512 tokens: 0.5 GiB + 2 GiB a row
         probed.append((rows, checkpointed, state["graphs"]))
@@ -159,13 +175,8 @@ def test_the_split_length_is_probed_on_the_layers_replayed_as_cuda_graphs(monkey
         memory._set_row_bucket(trainer.data_collator, train_args, True, True, max_length)
         return False, True, True, True  # flat rows, compiled, replayable as CUDA graphs
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(torch.random, "fork_rng", lambda devices: contextlib.nullcontext())
-    monkeypatch.setattr(memory, "_compilation", compilation)
-    monkeypatch.setattr(memory, "_memory_probe", lambda trainer, length, vocab_size: probe)
-    monkeypatch.setattr(memory, "compile_decoder_layers", compile_layers)
+    trainer = _pretended_gpu_planning(monkeypatch, probe, compile_layers, compilation)
+    collator = trainer.data_collator
     args = TrainArguments(gradient_checkpointing="auto", train_memory_gib=budget_gib / 0.9, flat_cuda_graphs=True,
                           per_device_train_batch_size=8, flat_split_tokens=given or 0)
     checkpointed, _ = memory.prepare_layers(trainer, args, 512)
@@ -182,32 +193,19 @@ def test_the_split_length_is_probed_on_the_layers_replayed_as_cuda_graphs(monkey
 def test_a_plan_that_fails_after_compiling_leaves_the_layers_eager(monkeypatch):
     """The benchmark runs its next setting on the same base model after one fails: a planning error after the
     layers were compiled undoes the compilation before it propagates."""
-    import contextlib
-
-    import torch
-    from transformers import AutoModelForCausalLM, MistralConfig
-
     import zephyr.speed.memory as memory
     from zephyr.config import TrainArguments
-    from zephyr.embedded import TINY_MISTRAL
-    from zephyr.speed.flat import FlatBatchCollator
 
-    collator, undone = FlatBatchCollator(pad_token_id=2), []
-    model = AutoModelForCausalLM.from_config(MistralConfig(**TINY_MISTRAL))
-    model.get_base_model = lambda: model
-    trainer = type("Trainer", (), {"model": model, "data_collator": collator, "args": TrainArguments()})()
+    undone = []
 
     def probe(rows, checkpointed):
         if checkpointed:
             raise RuntimeError("a probe failed")
         return float("inf")  # the largest step does not fit: the plan needs the probes with checkpointing
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.random, "fork_rng", lambda devices: contextlib.nullcontext())
-    monkeypatch.setattr(memory, "_compilation", lambda trainer, args, max_length: (False, True, True, False))
-    monkeypatch.setattr(memory, "_memory_probe", lambda trainer, length, vocab_size: probe)
-    monkeypatch.setattr(memory, "compile_decoder_layers", lambda model, cuda_graphs, fused_nf4: lambda: undone.append(1))
+    trainer = _pretended_gpu_planning(monkeypatch, probe,
+                                      lambda model, cuda_graphs, fused_nf4: lambda: undone.append(1),
+                                      lambda trainer, args, max_length: (False, True, True, False))
     with pytest.raises(RuntimeError, match="a probe failed"):
         memory.prepare_layers(trainer, TrainArguments(gradient_checkpointing="auto"), 512)
     assert undone == [1]
